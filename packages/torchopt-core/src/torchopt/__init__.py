@@ -1,0 +1,168 @@
+"""torchopt: differentiable optimization for PyTorch (TorchOpt-compatible core).
+
+Plugins (``torchopt-implicit``, ``-zero``, ``-distributed``, ``-viz``, ``-accel``) are found
+through entry points and loaded on first use; ``import torchopt`` imports none of them.
+"""
+
+from typing import Any as _Any
+
+from torchopt import plugins as _plugins
+
+_plugins._install_finder()
+
+from torchopt import (  # noqa: E402
+    accelerated_op,
+    alias,
+    base,
+    clip,
+    combine,
+    diff,
+    hook,
+    nn,
+    optim,
+    pytree,
+    schedule,
+    transform,
+    typing,
+    update,
+    utils,
+    version,
+)
+from torchopt.accelerated_op import is_available as accelerated_op_available  # noqa: E402
+from torchopt.alias import (  # noqa: E402
+    adadelta,
+    adagrad,
+    adam,
+    adamax,
+    adamw,
+    lamb,
+    lion,
+    nadam,
+    radam,
+    rmsprop,
+    sgd,
+)
+from torchopt.clip import clip_grad_norm  # noqa: E402
+from torchopt.combine import chain  # noqa: E402
+from torchopt.hook import register_hook  # noqa: E402
+from torchopt.optim import (  # noqa: E402
+    SGD,
+    AdaDelta,
+    Adadelta,
+    AdaGrad,
+    Adagrad,
+    Adam,
+    AdaMax,
+    Adamax,
+    AdamW,
+    FuncOptimizer,
+    Lamb,
+    Lion,
+    MetaAdaDelta,
+    MetaAdadelta,
+    MetaAdaGrad,
+    MetaAdagrad,
+    MetaAdam,
+    MetaAdaMax,
+    MetaAdamax,
+    MetaAdamW,
+    MetaOptimizer,
+    MetaRAdam,
+    MetaRMSProp,
+    MetaRMSprop,
+    MetaSGD,
+    NAdam,
+    Optimizer,
+    RAdam,
+    RMSProp,
+    RMSprop,
+)
+from torchopt.transform import nan_to_num  # noqa: E402
+from torchopt.update import apply_updates  # noqa: E402
+from torchopt.utils import (  # noqa: E402
+    extract_state_dict,
+    module_clone,
+    module_detach_,
+    recover_state_dict,
+    stop_gradient,
+)
+from torchopt.version import __version__  # noqa: E402
+
+# Optimizer states are NamedTuples of tensors and numbers: allow them in torch.load's default
+# ``weights_only=True`` mode so that ``torch.save(opt.state_dict())`` round-trips.
+_torch_serialization = __import__('torch').serialization
+_torch_serialization.add_safe_globals(
+    [*transform.STATES, base.EmptyState, base.UninitializedState]
+)
+del _torch_serialization
+
+__all__ = [
+    'accelerated_op_available',
+    'adam',
+    'adamax',
+    'adadelta',
+    'radam',
+    'adamw',
+    'adagrad',
+    'rmsprop',
+    'sgd',
+    'clip_grad_norm',
+    'nan_to_num',
+    'register_hook',
+    'chain',
+    'Optimizer',
+    'SGD',
+    'Adam',
+    'AdaMax',
+    'Adamax',
+    'AdaDelta',
+    'Adadelta',
+    'RAdam',
+    'AdamW',
+    'AdaGrad',
+    'Adagrad',
+    'RMSProp',
+    'RMSprop',
+    'MetaOptimizer',
+    'MetaSGD',
+    'MetaAdam',
+    'MetaAdaMax',
+    'MetaAdamax',
+    'MetaAdaDelta',
+    'MetaAdadelta',
+    'MetaRAdam',
+    'MetaAdamW',
+    'MetaAdaGrad',
+    'MetaAdagrad',
+    'MetaRMSProp',
+    'MetaRMSprop',
+    'FuncOptimizer',
+    'apply_updates',
+    'extract_state_dict',
+    'recover_state_dict',
+    'stop_gradient',
+    'module_clone',
+    'module_detach_',
+    # beyond upstream
+    'nadam',
+    'lion',
+    'lamb',
+    'NAdam',
+    'Lion',
+    'Lamb',
+]
+
+# Upstream paths served by plugins, resolved on first attribute access.
+_PLUGIN_MODULES = ('distributed', 'visual', 'linear_solve', 'linalg')
+
+
+def __getattr__(name: str) -> _Any:
+    if name in _PLUGIN_MODULES:
+        import importlib
+
+        return importlib.import_module(f'torchopt.{name}')
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_PLUGIN_MODULES))

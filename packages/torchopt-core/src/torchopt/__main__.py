@@ -1,0 +1,46 @@
+"""``python -m torchopt``: versions, plugins and accelerated-op availability (for bug reports)."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+
+def report() -> str:
+    """Return the report printed by ``python -m torchopt``."""
+    import optree
+    import torch
+
+    import torchopt
+    from torchopt import plugins
+
+    lines = [
+        f'torchopt-core {torchopt.__version__}',
+        f'python {platform.python_version()} ({sys.executable})',
+        f'torch {torch.__version__} (CUDA available: {torch.cuda.is_available()}, '
+        f'threads: {torch.get_num_threads()})',
+        f'optree {optree.__version__}',
+        'plugins:',
+    ]
+    for row in plugins.plugins():
+        version = row.version or '-'
+        line = f'  {row.name:<12} {row.distribution or "-":<22} {version:<8} {row.status}'
+        if row.error:
+            line += f' ({row.error})'
+        lines.append(line)
+    lines.append('accelerated op:')
+    for device in ('cpu', 'cuda', 'meta'):
+        lines.append(f'  {device:<5} {torchopt.accelerated_op_available(device)}')
+    try:
+        accel = plugins.load('accel')
+    except plugins.PluginNotInstalledError as ex:
+        lines.append(f'  kernels not loaded: {ex}')
+    else:
+        info = accel.build_info()
+        for key in sorted(info):
+            lines.append(f'  {key}: {info[key]}')
+    return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+    print(report())

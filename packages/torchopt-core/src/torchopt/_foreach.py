@@ -1,0 +1,69 @@
+"""Multi-tensor ops that also work under ``torch.func`` transforms.
+
+``torch._foreach_*`` ops are the fast path (one call per list) and carry autograd, double
+backward included. They have no batching rules, so inside ``torch.func.vmap``/``grad`` (detected
+once per call from functorch's interpreter stack) the same op runs per tensor instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+__all__ = [
+    'abs', 'add', 'add_', 'addcmul', 'addcmul_', 'copy_', 'div', 'div_', 'lerp', 'lerp_',
+    'maximum', 'maximum_', 'mul', 'mul_', 'neg', 'neg_', 'norm', 'sign', 'sqrt', 'sqrt_',
+    'functorch_active',
+]
+
+_peek = torch._C._functorch.peek_interpreter_stack
+
+
+def functorch_active() -> bool:
+    """Whether we run inside a ``torch.func`` transform (vmap, grad, jvp, ...)."""
+    return _peek() is not None
+
+
+def _make(name: str, per_tensor: Callable[..., Any], inplace: bool) -> Callable[..., Any]:
+    fast = getattr(torch, f'_foreach_{name}')
+
+    def op(*args: Any, **kwargs: Any) -> Any:
+        if _peek() is None:
+            return fast(*args, **kwargs)
+        n = len(args[0])
+        out = [
+            per_tensor(*(a[i] if isinstance(a, (list, tuple)) else a for a in args), **kwargs)
+            for i in range(n)
+        ]
+        return None if inplace else out
+
+    op.__name__ = name
+    op.__doc__ = f'``torch._foreach_{name}``, per tensor under ``torch.func`` transforms.'
+    return op
+
+
+def _vector_norm(x: torch.Tensor, ord: float = 2.0) -> torch.Tensor:  # noqa: A002
+    return torch.linalg.vector_norm(x, ord)
+
+
+abs = _make('abs', torch.abs, False)  # noqa: A001
+add = _make('add', torch.add, False)
+add_ = _make('add_', torch.Tensor.add_, True)
+addcmul = _make('addcmul', torch.addcmul, False)
+addcmul_ = _make('addcmul_', torch.Tensor.addcmul_, True)
+copy_ = _make('copy_', torch.Tensor.copy_, True)
+div = _make('div', torch.div, False)
+div_ = _make('div_', torch.Tensor.div_, True)
+lerp = _make('lerp', torch.lerp, False)
+lerp_ = _make('lerp_', torch.Tensor.lerp_, True)
+maximum = _make('maximum', torch.maximum, False)
+maximum_ = _make('maximum_', lambda a, b: a.copy_(torch.maximum(a, b)), True)
+mul = _make('mul', torch.mul, False)
+mul_ = _make('mul_', torch.Tensor.mul_, True)
+neg = _make('neg', torch.neg, False)
+neg_ = _make('neg_', torch.Tensor.neg_, True)
+norm = _make('norm', _vector_norm, False)
+sign = _make('sign', torch.sign, False)
+sqrt = _make('sqrt', torch.sqrt, False)
+sqrt_ = _make('sqrt_', torch.Tensor.sqrt_, True)

@@ -1,0 +1,144 @@
+"""The accelerated (fused) Adam op: a facade over the ``torchopt-accel`` plugin.
+
+With ``torchopt-accel`` installed, ``use_accelerated_op=True`` runs its fused kernels (PyTorch
+custom ops). Without it, :func:`is_available` is ``False`` and ``use_accelerated_op=True`` runs
+core's own Adam after a one-time warning that names the missing package: never silently.
+
+Plugin contract (module ``torchopt_accel``)::
+
+    is_available(device: torch.device) -> bool
+    adam_step_(updates, mu, nu, b1, b2, eps, eps_root, count) -> None       # lists, in place
+    adam_forward(updates, mu, nu, b1, b2, eps, eps_root, count) -> (updates, mu, nu)  # autograd
+    build_info() -> dict
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Iterable
+
+import torch
+
+from torchopt import plugins
+
+__all__ = ['is_available', 'kernels', 'AdamOp']
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, UserWarning, stacklevel=4)
+
+
+def _plugin() -> Any | None:
+    try:
+        return plugins.load('accel')
+    except plugins.PluginNotInstalledError:
+        return None
+
+
+def kernels(devices: Iterable[torch.device] = ()) -> Any | None:
+    """The ``torchopt_accel`` module if it can run on ``devices``, else ``None`` (warns once)."""
+    module = _plugin()
+    if module is None:
+        _warn_once(
+            'missing',
+            'use_accelerated_op=True but the torchopt-accel plugin is not available '
+            f'({_reason()}); running torchopt-core\'s Adam instead. Install the kernels with: '
+            'pip install "torchopt-core[accel]"',
+        )
+        return None
+    for device in devices:
+        if not module.is_available(device):
+            _warn_once(
+                f'device:{device.type}',
+                f'torchopt-accel has no kernels for device {device.type!r} in this build; '
+                'running torchopt-core\'s Adam there instead',
+            )
+            return None
+    return module
+
+
+def _reason() -> str:
+    for row in plugins.plugins():
+        if row.name == 'accel':
+            return row.status if row.error is None else f'{row.status}: {row.error}'
+    return 'missing'
+
+
+def _normalize(devices: Any) -> list[torch.device] | None:
+    if devices is None:
+        return [torch.device('cuda'), torch.device('cpu')]
+    if isinstance(devices, (torch.device, str, int)):
+        devices = [devices]
+    out = []
+    for d in devices:
+        if isinstance(d, int):
+            d = torch.device('cuda', d)
+        out.append(torch.device(d))
+    return out
+
+
+def is_available(devices: Any = None) -> bool:
+    """Whether the fused kernels run on every device in ``devices``.
+
+    ``devices`` may be ``None`` (meaning CUDA and CPU, as upstream), a ``torch.device``, a
+    string, an int (a CUDA ordinal) or an iterable of those. Never raises: a CUDA device on a
+    machine without CUDA, or an unparsable device, gives ``False``.
+    """
+    try:
+        devs = _normalize(devices)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    module = _plugin()
+    if module is None:
+        return False
+    for device in devs:
+        if device.type == 'cuda':
+            if not torch.cuda.is_available():
+                return False
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                return False
+        try:
+            if not module.is_available(device):
+                return False
+        except Exception:  # noqa: BLE001 - availability probes must not raise
+            return False
+    return True
+
+
+class AdamOp:
+    """Upstream's fused Adam operator: ``AdamOp(b1, b2, eps, eps_root=0, inplace=True)``.
+
+    ``__call__(mu, nu, updates, count)`` returns ``(new_mu, new_nu, new_updates)``; ``updates``
+    may be ``None``. Tensors or lists of tensors are accepted.
+    """
+
+    def __init__(
+        self,
+        b1: float = 0.9,
+        b2: float = 0.999,
+        eps: float = 1e-8,
+        *,
+        eps_root: float = 0.0,
+        inplace: bool = True,
+    ) -> None:
+        self.b1, self.b2, self.eps, self.eps_root, self.inplace = b1, b2, eps, eps_root, inplace
+
+    def __call__(self, mu: Any, nu: Any, updates: Any, count: Any) -> tuple[Any, Any, Any]:
+        from torchopt.transform._adam import ScaleByAdamState, scale_by_accelerated_adam
+
+        if updates is None:
+            return mu, nu, None
+        single = isinstance(updates, torch.Tensor)
+        us, ms, ns = ([updates], [mu], [nu]) if single else (list(updates), list(mu), list(nu))
+        count = int(count)
+        impl = scale_by_accelerated_adam(self.b1, self.b2, self.eps, self.eps_root)
+        new_u, state = impl.flat_update(
+            us, ScaleByAdamState(ms, ns, count - 1), inplace=self.inplace, treespec=None
+        )
+        if single:
+            return state.mu[0], state.nu[0], new_u[0]
+        return state.mu, state.nu, new_u

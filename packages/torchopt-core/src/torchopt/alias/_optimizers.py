@@ -1,0 +1,362 @@
+"""The optimizers, each defined once as a composition of transformations.
+
+The torch-like classes (:mod:`torchopt.optim`) and the differentiable Meta classes
+(:mod:`torchopt.optim.meta`) are thin wrappers over these functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torchopt import _checks
+from torchopt.alias.utils import flip_sign_and_add_weight_decay, scale_by_neg_lr
+from torchopt.base import GradientTransformation
+from torchopt.combine import chain_flat
+from torchopt.transform import (
+    add_decayed_weights,
+    scale_by_accelerated_adam,
+    scale_by_adadelta,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_lion,
+    scale_by_nadam,
+    scale_by_radam,
+    scale_by_rms,
+    scale_by_rss,
+    scale_by_schedule,
+    scale_by_stddev,
+    scale_by_trust_ratio,
+    trace,
+)
+from torchopt.typing import ScalarOrSchedule
+
+__all__ = [
+    'sgd', 'adam', 'adamw', 'adagrad', 'adadelta', 'adamax', 'radam', 'rmsprop',
+    'nadam', 'lion', 'lamb',
+]
+
+
+def _adam_scaler(use_accelerated_op: bool) -> Any:
+    return scale_by_accelerated_adam if use_accelerated_op else scale_by_adam
+
+
+def sgd(
+    lr: ScalarOrSchedule,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    *,
+    moment_requires_grad: bool = False,
+    maximize: bool = False,
+) -> GradientTransformation:
+    r"""Stochastic gradient descent with optional (Nesterov) momentum, as ``torch.optim.SGD``.
+
+    .. math::
+
+        g_t \leftarrow \pm g_t + \lambda \theta_{t-1},\quad
+        b_t = \mu b_{t-1} + (1-d) g_t \ (b_1 = g_1),\quad
+        \theta_t = \theta_{t-1} - \eta\,(g_t + \mu b_t \text{ if Nesterov else } b_t)
+
+    Args:
+        lr: learning rate :math:`\eta` (number, scalar tensor or schedule).
+        momentum: :math:`\mu \ge 0`.
+        dampening: :math:`d`.
+        weight_decay: L2 penalty :math:`\lambda`.
+        nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening == 0``).
+        moment_requires_grad: create the momentum buffer with ``requires_grad=True``.
+        maximize: maximize the objective instead of minimizing.
+
+    Example:
+        >>> import torch, torchopt
+        >>> params = (torch.ones(2),)
+        >>> opt = torchopt.sgd(lr=0.1, momentum=0.9)
+        >>> state = opt.init(params)
+        >>> updates, state = opt.update((torch.ones(2),), state)
+        >>> torchopt.apply_updates(params, updates)[0]
+        tensor([0.9000, 0.9000])
+    """
+    _checks.check_lr(lr)
+    _checks.check_nonnegative('momentum value', momentum)
+    _checks.check_nonnegative('weight_decay value', weight_decay)
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError('Nesterov momentum requires a momentum and zero dampening')
+    return chain_flat(
+        flip_sign_and_add_weight_decay(weight_decay, maximize),
+        trace(momentum, dampening, nesterov, moment_requires_grad),
+        scale_by_neg_lr(lr),
+    )
+
+
+def adam(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    *,
+    eps_root: float = 0.0,
+    moment_requires_grad: bool = False,
+    maximize: bool = False,
+    use_accelerated_op: bool = False,
+) -> GradientTransformation:
+    r"""Adam, as ``torch.optim.Adam`` (L2 weight decay added to the gradient).
+
+    .. math::
+
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t,\quad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,
+        \quad \theta_t = \theta_{t-1} - \eta \frac{m_t/(1-\beta_1^t)}
+        {\sqrt{v_t/(1-\beta_2^t) + \epsilon_{root}} + \epsilon}
+
+    Args:
+        lr: learning rate (number, scalar tensor or schedule).
+        betas: :math:`(\beta_1, \beta_2)`, each in ``[0, 1)``.
+        eps: added to the denominator.
+        weight_decay: L2 penalty added to the gradient.
+        eps_root: added inside the square root (``> 0`` keeps meta-gradients finite).
+        moment_requires_grad: create moments with ``requires_grad=True`` (meta-learning).
+        maximize: maximize instead of minimize.
+        use_accelerated_op: use the fused kernels of ``torchopt-accel`` (warns once and runs
+            this code when the plugin is missing).
+
+    Reference: Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015.
+    """
+    b1, b2 = _checks.check_betas(betas)
+    _checks.check_lr(lr)
+    return chain_flat(
+        flip_sign_and_add_weight_decay(weight_decay, maximize),
+        _adam_scaler(use_accelerated_op)(b1, b2, eps, eps_root, moment_requires_grad),
+        scale_by_neg_lr(lr),
+    )
+
+
+def adamw(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    *,
+    eps_root: float = 0.0,
+    mask: Any = None,
+    moment_requires_grad: bool = False,
+    maximize: bool = False,
+    use_accelerated_op: bool = False,
+) -> GradientTransformation:
+    r"""AdamW: Adam with decoupled weight decay, as ``torch.optim.AdamW``.
+
+    :math:`\theta_t = \theta_{t-1} - \eta\,(\text{adam}_t + \lambda \theta_{t-1})`; the decay is
+    multiplied by the learning rate, as in PyTorch.
+
+    Args:
+        lr, betas, eps, eps_root, moment_requires_grad, maximize, use_accelerated_op: as
+            :func:`adam`.
+        weight_decay: decoupled decay :math:`\lambda`.
+        mask: bool tree (a prefix of the params) or callable selecting the decayed leaves.
+
+    Reference: Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019.
+    """
+    b1, b2 = _checks.check_betas(betas)
+    _checks.check_lr(lr)
+    return chain_flat(
+        flip_sign_and_add_weight_decay(0.0, maximize),
+        _adam_scaler(use_accelerated_op)(b1, b2, eps, eps_root, moment_requires_grad),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_neg_lr(lr),
+    )
+
+
+def _adagrad_lr_schedule(decay_rate: float, transition_begin: int = 0) -> Any:
+    def schedule(count: Any) -> Any:
+        return 1.0 / (1.0 + decay_rate * max(count - transition_begin, 0))
+
+    return schedule
+
+
+def adagrad(
+    lr: ScalarOrSchedule = 1e-2,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+    *,
+    maximize: bool = False,
+) -> GradientTransformation:
+    r"""Adagrad, as ``torch.optim.Adagrad``.
+
+    .. math::
+
+        s_t = s_{t-1} + g_t^2,\quad
+        \theta_t = \theta_{t-1} - \frac{\eta}{1 + (t-1)\,\delta} \frac{g_t}{\sqrt{s_t} + \epsilon}
+
+    Reference: Duchi et al., JMLR 2011.
+    """
+    _checks.check_lr(lr)
+    _checks.check_nonnegative('lr_decay value', lr_decay)
+    return chain_flat(
+        flip_sign_and_add_weight_decay(weight_decay, maximize),
+        scale_by_rss(initial_accumulator_value, eps),
+        scale_by_schedule(_adagrad_lr_schedule(lr_decay)),
+        scale_by_neg_lr(lr),
+    )
+
+
+def adadelta(
+    lr: ScalarOrSchedule = 1e-3,
+    rho: float = 0.9,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    *,
+    moment_requires_grad: bool = False,
+) -> GradientTransformation:
+    r"""Adadelta, as ``torch.optim.Adadelta`` (see :func:`~torchopt.transform.scale_by_adadelta`).
+
+    Reference: Zeiler, 2012.
+    """
+    _checks.check_lr(lr)
+    return chain_flat(
+        flip_sign_and_add_weight_decay(weight_decay, False),
+        scale_by_adadelta(rho, eps, moment_requires_grad),
+        scale_by_neg_lr(lr),
+    )
+
+
+def adamax(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    *,
+    moment_requires_grad: bool = False,
+) -> GradientTransformation:
+    r"""Adamax, as ``torch.optim.Adamax`` (see :func:`~torchopt.transform.scale_by_adamax`)."""
+    b1, b2 = _checks.check_betas(betas)
+    _checks.check_lr(lr)
+    return chain_flat(
+        flip_sign_and_add_weight_decay(weight_decay, False),
+        scale_by_adamax(b1, b2, eps, moment_requires_grad),
+        scale_by_neg_lr(lr),
+    )
+
+
+def radam(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    *,
+    moment_requires_grad: bool = False,
+) -> GradientTransformation:
+    r"""RAdam, as ``torch.optim.RAdam`` (see :func:`~torchopt.transform.scale_by_radam`)."""
+    b1, b2 = _checks.check_betas(betas)
+    _checks.check_lr(lr)
+    return chain_flat(
+        flip_sign_and_add_weight_decay(weight_decay, False),
+        scale_by_radam(b1, b2, eps, moment_requires_grad),
+        scale_by_neg_lr(lr),
+    )
+
+
+def rmsprop(
+    lr: ScalarOrSchedule = 1e-2,
+    alpha: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+    *,
+    initial_scale: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+) -> GradientTransformation:
+    r"""RMSprop, as ``torch.optim.RMSprop``.
+
+    .. math::
+
+        v_t = \alpha v_{t-1} + (1-\alpha) g_t^2,\quad
+        \bar g_t = \alpha \bar g_{t-1} + (1-\alpha) g_t \text{ (centered)},\quad
+        u_t = \frac{g_t}{\sqrt{v_t - \bar g_t^2} + \epsilon}
+
+    followed by momentum :math:`b_t = \mu b_{t-1} + u_t` and :math:`\theta_t = \theta_{t-1} - \eta b_t`.
+    """
+    _checks.check_lr(lr)
+    scaler = scale_by_stddev if centered else scale_by_rms
+    return chain_flat(
+        flip_sign_and_add_weight_decay(weight_decay, maximize),
+        scaler(alpha, eps, initial_scale),
+        trace(momentum, 0.0, nesterov),
+        scale_by_neg_lr(lr),
+    )
+
+
+def nadam(
+    lr: ScalarOrSchedule = 2e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum_decay: float = 4e-3,
+    *,
+    moment_requires_grad: bool = False,
+    maximize: bool = False,
+) -> GradientTransformation:
+    r"""NAdam, as ``torch.optim.NAdam`` (see :func:`~torchopt.transform.scale_by_nadam`)."""
+    b1, b2 = _checks.check_betas(betas)
+    _checks.check_lr(lr)
+    return chain_flat(
+        flip_sign_and_add_weight_decay(weight_decay, maximize),
+        scale_by_nadam(b1, b2, eps, momentum_decay, moment_requires_grad),
+        scale_by_neg_lr(lr),
+    )
+
+
+def lion(
+    lr: ScalarOrSchedule = 1e-4,
+    betas: tuple[float, float] = (0.9, 0.99),
+    weight_decay: float = 0.0,
+    *,
+    mask: Any = None,
+    moment_requires_grad: bool = False,
+    maximize: bool = False,
+) -> GradientTransformation:
+    r"""Lion (sign momentum) with decoupled weight decay.
+
+    :math:`\theta_t = \theta_{t-1} - \eta(\operatorname{sign}(\beta_1 m_{t-1} + (1-\beta_1)g_t)
+    + \lambda\theta_{t-1})`, :math:`m_t = \beta_2 m_{t-1} + (1-\beta_2) g_t`.
+
+    Reference: Chen et al., *Symbolic Discovery of Optimization Algorithms*, NeurIPS 2023.
+    """
+    b1, b2 = _checks.check_betas(betas)
+    _checks.check_lr(lr)
+    return chain_flat(
+        flip_sign_and_add_weight_decay(0.0, maximize),
+        scale_by_lion(b1, b2, moment_requires_grad),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_neg_lr(lr),
+    )
+
+
+def lamb(
+    lr: ScalarOrSchedule = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    *,
+    eps_root: float = 0.0,
+    mask: Any = None,
+    moment_requires_grad: bool = False,
+    maximize: bool = False,
+) -> GradientTransformation:
+    r"""LAMB: Adam direction plus decoupled decay, rescaled per tensor by the trust ratio.
+
+    :math:`r_t = \text{adam}_t + \lambda\theta_{t-1}`,
+    :math:`\theta_t = \theta_{t-1} - \eta \frac{\|\theta_{t-1}\|}{\|r_t\|} r_t`.
+
+    Reference: You et al., *Large Batch Optimization for Deep Learning*, ICLR 2020.
+    """
+    b1, b2 = _checks.check_betas(betas)
+    _checks.check_lr(lr)
+    return chain_flat(
+        flip_sign_and_add_weight_decay(0.0, maximize),
+        scale_by_adam(b1, b2, eps, eps_root, moment_requires_grad),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_trust_ratio(),
+        scale_by_neg_lr(lr),
+    )

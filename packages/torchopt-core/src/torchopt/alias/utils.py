@@ -1,0 +1,76 @@
+"""Building blocks shared by the optimizer aliases (upstream ``torchopt.alias.utils``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from torchopt import _foreach as _fe
+
+from torchopt import _checks
+from torchopt.base import EmptyState, GradientTransformation, identity
+from torchopt.transform import scale, scale_by_schedule
+from torchopt.transform._flat import FlatTransformation, present_indices, put, take
+from torchopt.typing import ScalarOrSchedule
+
+__all__ = ['flip_sign_and_add_weight_decay', 'scale_by_neg_lr']
+
+
+def flip_sign_and_add_weight_decay(
+    weight_decay: float = 0.0, maximize: bool = False
+) -> GradientTransformation:
+    r"""Negate the gradient when maximizing, then add L2 weight decay: :math:`g' = \pm g + \lambda p`.
+
+    Identity when ``weight_decay == 0`` and not ``maximize``.
+    """
+    _checks.check_nonnegative('weight_decay value', weight_decay)
+    if weight_decay == 0.0 and not maximize:
+        return identity()
+
+    def init_fn(params: list, treespec: Any) -> EmptyState:
+        return EmptyState()
+
+    def update_fn(
+        updates: list, state: EmptyState, *, params: list | None = None, inplace: bool = True,
+        treespec: Any = None,
+    ) -> tuple[list, EmptyState]:
+        idx = present_indices(updates)
+        g = take(updates, idx)
+        if not g:
+            return updates, state
+        if weight_decay != 0.0:
+            if params is None:
+                raise ValueError(
+                    'Parameters are required for weight decay. Call '
+                    '`update(updates, state, params=params)` instead.'
+                )
+            p = take(params, idx)
+        if inplace:
+            with torch.no_grad():
+                if maximize:
+                    _fe.neg_(g)
+                if weight_decay != 0.0:
+                    _fe.add_(g, p, alpha=weight_decay)
+            return updates, state
+        if maximize:
+            g = _fe.neg(g)
+        if weight_decay != 0.0:
+            g = _fe.add(g, p, alpha=weight_decay)
+        return put(updates, idx, g), state
+
+    return FlatTransformation(
+        init_fn, update_fn, f'flip_sign_and_add_weight_decay({weight_decay!r}, maximize={maximize})'
+    )
+
+
+def scale_by_neg_lr(lr: ScalarOrSchedule) -> GradientTransformation:
+    """Multiply by ``-lr``; ``lr`` is a number, a scalar tensor or a schedule ``count -> lr``."""
+    _checks.check_lr(lr)
+    if callable(lr) and not isinstance(lr, torch.Tensor):
+
+        def neg_schedule(count: Any) -> Any:
+            return -lr(count)
+
+        return scale_by_schedule(neg_schedule)
+    return scale(-lr)

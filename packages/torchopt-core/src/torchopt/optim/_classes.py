@@ -1,0 +1,275 @@
+"""Torch-like optimizer classes: thin wrappers that bind an alias to :class:`Optimizer`.
+
+The math, validation and docstrings live in :mod:`torchopt.alias`; the defaults and the
+argument order here follow ``torch.optim`` (and upstream TorchOpt), which differ from the
+functional aliases in places.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+
+from torchopt import alias
+from torchopt.optim.base import Optimizer
+from torchopt.typing import ScalarOrSchedule
+
+__all__ = [
+    'SGD', 'Adam', 'AdamW', 'AdaGrad', 'Adagrad', 'AdaDelta', 'Adadelta', 'AdaMax', 'Adamax',
+    'RAdam', 'RMSProp', 'RMSprop', 'NAdam', 'Lion', 'Lamb',
+]
+
+Params = Iterable[torch.Tensor]
+
+
+class SGD(Optimizer):
+    """:func:`torchopt.sgd` as a torch-like optimizer (argument order of ``torch.optim.SGD``)."""
+
+    def __init__(
+        self,
+        params: Params,
+        lr: ScalarOrSchedule,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            alias.sgd(
+                lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                nesterov=nesterov, moment_requires_grad=False, maximize=maximize,
+            ),
+        )
+
+
+class Adam(Optimizer):
+    """:func:`torchopt.adam` as a torch-like optimizer."""
+
+    def __init__(
+        self,
+        params: Params,
+        lr: ScalarOrSchedule = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        eps_root: float = 0.0,
+        maximize: bool = False,
+        use_accelerated_op: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            alias.adam(
+                lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_root=eps_root,
+                moment_requires_grad=False, maximize=maximize,
+                use_accelerated_op=use_accelerated_op,
+            ),
+        )
+
+
+class AdamW(Optimizer):
+    """:func:`torchopt.adamw` as a torch-like optimizer."""
+
+    def __init__(
+        self,
+        params: Params,
+        lr: ScalarOrSchedule = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        *,
+        eps_root: float = 0.0,
+        mask: Any = None,
+        maximize: bool = False,
+        use_accelerated_op: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            alias.adamw(
+                lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_root=eps_root,
+                mask=mask, moment_requires_grad=False, maximize=maximize,
+                use_accelerated_op=use_accelerated_op,
+            ),
+        )
+
+
+class AdaGrad(Optimizer):
+    """:func:`torchopt.adagrad` as a torch-like optimizer."""
+
+    def __init__(
+        self,
+        params: Params,
+        lr: ScalarOrSchedule = 1e-2,
+        lr_decay: float = 0.0,
+        weight_decay: float = 0.0,
+        initial_accumulator_value: float = 0.0,
+        eps: float = 1e-10,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            alias.adagrad(
+                lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize,
+            ),
+        )
+
+
+class AdaDelta(Optimizer):
+    """:func:`torchopt.adadelta` as a torch-like optimizer (``lr`` defaults to 1.0 as torch)."""
+
+    def __init__(
+        self,
+        params: Params,
+        lr: ScalarOrSchedule = 1.0,
+        rho: float = 0.9,
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(
+            params,
+            alias.adadelta(
+                lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, moment_requires_grad=False
+            ),
+        )
+
+
+class AdaMax(Optimizer):
+    """:func:`torchopt.adamax` as a torch-like optimizer (torch's defaults)."""
+
+    def __init__(
+        self,
+        params: Params,
+        lr: ScalarOrSchedule = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(
+            params,
+            alias.adamax(
+                lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, moment_requires_grad=False
+            ),
+        )
+
+
+class RAdam(Optimizer):
+    """:func:`torchopt.radam` as a torch-like optimizer (torch's defaults)."""
+
+    def __init__(
+        self,
+        params: Params,
+        lr: ScalarOrSchedule = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(
+            params,
+            alias.radam(
+                lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, moment_requires_grad=False
+            ),
+        )
+
+
+class RMSProp(Optimizer):
+    """:func:`torchopt.rmsprop` as a torch-like optimizer."""
+
+    def __init__(
+        self,
+        params: Params,
+        lr: ScalarOrSchedule = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+        *,
+        initial_scale: float = 0.0,
+        nesterov: bool = False,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            alias.rmsprop(
+                lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                centered=centered, initial_scale=initial_scale, nesterov=nesterov,
+                maximize=maximize,
+            ),
+        )
+
+
+class NAdam(Optimizer):
+    """:func:`torchopt.nadam` as a torch-like optimizer."""
+
+    def __init__(
+        self,
+        params: Params,
+        lr: ScalarOrSchedule = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum_decay: float = 4e-3,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            alias.nadam(
+                lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                momentum_decay=momentum_decay, maximize=maximize,
+            ),
+        )
+
+
+class Lion(Optimizer):
+    """:func:`torchopt.lion` as a torch-like optimizer."""
+
+    def __init__(
+        self,
+        params: Params,
+        lr: ScalarOrSchedule = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        *,
+        mask: Any = None,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            alias.lion(lr=lr, betas=betas, weight_decay=weight_decay, mask=mask, maximize=maximize),
+        )
+
+
+class Lamb(Optimizer):
+    """:func:`torchopt.lamb` as a torch-like optimizer."""
+
+    def __init__(
+        self,
+        params: Params,
+        lr: ScalarOrSchedule = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        *,
+        eps_root: float = 0.0,
+        mask: Any = None,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            alias.lamb(
+                lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_root=eps_root,
+                mask=mask, maximize=maximize,
+            ),
+        )
+
+
+Adagrad = AdaGrad
+Adadelta = AdaDelta
+Adamax = AdaMax
+RMSprop = RMSProp

@@ -1,0 +1,23 @@
+"""Differentiable (meta) optimizers (upstream ``torchopt.optim.meta``)."""
+
+from torchopt.optim.meta._classes import (
+    MetaAdaDelta,
+    MetaAdadelta,
+    MetaAdaGrad,
+    MetaAdagrad,
+    MetaAdam,
+    MetaAdaMax,
+    MetaAdamax,
+    MetaAdamW,
+    MetaRAdam,
+    MetaRMSProp,
+    MetaRMSprop,
+    MetaSGD,
+)
+from torchopt.optim.meta.base import MetaOptimizer
+
+__all__ = [
+    'MetaOptimizer', 'MetaSGD', 'MetaAdam', 'MetaAdamW', 'MetaAdaGrad', 'MetaAdagrad',
+    'MetaAdaDelta', 'MetaAdadelta', 'MetaAdaMax', 'MetaAdamax', 'MetaRAdam', 'MetaRMSProp',
+    'MetaRMSprop',
+]

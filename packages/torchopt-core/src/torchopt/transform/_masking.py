@@ -1,0 +1,106 @@
+"""Decoupled weight decay and masking of transformations to a subset of leaves."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import optree
+import torch
+
+from torchopt import _foreach as _fe
+
+from torchopt import _checks
+from torchopt.base import EmptyState, GradientTransformation, identity
+from torchopt.transform._flat import FlatTransformation, as_flat, present_indices, put, take
+
+__all__ = ['MaskedNode', 'MaskedState', 'masked', 'add_decayed_weights']
+
+_PARAMS_REQUIRED = (
+    'Parameters are required for weight decay. Call `update(updates, state, params=params)` '
+    'instead.'
+)
+
+
+class MaskedNode(NamedTuple):
+    """An empty subtree standing for a leaf that a mask leaves out."""
+
+
+class MaskedState(NamedTuple):
+    """State of :func:`masked`: the inner transformation's state (over the masked-in leaves)."""
+
+    inner_state: Any
+
+
+def _mask_leaves(mask: Any, leaves: list, treespec: optree.PyTreeSpec) -> list[bool]:
+    """Evaluate ``mask`` (a bool tree prefix of the params, or a callable) against the leaves."""
+    if callable(mask):
+        mask = mask(treespec.unflatten(leaves))
+    try:
+        full = optree.tree_broadcast_prefix(mask, treespec.unflatten(leaves), none_is_leaf=True)
+    except ValueError as ex:
+        raise ValueError(f'`mask` must be a tree prefix of the params ({treespec}): {ex}') from ex
+    return [bool(m) for m in treespec.flatten_up_to(full)]
+
+
+def masked(inner: GradientTransformation, mask: Any = None) -> FlatTransformation:
+    """Apply ``inner`` only to the leaves where ``mask`` is true; other leaves pass through.
+
+    Args:
+        inner: the transformation to mask.
+        mask: a tree of booleans that is a prefix of the params, or a callable returning one
+            (evaluated on the params at ``init`` and on the updates at ``update``).
+    """
+    inner_init, inner_update = as_flat(inner)
+
+    def init_fn(params: list, treespec: Any) -> MaskedState:
+        sel = [i for i, m in enumerate(_mask_leaves(mask, params, treespec)) if m]
+        sub = [params[i] for i in sel]
+        return MaskedState(inner_state=inner_init(sub, optree.tree_structure(sub)))
+
+    def update_fn(
+        updates: list, state: MaskedState, *, params: list | None = None, inplace: bool = True,
+        treespec: Any = None,
+    ) -> tuple[list, MaskedState]:
+        sel = [i for i, m in enumerate(_mask_leaves(mask, updates, treespec)) if m]
+        sub = [updates[i] for i in sel]
+        sub_params = None if params is None else [params[i] for i in sel]
+        new_sub, inner_state = inner_update(
+            sub, state.inner_state, params=sub_params, inplace=inplace,
+            treespec=optree.tree_structure(sub, none_is_leaf=True),
+        )
+        return put(updates, sel, list(new_sub)), MaskedState(inner_state=inner_state)
+
+    return FlatTransformation(init_fn, update_fn, f'masked({inner!r})')
+
+
+def add_decayed_weights(weight_decay: float = 0.0, mask: Any = None) -> GradientTransformation:
+    r"""Add decoupled weight decay: :math:`u = g + \lambda p` (needs ``params`` at update).
+
+    Args:
+        weight_decay: :math:`\lambda \ge 0`.
+        mask: optional leaf mask (see :func:`masked`); leaves outside it are not decayed.
+    """
+    _checks.check_nonnegative('weight_decay value', weight_decay)
+    if weight_decay == 0.0 and mask is None:
+        return identity()
+
+    def init_fn(params: list, treespec: Any) -> EmptyState:
+        return EmptyState()
+
+    def update_fn(
+        updates: list, state: EmptyState, *, params: list | None = None, inplace: bool = True,
+        treespec: Any = None,
+    ) -> tuple[list, EmptyState]:
+        assert params is not None, _PARAMS_REQUIRED
+        idx = present_indices(updates)
+        g, p = take(updates, idx), take(params, idx)
+        if not g or weight_decay == 0.0:
+            return updates, state
+        if inplace:
+            with torch.no_grad():
+                _fe.add_(g, p, alpha=weight_decay)
+            return updates, state
+        return put(updates, idx, _fe.add(g, p, alpha=weight_decay)), state
+
+    plain = FlatTransformation(init_fn, update_fn, f'add_decayed_weights({weight_decay!r})')
+    return plain if mask is None else masked(plain, mask)

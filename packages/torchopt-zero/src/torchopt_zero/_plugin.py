@@ -1,0 +1,8 @@
+"""Entry point of the ``zero`` plugin (group ``torchopt.plugins``).
+
+Core loads this object on first use of a path the plugin serves; it names the module to import.
+"""
+
+from torchopt.plugins import PluginInfo
+
+plugin = PluginInfo(name='zero', module='torchopt_zero')
