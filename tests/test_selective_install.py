@@ -1,7 +1,7 @@
 """Selective install from a wheelhouse: ``torchopt-core[implicit]`` brings exactly that plugin.
 
 Builds the six wheels, makes a fresh virtual environment (torch and optree installed first from
-the machine's package sources), installs ``torchopt-core[implicit]`` from the wheelhouse only,
+the machine's package sources, with graphviz for the viz plugin), installs ``torchopt-core[implicit]`` from the wheelhouse only,
 and checks what is found; then ``[all]`` installs every plugin.
 """
 
@@ -40,7 +40,7 @@ def fresh_venv(tmp_path_factory):
     venv.EnvBuilder(with_pip=True).create(path)
     python = path / 'bin' / 'python'
     subprocess.run(
-        [str(python), '-m', 'pip', 'install', '-q', 'torch==2.13.0', 'optree>=0.13'],
+        [str(python), '-m', 'pip', 'install', '-q', 'torch==2.13.0', 'optree>=0.13', 'graphviz>=0.20'],
         check=True, timeout=900,
     )
     return python

@@ -14,15 +14,35 @@ import torch
 __all__ = [
     'abs', 'add', 'add_', 'addcmul', 'addcmul_', 'copy_', 'div', 'div_', 'lerp', 'lerp_',
     'maximum', 'maximum_', 'mul', 'mul_', 'neg', 'neg_', 'norm', 'sign', 'sqrt', 'sqrt_',
-    'functorch_active',
+    'functorch_active', 'fusable',
 ]
 
 _peek = torch._C._functorch.peek_interpreter_stack
+_FUSED_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
 
 
 def functorch_active() -> bool:
     """Whether we run inside a ``torch.func`` transform (vmap, grad, jvp, ...)."""
     return _peek() is not None
+
+
+def fusable(*lists: list) -> bool:
+    """Whether torch's fused optimizer kernels may run in place on these tensor lists.
+
+    True when not under a ``torch.func`` transform and every tensor is dense, contiguous and
+    on the same CPU or CUDA device with the same floating dtype as the first one.
+    """
+    if _peek() is not None or not lists or not lists[0]:
+        return False
+    first = lists[0][0]
+    device, dtype = first.device, first.dtype
+    if device.type not in ('cpu', 'cuda') or dtype not in _FUSED_DTYPES:
+        return False
+    return all(
+        t.device == device and t.dtype == dtype and t.layout == torch.strided and t.is_contiguous()
+        for lst in lists
+        for t in lst
+    )
 
 
 def _make(name: str, per_tensor: Callable[..., Any], inplace: bool) -> Callable[..., Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from torchopt.base import ChainedGradientTransformation, GradientTransformation, identity
 from torchopt.transform._flat import FlatTransformation, as_flat
@@ -23,9 +23,16 @@ def chain(*transformations: GradientTransformation) -> GradientTransformation:
 
 
 class FlatChain(FlatTransformation):
-    """A chain that flattens the pytrees once and runs its members on the flat lists."""
+    """A chain that flattens the pytrees once and runs its members on the flat lists.
+
+    ``apply_fused`` (set by some optimizer aliases) is the fused path of the torch-like
+    :class:`~torchopt.Optimizer`: ``apply_fused(params, grads, state)`` updates the parameters
+    in place with one of torch's fused kernels and returns the new state, or returns ``None``
+    when the tensors are not eligible (the composed transformations then run).
+    """
 
     transformations: tuple[GradientTransformation, ...]
+    apply_fused: Callable[[tuple, tuple, tuple], tuple | None] | None = None
 
     def __new__(cls, *transformations: GradientTransformation) -> Any:
         members = ChainedGradientTransformation(*transformations).transformations

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from torchopt import _checks
+from torchopt.alias import _fused
 from torchopt.alias.utils import flip_sign_and_add_weight_decay, scale_by_neg_lr
 from torchopt.base import GradientTransformation
 from torchopt.combine import chain_flat
@@ -38,6 +39,16 @@ __all__ = [
 
 def _adam_scaler(use_accelerated_op: bool) -> Any:
     return scale_by_accelerated_adam if use_accelerated_op else scale_by_adam
+
+
+def _constant(lr: Any) -> bool:
+    """Whether ``lr`` is a plain number (torch's fused kernels take no schedule or tensor)."""
+    return isinstance(lr, (int, float)) and not isinstance(lr, bool)
+
+
+def _with_fused(chain: Any, apply: Any) -> Any:
+    chain.apply_fused = apply
+    return chain
 
 
 def sgd(
@@ -79,13 +90,16 @@ def sgd(
     _checks.check_lr(lr)
     _checks.check_nonnegative('momentum value', momentum)
     _checks.check_nonnegative('weight_decay value', weight_decay)
-    if nesterov and (momentum <= 0 or dampening != 0):
-        raise ValueError('Nesterov momentum requires a momentum and zero dampening')
-    return chain_flat(
+    chain = chain_flat(
         flip_sign_and_add_weight_decay(weight_decay, maximize),
         trace(momentum, dampening, nesterov, moment_requires_grad),
         scale_by_neg_lr(lr),
     )
+    if _constant(lr):
+        _with_fused(
+            chain, _fused.fused_sgd(lr, momentum, dampening, weight_decay, nesterov, maximize)
+        )
+    return chain
 
 
 def adam(
@@ -122,11 +136,16 @@ def adam(
     """
     b1, b2 = _checks.check_betas(betas)
     _checks.check_lr(lr)
-    return chain_flat(
+    chain = chain_flat(
         flip_sign_and_add_weight_decay(weight_decay, maximize),
         _adam_scaler(use_accelerated_op)(b1, b2, eps, eps_root, moment_requires_grad),
         scale_by_neg_lr(lr),
     )
+    if _constant(lr) and eps_root == 0.0 and not use_accelerated_op:
+        _with_fused(
+            chain, _fused.fused_adam(lr, b1, b2, eps, weight_decay, maximize, decoupled=False)
+        )
+    return chain
 
 
 def adamw(
@@ -156,12 +175,17 @@ def adamw(
     """
     b1, b2 = _checks.check_betas(betas)
     _checks.check_lr(lr)
-    return chain_flat(
+    chain = chain_flat(
         flip_sign_and_add_weight_decay(0.0, maximize),
         _adam_scaler(use_accelerated_op)(b1, b2, eps, eps_root, moment_requires_grad),
         add_decayed_weights(weight_decay, mask),
         scale_by_neg_lr(lr),
     )
+    if _constant(lr) and eps_root == 0.0 and mask is None and not use_accelerated_op:
+        _with_fused(
+            chain, _fused.fused_adam(lr, b1, b2, eps, weight_decay, maximize, decoupled=True)
+        )
+    return chain
 
 
 def _adagrad_lr_schedule(decay_rate: float, transition_begin: int = 0) -> Any:

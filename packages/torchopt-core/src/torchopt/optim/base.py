@@ -79,12 +79,18 @@ class Optimizer:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        fused = getattr(self.impl, 'apply_fused', None)
         with torch.no_grad():
             for i, params in enumerate(self.param_groups):
                 state = self.state_groups[i]
                 if isinstance(state, UninitializedState):
                     state = self.impl.init(params)
                 grads = tuple(p.grad for p in params)
+                if fused is not None:  # torch's fused kernel when eligible (same math)
+                    new_state = fused(params, grads, state)
+                    if new_state is not None:
+                        self.state_groups[i] = new_state
+                        continue
                 updates, self.state_groups[i] = self.impl.update(
                     grads, state, params=params, inplace=True
                 )
