@@ -15,6 +15,7 @@ import torch
 from torchopt import _foreach as _fe
 
 from torchopt import _checks
+from torchopt.transform._adam_autograd import adam_update_diff
 from torchopt.transform._flat import FlatTransformation, present_indices, put, take
 from torchopt.transform.utils import ema, ema_sq, write_, zeros_like
 
@@ -162,6 +163,11 @@ def scale_by_adam(
         if inplace and eps_root == 0.0 and _fe.fusable(g, mu, nu):
             _fused_adam_direction_(g, mu, nu, count, b1, b2, eps)
             return updates, ScaleByAdamState(mu=state.mu, nu=state.nu, count=count)
+        if not inplace and torch.is_grad_enabled() and not _fe.functorch_active():
+            u, new_mu, new_nu = adam_update_diff(g, mu, nu, count, b1, b2, eps, eps_root)
+            return put(updates, idx, u), ScaleByAdamState(
+                mu=put(state.mu, idx, new_mu), nu=put(state.nu, idx, new_nu), count=count
+            )
         new_mu = ema(mu, g, b1, inplace=inplace)
         new_nu = ema_sq(nu, g, b2, inplace=inplace)
         if inplace:
