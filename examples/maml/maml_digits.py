@@ -118,10 +118,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description='MAML on rotated digits (5-way 1-shot)')
     parser.add_argument('--api', choices=['functional', 'module'], default='functional')
     parser.add_argument('--quick', action='store_true', help='short run (CI smoke test)')
-    parser.add_argument('--iterations', type=int, default=400)
+    parser.add_argument('--iterations', type=int, default=200)
     parser.add_argument('--meta-batch', type=int, default=16)
     parser.add_argument('--inner-steps', type=int, default=3)
-    parser.add_argument('--test-steps', type=int, default=5)
+    parser.add_argument('--test-steps', type=int, default=3)
     parser.add_argument('--inner-lr', type=float, default=0.4)
     parser.add_argument('--outer-lr', type=float, default=2e-3)
     parser.add_argument('--n-way', type=int, default=5)
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
     if args.quick:
-        args.iterations, args.test_tasks = 120, 100
+        args.iterations, args.test_tasks = 80, 100
     args.log_every = max(args.iterations // 8, 1)
     torch.manual_seed(args.seed)
     torch.set_num_threads(min(2, torch.get_num_threads()))

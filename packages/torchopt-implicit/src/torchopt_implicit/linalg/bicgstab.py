@@ -1,0 +1,105 @@
+"""Preconditioned BiCGSTAB over tensor trees, for general (non-symmetric) systems."""
+
+from __future__ import annotations
+
+import torch
+from torchopt.typing import TensorTree
+
+from torchopt_implicit.linalg.utils import (
+    FlatSystem,
+    MatvecLike,
+    all_true,
+    vdot_real,
+    warn_not_converged,
+)
+
+__all__ = ['bicgstab']
+
+
+def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.vdot(x, y) if x.is_complex() else torch.dot(x, y)
+
+
+def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    nonzero = den != 0
+    return torch.where(nonzero, num / torch.where(nonzero, den, torch.ones_like(den)), 0.0)
+
+
+def bicgstab(
+    A: MatvecLike,  # noqa: N803
+    b: TensorTree,
+    x0: TensorTree | None = None,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    M: MatvecLike | str | None = None,  # noqa: N803
+    warn: bool | None = None,
+) -> TensorTree:
+    r"""Solve :math:`A x = b` for a general square :math:`A` by BiCGSTAB (van der Vorst, 1992).
+
+    With shadow residual :math:`\hat r = r_0` and preconditioner :math:`M`, each iteration does
+
+    .. math::
+
+        \rho_k &= \langle \hat r, r_k \rangle, \quad
+        p_k = r_k + \tfrac{\rho_k}{\rho_{k-1}} \tfrac{\alpha_{k-1}}{\omega_{k-1}}
+              (p_{k-1} - \omega_{k-1} v_{k-1}), \quad v_k = A M p_k, \\
+        \alpha_k &= \rho_k / \langle \hat r, v_k \rangle, \quad s = r_k - \alpha_k v_k, \quad
+        t = A M s, \quad \omega_k = \langle t, s \rangle / \langle t, t \rangle, \\
+        x_{k+1} &= x_k + \alpha_k M p_k + \omega_k M s, \quad r_{k+1} = s - \omega_k t .
+
+    Two matvecs per iteration; stops when
+    :math:`\|r\|^2 \le \max(\text{rtol}^2\|b\|^2, \text{atol}^2)`. Works under
+    :func:`torch.func.vmap` like :func:`~torchopt_implicit.linalg.cg`.
+
+    Args:
+        A: a callable ``x -> A @ x`` over trees like ``b``, or a tree of square matrices.
+        b: the right-hand side tree.
+        x0: the initial guess, shaped like ``b`` (zeros by default).
+        rtol: relative tolerance on the residual norm.
+        atol: absolute tolerance on the residual norm.
+        maxiter: iteration cap; defaults to 10 times the number of elements of ``b`` (at least 1).
+        M: preconditioner approximating :math:`A^{-1}` (callable, matrices or ``'jacobi'``).
+        warn: warn with the residual when not converged (``None``: only if ``maxiter`` was not
+            given).
+
+    Returns:
+        The approximate solution, a tree shaped like ``b``.
+    """
+    system = FlatSystem(A, b, x0, M, maxiter)
+    if warn is None:
+        warn = maxiter is None
+    tol_sq = system.tolerance_sq(rtol, atol)
+    matvec, precond = system.matvec, system.apply_precond
+
+    x = system.x0
+    r = system.b - matvec(x) if x0 is not None else system.b
+    r_hat = r
+    rr = vdot_real(r, r)
+    one = torch.ones((), dtype=r.dtype, device=r.device)
+    rho, alpha, omega = one, one, one
+    p = v = torch.zeros_like(r)
+    for _ in range(system.maxiter):
+        done = rr <= tol_sq
+        if all_true(done):
+            break
+        rho_new = _dot(r_hat, r)
+        beta = _safe_div(rho_new, rho) * _safe_div(alpha, omega)
+        p = r + beta * (p - omega * v)
+        p_hat = precond(p)
+        v = matvec(p_hat)
+        alpha = _safe_div(rho_new, _dot(r_hat, v))
+        s = r - alpha * v
+        s_hat = precond(s)
+        t = matvec(s_hat)
+        omega = _safe_div(_dot(t, s), _dot(t, t))
+        keep = ~done
+        x = torch.where(keep, x + alpha * p_hat + omega * s_hat, x)
+        r = torch.where(keep, s - omega * t, r)
+        rho = rho_new
+        rr = vdot_real(r, r)
+    else:
+        if warn and not all_true(rr <= tol_sq):
+            warn_not_converged('bicgstab', system.maxiter, rr, tol_sq)
+    return system.result(x)

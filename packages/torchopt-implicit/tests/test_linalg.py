@@ -1,0 +1,148 @@
+"""torchopt.linalg: cg, gmres, bicgstab, ns, ns_inv and utils against dense references."""
+
+import pytest
+import torch
+
+from torchopt_implicit import linalg
+from torchopt_implicit.linalg.utils import ConvergenceWarning, cat_shapes, normalize_matvec
+
+SOLVERS = [linalg.cg, linalg.gmres, linalg.bicgstab]
+
+
+@pytest.mark.parametrize('solver', SOLVERS)
+@pytest.mark.parametrize('precond', [None, 'jacobi'])
+def test_spd_matrix_matches_dense_solve(solver, precond, gen, spd) -> None:
+    a = spd(25, gen) + torch.diag(torch.linspace(0, 5, 25, dtype=torch.float64))
+    b = torch.randn(25, generator=gen, dtype=torch.float64)
+    x = solver(a, b, rtol=1e-12, M=precond)
+    torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize('solver', [linalg.gmres, linalg.bicgstab])
+def test_nonsymmetric_matches_dense_solve(solver, gen) -> None:
+    a = torch.randn(20, 20, generator=gen, dtype=torch.float64) + 8 * torch.eye(20, dtype=torch.float64)
+    b = torch.randn(20, generator=gen, dtype=torch.float64)
+    x = solver(lambda v: a @ v, b, rtol=1e-12)
+    torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-9, atol=1e-11)
+
+
+def test_gmres_short_restart(gen) -> None:
+    a = torch.randn(20, 20, generator=gen, dtype=torch.float64) + 8 * torch.eye(20, dtype=torch.float64)
+    b = torch.randn(20, generator=gen, dtype=torch.float64)
+    x = linalg.gmres(a, b, rtol=1e-12, restart=3, maxiter=2000)
+    torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize('solver', SOLVERS)
+def test_multi_leaf_tree_with_cross_coupling(solver, gen, spd) -> None:
+    big = spd(7, gen)  # couples the (3,)-leaf and the (2, 2)-leaf
+
+    def matvec(tree):
+        v = torch.cat([tree['a'], tree['b'].reshape(-1)])
+        out = big @ v
+        return {'a': out[:3], 'b': out[3:].reshape(2, 2)}
+
+    b = {'a': torch.randn(3, generator=gen, dtype=torch.float64), 'b': torch.randn(2, 2, generator=gen, dtype=torch.float64)}
+    x = solver(matvec, b, rtol=1e-12)
+    ref = torch.linalg.solve(big, torch.cat([b['a'], b['b'].reshape(-1)]))
+    torch.testing.assert_close(torch.cat([x['a'], x['b'].reshape(-1)]), ref, rtol=1e-9, atol=1e-11)
+    assert x['b'].shape == (2, 2)
+
+
+def test_tree_of_matrices_and_x0(gen, spd) -> None:
+    a1, a2 = spd(4, gen), spd(3, gen)
+    b = (torch.randn(4, generator=gen, dtype=torch.float64), torch.randn(3, generator=gen, dtype=torch.float64))
+    x0 = (torch.ones(4, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+    x = linalg.cg((a1, a2), b, x0, rtol=1e-12)
+    torch.testing.assert_close(x[0], torch.linalg.solve(a1, b[0]))
+    torch.testing.assert_close(x[1], torch.linalg.solve(a2, b[1]))
+    with pytest.raises(ValueError, match='x0'):
+        linalg.cg((a1, a2), b, (torch.ones(4, dtype=torch.float64),))
+
+
+@pytest.mark.parametrize('solver', SOLVERS)
+def test_scalar_system_is_solved(solver) -> None:
+    # upstream #222: maxiter = 10 * sum(shape) = 0 for a scalar, which returned x0
+    x = solver(lambda v: 4.0 * v, torch.tensor(2.0, dtype=torch.float64))
+    assert x.shape == ()
+    torch.testing.assert_close(x, torch.tensor(0.5, dtype=torch.float64))
+
+
+def test_default_maxiter_counts_elements() -> None:
+    # CG breaks down on this indefinite system; the warning names the cap it ran to.
+    b = torch.ones(10, 10, dtype=torch.float64)
+    signs = torch.ones(10, 10, dtype=torch.float64)
+    signs[::2] = -1
+    with pytest.warns(ConvergenceWarning, match=r'maxiter=1000 '):
+        linalg.cg(lambda v: signs * v, b)
+
+
+@pytest.mark.parametrize('solver', SOLVERS)
+def test_convergence_warning_reports_residual(solver, gen, spd) -> None:
+    a = spd(30, gen, shift=1e-3)
+    b = torch.randn(30, generator=gen, dtype=torch.float64)
+    with pytest.warns(ConvergenceWarning, match='residual norm'):
+        solver(a, b, rtol=1e-14, maxiter=2, warn=True)
+    # an explicit maxiter is a deliberate truncation: silent by default
+    x = solver(a, b, rtol=1e-14, maxiter=2)
+    assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize('solver', SOLVERS)
+def test_vmap_equals_loop(solver, gen, spd) -> None:
+    mats = torch.stack([spd(12, gen, shift=s) for s in (0.1, 1.0, 10.0)])
+    rhs = torch.randn(3, 12, generator=gen, dtype=torch.float64)
+    batched = torch.func.vmap(lambda m, v: solver(lambda x: m @ x, v, rtol=1e-10))(mats, rhs)
+    looped = torch.stack([solver(lambda x, m=m: m @ x, v, rtol=1e-10) for m, v in zip(mats, rhs)])
+    tol = 1e-9 if solver is not linalg.gmres else 1e-8  # batched matmuls round differently
+    torch.testing.assert_close(batched, looped, rtol=tol, atol=tol)
+    torch.testing.assert_close(batched, torch.linalg.solve(mats, rhs), rtol=1e-8, atol=1e-9)
+
+
+def test_ns_matches_series(gen, spd) -> None:
+    a = 0.5 * spd(6, gen, shift=0.5) / 3
+    b = torch.randn(6, generator=gen, dtype=torch.float64)
+    eye = torch.eye(6, dtype=torch.float64)
+    for alpha in (None, 0.7):
+        step = eye - (a if alpha is None else alpha * a)
+        series = sum(torch.linalg.matrix_power(step, k) for k in range(11)) @ b
+        ref = series if alpha is None else alpha * series
+        torch.testing.assert_close(linalg.ns(lambda v: a @ v, b, alpha=alpha), ref)
+        torch.testing.assert_close(linalg.ns(a, b, alpha=alpha), ref)
+    torch.testing.assert_close(linalg.ns(a, b, maxiter=400), torch.linalg.solve(a, b), rtol=1e-8, atol=1e-10)
+
+
+def test_ns_inv_matches_series(gen, spd) -> None:
+    a = 0.5 * spd(5, gen, shift=0.5) / 3
+    eye = torch.eye(5, dtype=torch.float64)
+    ref = sum(torch.linalg.matrix_power(eye - 0.5 * a, k) for k in range(7)) * 0.5
+    torch.testing.assert_close(linalg.ns_inv(a, 7, alpha=0.5), ref)
+    torch.testing.assert_close(linalg.ns_inv((a,), maxiter=500)[0], torch.linalg.inv(a), rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match='square'):
+        linalg.ns_inv(torch.ones(2, 3))
+    with pytest.raises(ValueError, match='square'):
+        linalg.ns(torch.ones(2, 3), torch.ones(2))
+
+
+def test_utils() -> None:
+    assert cat_shapes((torch.zeros(2, 3), {'a': torch.zeros(4)})) == (2, 3, 4)
+    fn = lambda x: x  # noqa: E731
+    assert normalize_matvec(fn) is fn
+    mv = normalize_matvec((torch.eye(2) * 2, torch.eye(3)))
+    out = mv((torch.ones(2), torch.ones(3)))
+    torch.testing.assert_close(out[0], 2 * torch.ones(2))
+    with pytest.raises(TypeError, match='square matrix'):
+        normalize_matvec(torch.ones(2, 3))
+    with pytest.raises(ValueError, match='leaves'):
+        mv((torch.ones(2),))
+
+
+def test_jacobi_preconditioner(gen, spd) -> None:
+    a = spd(8, gen) + torch.diag(torch.arange(8, dtype=torch.float64) * 10)
+    v = torch.randn(8, generator=gen, dtype=torch.float64)
+    exact = linalg.utils.jacobi_preconditioner(lambda x: a @ x, v)
+    torch.testing.assert_close(exact(v), v / a.diagonal())
+    torch.testing.assert_close(linalg.utils.jacobi_preconditioner(a, v)(v), v / a.diagonal())
+    diag = torch.diag(torch.arange(1, 9, dtype=torch.float64))
+    est = linalg.utils.jacobi_preconditioner(lambda x: diag @ x, v, num_samples=3, generator=gen)
+    torch.testing.assert_close(est(v), v / diag.diagonal())  # exact for a diagonal operator
