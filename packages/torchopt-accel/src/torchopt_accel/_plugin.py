@@ -2,4 +2,6 @@
 
 from torchopt.plugins import PluginInfo
 
+__all__ = ['plugin']
+
 plugin = PluginInfo(name='accel', module='torchopt_accel')

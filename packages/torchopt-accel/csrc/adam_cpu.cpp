@@ -1,0 +1,120 @@
+// CPU implementation of the torchopt_accel ops: the leaves of a call are cut into chunks that
+// at::parallel_for spreads over the intra-op threads; each chunk runs the vectorised element
+// kernel of the best CPU capability this machine (and ATEN_CPU_CAPABILITY) allows.
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include <ATen/Version.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "ops.h"
+
+namespace torchopt_accel {
+namespace {
+
+struct Kernels {
+  SpanFn forward;
+  SpanFn backward;
+  const char* name;
+};
+
+Kernels select_kernels() {
+  const std::string cap = at::get_cpu_capability();
+#ifdef TORCHOPT_ACCEL_HAVE_AVX512
+  if (cap == "AVX512") return {AVX512::forward_span, AVX512::backward_span, "AVX512"};
+#endif
+#ifdef TORCHOPT_ACCEL_HAVE_AVX2
+  if (cap == "AVX512" || cap == "AVX2") return {AVX2::forward_span, AVX2::backward_span, "AVX2"};
+#endif
+  return {DEFAULT::forward_span, DEFAULT::backward_span, "DEFAULT"};
+}
+
+const Kernels& kernels() {
+  static const Kernels k = select_kernels();
+  return k;
+}
+
+// Elements per work item: large enough to amortise the per-chunk cost, small enough to balance.
+constexpr int64_t kChunk = 1 << 15;
+
+struct Work {
+  int32_t span;
+  int64_t begin;
+  int64_t end;
+};
+
+void run_cpu(const Plan& plan, Kind kind, const AdamScalars& s) {
+  if (plan.spans.empty()) return;
+  const SpanFn fn = kind == Kind::Forward ? kernels().forward : kernels().backward;
+  const int n_in = kind == Kind::Forward ? 3 : 6;
+  const int64_t elem = static_cast<int64_t>(c10::elementSize(plan.dtype));
+  std::vector<Work> work;
+  int64_t total = 0;
+  for (size_t i = 0; i < plan.spans.size(); ++i) {
+    const int64_t n = plan.spans[i].n;
+    total += n;
+    for (int64_t b = 0; b < n; b += kChunk) {
+      work.push_back({static_cast<int32_t>(i), b, std::min(n, b + kChunk)});
+    }
+  }
+  auto body = [&](int64_t lo, int64_t hi) {
+    for (int64_t w = lo; w < hi; ++w) {
+      const Work& item = work[w];
+      const Span& sp = plan.spans[item.span];
+      const void* in[6];
+      void* out[3];
+      const int64_t off = item.begin * elem;
+      for (int j = 0; j < n_in; ++j) {
+        in[j] = sp.in[j] ? static_cast<const char*>(sp.in[j]) + off : nullptr;
+      }
+      for (int k = 0; k < 3; ++k) out[k] = static_cast<char*>(sp.out[k]) + off;
+      fn(plan.dtype, item.end - item.begin, in, out, s);
+    }
+  };
+  // Small calls stay on the calling thread: waking the pool costs more than it saves.
+  const int64_t grain = total < 4 * kChunk ? static_cast<int64_t>(work.size()) : 1;
+  at::parallel_for(0, static_cast<int64_t>(work.size()), grain, body);
+}
+
+void adam_step_cpu(at::TensorList updates, at::TensorList mu, at::TensorList nu, double b1,
+                   double b2, double eps, double eps_root, int64_t count) {
+  adam_step_impl(updates, mu, nu, b1, b2, eps, eps_root, count, run_cpu);
+}
+
+Triple adam_forward_cpu(at::TensorList updates, at::TensorList mu, at::TensorList nu, double b1,
+                        double b2, double eps, double eps_root, int64_t count) {
+  return adam_forward_impl(updates, mu, nu, b1, b2, eps, eps_root, count, run_cpu);
+}
+
+Triple adam_backward_cpu(at::TensorList grad_updates, at::TensorList grad_mu,
+                         at::TensorList grad_nu, at::TensorList updates, at::TensorList mu,
+                         at::TensorList nu, double b1, double b2, double eps, double eps_root,
+                         int64_t count) {
+  return adam_backward_impl(grad_updates, grad_mu, grad_nu, updates, mu, nu, b1, b2, eps,
+                            eps_root, count, run_cpu);
+}
+
+}  // namespace
+
+const char* cpu_kernel_capability() { return kernels().name; }
+
+const char* cpu_kernel_capabilities_compiled() {
+  return "DEFAULT"
+#ifdef TORCHOPT_ACCEL_HAVE_AVX2
+         ",AVX2"
+#endif
+#ifdef TORCHOPT_ACCEL_HAVE_AVX512
+         ",AVX512"
+#endif
+      ;
+}
+
+TORCH_LIBRARY_IMPL(torchopt_accel, CPU, m) {
+  m.impl("adam_step_", &adam_step_cpu);
+  m.impl("adam_forward", &adam_forward_cpu);
+  m.impl("adam_backward", &adam_backward_cpu);
+}
+
+}  // namespace torchopt_accel

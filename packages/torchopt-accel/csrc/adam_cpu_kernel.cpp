@@ -1,0 +1,179 @@
+// Vectorised element kernels of the fused Adam op. This file is compiled once per CPU capability
+// (DEFAULT, AVX2, AVX512) with the matching -m flags and CPU_CAPABILITY macro, exactly as ATen
+// compiles its own kernels; adam_cpu.cpp picks one at run time.
+#include <algorithm>
+#include <type_traits>
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "adam.h"
+
+namespace torchopt_accel {
+namespace CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+
+template <typename T>
+using opmath_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Loads `count` (<= width) elements of T as op-math vectors; a null pointer reads zeros.
+template <typename T>
+struct Lanes {
+  using O = opmath_t<T>;
+  using V = Vectorized<O>;
+  static constexpr bool kReduced = !std::is_same_v<T, O>;
+  static constexpr int64_t kWidth = kReduced ? 2 * V::size() : V::size();
+  V a, b;  // b unused for float / double
+
+  static Lanes load(const T* p, int64_t count) {
+    Lanes r;
+    if (p == nullptr) {
+      r.a = V(O(0));
+      r.b = V(O(0));
+    } else if constexpr (kReduced) {
+      auto raw = count == kWidth ? Vectorized<T>::loadu(p) : Vectorized<T>::loadu(p, count);
+      auto [x, y] = at::vec::convert_to_float<T>(raw);
+      r.a = x;
+      r.b = y;
+    } else {
+      r.a = count == kWidth ? V::loadu(p) : V::loadu(p, count);
+    }
+    return r;
+  }
+
+  void store(T* p, int64_t count) const {
+    if constexpr (kReduced) {
+      auto raw = at::vec::convert_from_float<T>(a, b);
+      if (count == kWidth) {
+        raw.store(p);
+      } else {
+        raw.store(p, count);
+      }
+    } else {
+      if (count == kWidth) {
+        a.store(p);
+      } else {
+        a.store(p, count);
+      }
+    }
+  }
+};
+
+// Runs `f(in_vectors, out_vectors)` over n elements with NIN inputs and NOUT outputs.
+template <typename T, int NIN, int NOUT, typename F>
+void map_span(int64_t n, const void* const* in, void* const* out, F f) {
+  using L = Lanes<T>;
+  using V = typename L::V;
+  const T* ip[NIN];
+  T* op[NOUT];
+  for (int k = 0; k < NIN; ++k) ip[k] = static_cast<const T*>(in[k]);
+  for (int k = 0; k < NOUT; ++k) op[k] = static_cast<T*>(out[k]);
+  for (int64_t i = 0; i < n; i += L::kWidth) {
+    const int64_t count = std::min<int64_t>(L::kWidth, n - i);
+    L x[NIN];
+    L y[NOUT];
+    for (int k = 0; k < NIN; ++k) x[k] = L::load(ip[k] ? ip[k] + i : nullptr, count);
+    {
+      V xa[NIN], ya[NOUT];
+      for (int k = 0; k < NIN; ++k) xa[k] = x[k].a;
+      f(xa, ya);
+      for (int k = 0; k < NOUT; ++k) y[k].a = ya[k];
+    }
+    if constexpr (L::kReduced) {
+      V xb[NIN], yb[NOUT];
+      for (int k = 0; k < NIN; ++k) xb[k] = x[k].b;
+      f(xb, yb);
+      for (int k = 0; k < NOUT; ++k) y[k].b = yb[k];
+    }
+    for (int k = 0; k < NOUT; ++k) y[k].store(op[k] + i, count);
+  }
+}
+
+template <typename T>
+void forward_typed(int64_t n, const void* const* in, void* const* out, const AdamScalars& s) {
+  using O = opmath_t<T>;
+  using V = Vectorized<O>;
+  const V b1(O(s.b1)), b2(O(s.b2)), c1(O(s.one_minus_b1)), c2(O(s.one_minus_b2));
+  const V ibc1(O(s.inv_bc1)), ibc2(O(s.inv_bc2)), eps(O(s.eps)), eps_root(O(s.eps_root));
+  map_span<T, 3, 3>(n, in, out, [&](const V* x, V* y) {
+    const V& g = x[0];
+    const V m = at::vec::fmadd(b1, x[1], c1 * g);
+    const V v = at::vec::fmadd(b2, x[2], c2 * (g * g));
+    const V denom = at::vec::fmadd(v, ibc2, eps_root).sqrt() + eps;
+    y[0] = (m * ibc1) / denom;
+    y[1] = m;
+    y[2] = v;
+  });
+}
+
+template <typename T>
+void backward_typed(int64_t n, const void* const* in, void* const* out, const AdamScalars& s) {
+  using O = opmath_t<T>;
+  using V = Vectorized<O>;
+  const V b1(O(s.b1)), b2(O(s.b2)), c1(O(s.one_minus_b1)), c2(O(s.one_minus_b2));
+  const V ibc1(O(s.inv_bc1)), ibc2(O(s.inv_bc2)), eps(O(s.eps)), eps_root(O(s.eps_root));
+  const V two_c2(O(2.0 * s.one_minus_b2)), half_ibc12(O(0.5 * s.inv_bc1 * s.inv_bc2));
+  map_span<T, 6, 3>(n, in, out, [&](const V* x, V* y) {
+    const V& gu = x[0];
+    const V& g = x[3];
+    const V m = at::vec::fmadd(b1, x[4], c1 * g);
+    const V v = at::vec::fmadd(b2, x[5], c2 * (g * g));
+    const V root = at::vec::fmadd(v, ibc2, eps_root).sqrt();
+    const V denom = root + eps;
+    const V gm = x[1] + gu * ibc1 / denom;
+    const V gv = x[2] - (gu * m * half_ibc12) / (root * denom * denom);
+    y[0] = at::vec::fmadd(c1, gm, two_c2 * g * gv);
+    y[1] = b1 * gm;
+    y[2] = b2 * gv;
+  });
+}
+
+template <template <typename> class K>
+void dispatch(c10::ScalarType dtype, int64_t n, const void* const* in, void* const* out,
+              const AdamScalars& s) {
+  switch (dtype) {
+    case c10::ScalarType::Float:
+      return K<float>::run(n, in, out, s);
+    case c10::ScalarType::Double:
+      return K<double>::run(n, in, out, s);
+    case c10::ScalarType::BFloat16:
+      return K<c10::BFloat16>::run(n, in, out, s);
+    case c10::ScalarType::Half:
+      return K<c10::Half>::run(n, in, out, s);
+    default:
+      break;  // dtypes are checked before the kernels run
+  }
+}
+
+template <typename T>
+struct Forward {
+  static void run(int64_t n, const void* const* in, void* const* out, const AdamScalars& s) {
+    forward_typed<T>(n, in, out, s);
+  }
+};
+
+template <typename T>
+struct Backward {
+  static void run(int64_t n, const void* const* in, void* const* out, const AdamScalars& s) {
+    backward_typed<T>(n, in, out, s);
+  }
+};
+
+}  // namespace
+
+void forward_span(c10::ScalarType dtype, int64_t n, const void* const* in, void* const* out,
+                  const AdamScalars& s) {
+  dispatch<Forward>(dtype, n, in, out, s);
+}
+
+void backward_span(c10::ScalarType dtype, int64_t n, const void* const* in, void* const* out,
+                   const AdamScalars& s) {
+  dispatch<Backward>(dtype, n, in, out, s);
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace torchopt_accel

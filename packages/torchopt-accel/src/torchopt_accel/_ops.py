@@ -1,0 +1,333 @@
+r"""Python side of the ``torchopt_accel`` custom ops: fake kernels, autograd and grouping.
+
+The schemas and the CPU/CUDA kernels live in C++ (``torch.ops.torchopt_accel.*``, registered
+when :mod:`torchopt_accel._C` loads). This module registers
+
+* fake implementations, so the ops run on the ``meta`` device, under ``FakeTensorMode`` and
+  under ``torch.compile(fullgraph=True)``;
+* an exact autograd formula for ``adam_forward``: with :math:`s = \sqrt{v'/\hat b_2 +
+  \epsilon_{root}}`, :math:`d = s + \epsilon` and cotangents :math:`\bar u, \bar m', \bar v'`,
+
+  .. math::
+
+      G_m = \bar m' + \frac{\bar u}{\hat b_1 d}, \quad
+      G_v = \bar v' - \frac{\bar u\, m'}{2 \hat b_1 \hat b_2\, s\, d^2}, \quad
+      \bar g = (1-\beta_1) G_m + 2 (1-\beta_2)\, g\, G_v, \quad
+      \bar m = \beta_1 G_m, \quad \bar v = \beta_2 G_v
+
+  (:math:`\hat b_i = 1 - \beta_i^t`). The fused ``adam_backward`` kernel computes it when no
+  graph of the backward is needed; otherwise (``create_graph=True``, ``torch.func``) the same
+  formula runs as differentiable ``torch`` ops, so higher-order derivatives are exact too.
+
+and the Python entry points that split leaves into (device, dtype) groups and make one op call
+per group.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+__all__ = ['adam_step_', 'adam_forward', 'adam_backward_reference', 'group_by_device_dtype']
+
+_ops = torch.ops.torchopt_accel
+_LIB = 'torchopt_accel'
+
+
+# --------------------------------------------------------------------------------------------
+# Fake (meta) implementations: outputs are laid out like the C++ kernels' (``empty_like``).
+
+
+@torch.library.register_fake(f'{_LIB}::adam_step_')
+def _adam_step_fake(updates, mu, nu, b1, b2, eps, eps_root, count) -> None:  # noqa: ANN001
+    return None
+
+
+@torch.library.register_fake(f'{_LIB}::adam_forward')
+def _adam_forward_fake(updates, mu, nu, b1, b2, eps, eps_root, count):  # noqa: ANN001, ANN202
+    return (
+        [torch.empty_like(t) for t in updates],
+        [torch.empty_like(t) for t in mu],
+        [torch.empty_like(t) for t in nu],
+    )
+
+
+@torch.library.register_fake(f'{_LIB}::adam_backward')
+def _adam_backward_fake(  # noqa: ANN202
+    grad_updates, grad_mu, grad_nu, updates, mu, nu, b1, b2, eps, eps_root, count  # noqa: ANN001
+):
+    return (
+        [torch.empty_like(t) for t in updates],
+        [torch.empty_like(t) for t in mu],
+        [torch.empty_like(t) for t in nu],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Autograd of adam_forward.
+
+
+def adam_backward_reference(
+    grad_updates: Sequence[torch.Tensor | None],
+    grad_mu: Sequence[torch.Tensor | None],
+    grad_nu: Sequence[torch.Tensor | None],
+    updates: Sequence[torch.Tensor],
+    mu: Sequence[torch.Tensor],
+    nu: Sequence[torch.Tensor],
+    b1: float,
+    b2: float,
+    eps: float,
+    eps_root: float,
+    count: int,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """The exact backward of ``adam_forward`` written with differentiable ``torch`` ops.
+
+    Used when the backward itself is differentiated (``create_graph=True``, nested
+    ``torch.func`` transforms). ``None`` cotangents count as zero.
+    """
+    inv_bc1 = 1.0 / (1.0 - b1**count)
+    inv_bc2 = 1.0 / (1.0 - b2**count)
+    dg, dm, dv = [], [], []
+    for i, (g, m0, v0) in enumerate(zip(updates, mu, nu)):
+        m = b1 * m0 + (1.0 - b1) * g
+        v = b2 * v0 + (1.0 - b2) * g * g
+        root = torch.sqrt(v * inv_bc2 + eps_root)
+        denom = root + eps
+        gu = grad_updates[i]
+        gm = grad_mu[i] if grad_mu else None
+        gv = grad_nu[i] if grad_nu else None
+        total_m = torch.zeros_like(m) if gm is None else gm
+        total_v = torch.zeros_like(v) if gv is None else gv
+        if gu is not None:
+            total_m = total_m + gu * inv_bc1 / denom
+            total_v = total_v - gu * m * (0.5 * inv_bc1 * inv_bc2) / (root * denom * denom)
+        dg.append((1.0 - b1) * total_m + (2.0 * (1.0 - b2)) * g * total_v)
+        dm.append(b1 * total_m)
+        dv.append(b2 * total_v)
+    return dg, dm, dv
+
+
+def _setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+    updates, mu, nu, b1, b2, eps, eps_root, count = inputs
+    ctx.n = len(updates)
+    ctx.hyper = (b1, b2, eps, eps_root, count)
+    ctx.save_for_backward(*updates, *mu, *nu)
+
+
+def _zeros_for_missing(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> list:
+    """``[]`` when every cotangent is missing (the kernel reads zeros), else fill the gaps."""
+    if all(g is None for g in grads):
+        return []
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like)]
+
+
+def _backward_lists(
+    saved: Sequence[torch.Tensor], n: int, hyper: tuple, grad_updates: Any, grad_mu: Any,
+    grad_nu: Any, *, force_reference: bool = False,
+) -> tuple[list, list, list]:
+    updates, mu, nu = list(saved[:n]), list(saved[n : 2 * n]), list(saved[2 * n :])
+    grad_updates = list(grad_updates) if grad_updates is not None else [None] * n
+    grad_mu = list(grad_mu) if grad_mu is not None else [None] * n
+    grad_nu = list(grad_nu) if grad_nu is not None else [None] * n
+    b1, b2, eps, eps_root, count = hyper
+    needs_graph = force_reference or (
+        torch.is_grad_enabled()
+        and any(
+            t is not None and t.requires_grad
+            for t in (*saved, *grad_updates, *grad_mu, *grad_nu)
+        )
+    )
+    if needs_graph:
+        return adam_backward_reference(
+            grad_updates, grad_mu, grad_nu, updates, mu, nu, b1, b2, eps, eps_root, count
+        )
+    dg, dm, dv = _ops.adam_backward(
+        [torch.zeros_like(t) if g is None else g for g, t in zip(grad_updates, updates)],
+        _zeros_for_missing(grad_mu, mu),
+        _zeros_for_missing(grad_nu, nu),
+        updates, mu, nu, b1, b2, eps, eps_root, count,
+    )  # fmt: skip
+    return list(dg), list(dm), list(dv)
+
+
+def _backward(ctx: Any, grad_updates: list, grad_mu: list, grad_nu: list) -> tuple:
+    dg, dm, dv = _backward_lists(ctx.saved_tensors, ctx.n, ctx.hyper, grad_updates, grad_mu, grad_nu)
+    return dg, dm, dv, None, None, None, None, None
+
+
+class _AdamForwardFunction(torch.autograd.Function):
+    """``adam_forward`` for ``torch.func`` transforms (grad, vjp, jacrev, vmap).
+
+    PyTorch's ``register_autograd`` does not support functorch transforms, so under them the op
+    runs inside this Function: leaves are passed flat (``n`` per list), the backward is the
+    differentiable reference formula, and the vmap rule batches the element-wise kernel by
+    moving every batch dimension to the front.
+    """
+
+    @staticmethod
+    def forward(n: int, hyper: tuple, *flat: torch.Tensor) -> tuple:  # type: ignore[override]
+        with torch.no_grad():
+            u, m, v = _ops.adam_forward(
+                list(flat[:n]), list(flat[n : 2 * n]), list(flat[2 * n :]), *hyper
+            )
+        return (*u, *m, *v)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        n, hyper, *flat = inputs
+        ctx.n, ctx.hyper = n, hyper
+        ctx.save_for_backward(*flat)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple:  # type: ignore[override]
+        n = ctx.n
+        dg, dm, dv = _backward_lists(
+            ctx.saved_tensors, n, ctx.hyper, grads[:n], grads[n : 2 * n], grads[2 * n :],
+            force_reference=True,
+        )  # fmt: skip
+        return (None, None, *dg, *dm, *dv)
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple, n: int, hyper: tuple, *flat: torch.Tensor) -> tuple:
+        size = info.batch_size
+        batched = [
+            t.unsqueeze(0).expand(size, *t.shape) if d is None else t.movedim(d, 0)
+            for t, d in zip(flat, in_dims[2:])
+        ]
+        out = _AdamForwardFunction.apply(n, hyper, *batched)
+        return out, (0,) * len(out)
+
+
+torch.library.register_autograd(
+    f'{_LIB}::adam_forward', _backward, setup_context=_setup_context
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Grouping and the public entry points.
+
+
+def group_by_device_dtype(tensors: Sequence[torch.Tensor]) -> list[list[int]]:
+    """Indices of ``tensors`` grouped by ``(device, dtype)``, in first-seen order."""
+    if not tensors:
+        return []
+    first = tensors[0]
+    device, dtype = first.device, first.dtype
+    if all(t.device == device and t.dtype == dtype for t in tensors):
+        return [list(range(len(tensors)))]
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    return list(groups.values())
+
+
+def _check_args(
+    name: str, updates: Sequence, mu: Sequence, nu: Sequence, count: Any
+) -> None:
+    for arg, value in (('updates', updates), ('mu', mu), ('nu', nu)):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f'{name}: `{arg}` must be a list of tensors, got {type(value).__name__}')
+    if not len(updates) == len(mu) == len(nu):
+        raise ValueError(
+            f'{name}: `updates`, `mu` and `nu` must have one tensor per leaf, got '
+            f'{len(updates)}, {len(mu)} and {len(nu)}'
+        )
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        if not isinstance(count, torch.SymInt):
+            raise ValueError(f'{name}: `count` must be a Python int >= 1 (the step), got {count!r}')
+
+
+def adam_step_(
+    updates: Sequence[torch.Tensor],
+    mu: Sequence[torch.Tensor],
+    nu: Sequence[torch.Tensor],
+    b1: float,
+    b2: float,
+    eps: float,
+    eps_root: float,
+    count: int,
+) -> None:
+    r"""One in-place Adam step over lists of leaves, one fused kernel call per (device, dtype).
+
+    .. math::
+
+        m \leftarrow \beta_1 m + (1-\beta_1) g, \quad
+        v \leftarrow \beta_2 v + (1-\beta_2) g^2, \quad
+        g \leftarrow \frac{m / (1-\beta_1^t)}{\sqrt{v / (1-\beta_2^t) + \epsilon_{root}} + \epsilon}
+
+    Args:
+        updates: the gradients :math:`g`; overwritten with the update direction.
+        mu: first moments, updated in place.
+        nu: second moments, updated in place.
+        b1: :math:`\beta_1`, in ``[0, 1)``.
+        b2: :math:`\beta_2`, in ``[0, 1)``.
+        eps: :math:`\epsilon`, added outside the square root.
+        eps_root: :math:`\epsilon_{root}`, added inside the square root.
+        count: the step number :math:`t \ge 1` (bias corrections are computed in double).
+
+    When autograd records (grad mode on and a tensor requires grad), the step is computed by the
+    differentiable ``adam_forward`` and written back with ``copy_``, exactly like an in-place
+    ``torch`` op on those tensors would be recorded.
+    """
+    _check_args('torchopt_accel.adam_step_', updates, mu, nu, count)
+    if torch.is_grad_enabled() and any(
+        t.requires_grad for t in (*updates, *mu, *nu)
+    ):
+        # The backward needs the pre-step values, which the copies below overwrite: save clones.
+        new_u, new_m, new_v = adam_forward(
+            [t.clone() for t in updates], [t.clone() for t in mu], [t.clone() for t in nu],
+            b1, b2, eps, eps_root, count,
+        )  # fmt: skip
+        for dst, src in zip((*updates, *mu, *nu), (*new_u, *new_m, *new_v)):
+            dst.copy_(src)
+        return
+    for idx in group_by_device_dtype(updates):
+        if len(idx) == len(updates):
+            _ops.adam_step_(list(updates), list(mu), list(nu), b1, b2, eps, eps_root, count)
+        else:
+            _ops.adam_step_(
+                [updates[i] for i in idx], [mu[i] for i in idx], [nu[i] for i in idx],
+                b1, b2, eps, eps_root, count,
+            )  # fmt: skip
+
+
+def adam_forward(
+    updates: Sequence[torch.Tensor],
+    mu: Sequence[torch.Tensor],
+    nu: Sequence[torch.Tensor],
+    b1: float,
+    b2: float,
+    eps: float,
+    eps_root: float,
+    count: int,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Out-of-place, differentiable Adam step: returns ``(new_updates, new_mu, new_nu)``.
+
+    The same math as :func:`adam_step_`; gradients flow to ``updates``, ``mu`` and ``nu``
+    through the exact backward described in this module's docstring (second order included).
+    """
+    _check_args('torchopt_accel.adam_forward', updates, mu, nu, count)
+    if torch._C._are_functorch_transforms_active():
+        n = len(updates)
+        flat = _AdamForwardFunction.apply(
+            n, (b1, b2, eps, eps_root, count), *updates, *mu, *nu
+        )
+        return list(flat[:n]), list(flat[n : 2 * n]), list(flat[2 * n :])
+    groups = group_by_device_dtype(updates)
+    if len(groups) == 1:
+        u, m, v = _ops.adam_forward(list(updates), list(mu), list(nu), b1, b2, eps, eps_root, count)
+        return list(u), list(m), list(v)
+    n = len(updates)
+    out_u: list = [None] * n
+    out_m: list = [None] * n
+    out_v: list = [None] * n
+    for idx in groups:
+        u, m, v = _ops.adam_forward(
+            [updates[i] for i in idx], [mu[i] for i in idx], [nu[i] for i in idx],
+            b1, b2, eps, eps_root, count,
+        )  # fmt: skip
+        for j, i in enumerate(idx):
+            out_u[i], out_m[i], out_v[i] = u[j], m[j], v[j]
+    return out_u, out_m, out_v
+
