@@ -68,6 +68,7 @@ UPSTREAM_PATHS: dict[str, tuple[str, str]] = {
     'torchopt.diff.zero_order': ('zero', 'torchopt_zero'),
     'torchopt.diff.zero_order.nn': ('zero', 'torchopt_zero.nn'),
     'torchopt.diff.zero_order.nn.module': ('zero', 'torchopt_zero.nn.module'),
+    'torchopt.diff.zero_order.decorator': ('zero', 'torchopt_zero.decorator'),
     'torchopt.distributed': ('distributed', 'torchopt_distributed'),
     'torchopt.distributed.api': ('distributed', 'torchopt_distributed.api'),
     'torchopt.distributed.autograd': ('distributed', 'torchopt_distributed.autograd'),

@@ -1,0 +1,293 @@
+r"""The :func:`zero_order` decorator (upstream ``torchopt.diff.zero_order.decorator``).
+
+Zero-order (evolution-strategy, ES) differentiation replaces the backward pass of a scalar
+function :math:`f` by a Monte-Carlo estimate of the gradient of its Gaussian smoothing
+:math:`f_\sigma(\theta) = \mathbb{E}_{u \sim p}[f(\theta + \sigma u)]`, built only from function
+values. It works for functions that are not differentiable (step functions, simulators, code
+outside autograd), which is where it shines.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from typing import Any, Callable, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from torchopt import pytree
+from torchopt.typing import Samplable, SampleFunc, Size
+from torchopt_zero._estimator import (
+    METHODS,
+    EstimatorConfig,
+    VmapState,
+    check_scalar,
+    estimate,
+)
+
+__all__ = ['WrappedSamplable', 'check_config', 'check_distribution', 'zero_order']
+
+
+class WrappedSamplable(Samplable):  # pylint: disable=too-few-public-methods
+    """Turns a function ``sample_fn(sample_shape) -> Tensor`` into a :class:`Samplable`."""
+
+    def __init__(self, sample_fn: SampleFunc) -> None:
+        """Wrap ``sample_fn``, called with the requested ``sample_shape``."""
+        self.__sample_fn = sample_fn
+
+    def sample(self, sample_shape: Size = Size()) -> Tensor | Sequence[Any]:
+        """Draw samples of shape ``sample_shape`` by calling the wrapped function."""
+        return self.__sample_fn(sample_shape)
+
+
+class _Call(NamedTuple):
+    """Everything the backward pass needs about one call of a decorated function."""
+
+    fn: Callable[..., Tensor]  # the function of the flat differentiable leaves
+    distribution: Samplable
+    config: EstimatorConfig
+    vmap_state: VmapState
+
+
+class _ZeroOrderFunction(torch.autograd.Function):  # pylint: disable=abstract-method
+    """Forward: ``f(theta)``; backward: the ES estimate of the gradient (first order only)."""
+
+    @staticmethod
+    def forward(ctx: Any, call: _Call, *leaves: Tensor) -> Tensor:  # type: ignore[override]
+        output = check_scalar(call.fn(*leaves))
+        if not output.is_floating_point():
+            raise TypeError(
+                f'`output` must be a floating-point tensor to be differentiated, got dtype '
+                f'{output.dtype}; e.g. use `(x > 0).float().sum()` instead of `(x > 0).sum()`.'
+            )
+        ctx.call = call
+        ctx.f0 = output.detach()
+        ctx.save_for_backward(*leaves)
+        return output
+
+    @staticmethod
+    @once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_output: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        call: _Call = ctx.call
+        grads = estimate(
+            call.fn,
+            call.distribution,
+            ctx.saved_tensors,
+            ctx.needs_input_grad[1:],
+            ctx.f0,
+            grad_output,
+            call.config,
+            call.vmap_state,
+        )
+        return (None, *grads)
+
+
+def _normalize_argnums(argnums: int | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(argnums, numbers.Integral) and not isinstance(argnums, bool):
+        return (int(argnums),)
+    if isinstance(argnums, (tuple, list)) and all(
+        isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in argnums
+    ):
+        if len(argnums) == 0:
+            raise ValueError('`argnums` must name at least one argument, got an empty tuple.')
+        return tuple(int(a) for a in argnums)
+    raise TypeError(f'`argnums` must be an int or a tuple of ints, got {argnums!r}.')
+
+
+def check_config(
+    method: str,
+    num_samples: int,
+    sigma: float,
+    chunk_size: int | None,
+    vectorize: bool | None,
+) -> EstimatorConfig:
+    """Validate the estimator's hyper-parameters (errors name the argument and what is expected)."""
+    if method not in METHODS:
+        raise ValueError(f'`method` must be one of {METHODS}, got {method!r}.')
+    if not isinstance(num_samples, numbers.Integral) or isinstance(num_samples, bool):
+        raise TypeError(f'`num_samples` must be a positive int, got {num_samples!r}.')
+    if num_samples < 1:
+        raise ValueError(f'`num_samples` must be a positive int, got {num_samples!r}.')
+    if not isinstance(sigma, numbers.Real) or isinstance(sigma, bool):
+        raise TypeError(f'`sigma` must be a positive float, got {sigma!r}.')
+    if not 0.0 < float(sigma) < float('inf'):
+        raise ValueError(f'`sigma` must be a positive finite float, got {sigma!r}.')
+    if chunk_size is not None and (
+        not isinstance(chunk_size, numbers.Integral)
+        or isinstance(chunk_size, bool)
+        or chunk_size < 1
+    ):
+        raise ValueError(f'`chunk_size` must be None or a positive int, got {chunk_size!r}.')
+    if vectorize not in (None, True, False):
+        raise ValueError(f'`vectorize` must be None, True or False, got {vectorize!r}.')
+    return EstimatorConfig(
+        method=method,
+        num_samples=int(num_samples),
+        sigma=float(sigma),
+        chunk_size=None if chunk_size is None else int(chunk_size),
+        vectorize=vectorize,
+    )
+
+
+def check_distribution(distribution: Any) -> Samplable:
+    """Return ``distribution`` as a :class:`Samplable` (wrapping a bare sampling function)."""
+    if isinstance(distribution, Samplable):
+        return distribution
+    if callable(distribution):
+        return WrappedSamplable(distribution)
+    raise TypeError(
+        '`distribution` must be a callable or an instance of `Samplable` (e.g. a '
+        f'torch.distributions.Distribution), got {type(distribution).__name__}.'
+    )
+
+
+def _flat_function(
+    fn: Callable[..., Tensor],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    argnums: tuple[int, ...],
+) -> tuple[Callable[..., Tensor], list[Tensor]]:
+    """Rewrite ``fn(*args, **kwargs)`` as a function of the flat leaves of ``args[argnums]``."""
+    positions = []
+    for argnum in argnums:
+        if not -len(args) <= argnum < len(args):
+            raise ValueError(
+                f'`argnums` entry {argnum} is out of range for a call with {len(args)} '
+                'positional argument(s); zero_order differentiates positional arguments only.'
+            )
+        positions.append(argnum % len(args))
+    if len(set(positions)) != len(positions):
+        raise ValueError(f'`argnums` must not repeat an argument, got {argnums!r}.')
+
+    leaves: list[Tensor] = []
+    layout = []
+    for position in positions:
+        flat, spec = pytree.tree_flatten(args[position])
+        for leaf in flat:
+            if not isinstance(leaf, Tensor) or not leaf.is_floating_point():
+                raise TypeError(
+                    f'argument {position} (in `argnums`) must be a floating-point tensor or a '
+                    f'pytree of them, found a leaf of type {type(leaf).__name__}'
+                    + (f' with dtype {leaf.dtype}' if isinstance(leaf, Tensor) else '')
+                    + '.'
+                )
+        layout.append((position, spec, len(leaves), len(leaves) + len(flat)))
+        leaves.extend(flat)
+
+    def flat_fn(*flat_leaves: Tensor) -> Tensor:
+        new_args = list(args)
+        for position, spec, start, stop in layout:
+            new_args[position] = pytree.tree_unflatten(spec, flat_leaves[start:stop])
+        return fn(*new_args, **kwargs)
+
+    return flat_fn, leaves
+
+
+def _run(
+    fn: Callable[..., Tensor],
+    distribution: Samplable,
+    argnums: tuple[int, ...],
+    config: EstimatorConfig,
+    vmap_state: VmapState,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Tensor:
+    """Call ``fn`` so that its backward pass is the zero-order estimate."""
+    flat_fn, leaves = _flat_function(fn, args, kwargs, argnums)
+    if not (torch.is_grad_enabled() and any(leaf.requires_grad for leaf in leaves)):
+        with torch.no_grad():  # nothing to differentiate: only the non-argnum inputs are left
+            return check_scalar(flat_fn(*leaves))
+    call = _Call(flat_fn, distribution, config, vmap_state)
+    return _ZeroOrderFunction.apply(call, *leaves)
+
+
+def zero_order(
+    distribution: Samplable | SampleFunc,
+    method: str = 'naive',
+    argnums: int | tuple[int, ...] = (0,),
+    num_samples: int = 1,
+    sigma: float = 1.0,
+    *,
+    chunk_size: int | None = None,
+    vectorize: bool | None = None,
+) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    r"""Decorate a scalar function so that its gradient is estimated from function values only.
+
+    The decorated function returns ``fn(*args, **kwargs)``; its backward pass draws
+    :math:`u_1, \dots, u_N \sim p` (``distribution``), each shaped like the differentiable
+    arguments :math:`\theta`, and returns (with :math:`\bar{g}` the gradient of the output)
+
+    .. math::
+
+        \text{naive:} \quad & \frac{\bar{g}}{N \sigma} \sum_{i=1}^N f(\theta + \sigma u_i) \, u_i \\
+        \text{forward:} \quad & \frac{\bar{g}}{N \sigma} \sum_{i=1}^N
+            \bigl(f(\theta + \sigma u_i) - f(\theta)\bigr) \, u_i \\
+        \text{antithetic:} \quad & \frac{\bar{g}}{2 N \sigma} \sum_{i=1}^N
+            \bigl(f(\theta + \sigma u_i) - f(\theta - \sigma u_i)\bigr) \, u_i
+
+    For :math:`u \sim \mathcal{N}(0, I)` each is an unbiased estimate of
+    :math:`\bar{g} \nabla f_\sigma(\theta)`, the gradient of the smoothed objective
+    :math:`f_\sigma(\theta) = \mathbb{E}_u[f(\theta + \sigma u)]`. ``'antithetic'`` has the
+    lowest variance (on a quadratic in :math:`d` dimensions its relative RMS error is
+    :math:`\sqrt{(d + 1) / N}`), ``'naive'`` the highest.
+
+    All :math:`N` perturbed evaluations run as one batched call of :func:`torch.func.vmap`
+    (split into chunks to bound memory). Functions that cannot be vmapped (Python control flow
+    on tensor values, ``.item()``, non-torch code) are evaluated in a loop instead. Noise is drawn
+    from ``distribution`` and hence reproducible under :func:`torch.manual_seed`.
+
+    Differences from TorchOpt 0.7 (its defects fixed): ``'forward'`` divides by :math:`\sigma`
+    and uses the same :math:`f(\theta)` for every sample; the decorated function accepts keyword
+    arguments (which, like positional arguments not in ``argnums``, get no gradient). Only the
+    leaves that require a gradient are perturbed.
+
+    Args:
+        distribution: The noise distribution :math:`p`: a :class:`torchopt.typing.Samplable`
+            (e.g. ``torch.distributions.Normal(0.0, 1.0)``) or a function
+            ``sample_fn(sample_shape) -> Tensor``. Samples must have exactly the requested
+            shape; they are cast to each parameter's dtype and device.
+        method: ``'naive'``, ``'forward'`` or ``'antithetic'``.
+        argnums: Position(s) of the differentiable positional arguments; each may be a tensor
+            or a pytree of floating-point tensors.
+        num_samples: Number of noise draws :math:`N` per gradient estimate.
+        sigma: Perturbation scale :math:`\sigma > 0`.
+        chunk_size: Noise draws evaluated per batched call (``None``: as many as fit in
+            :math:`2^{24}` perturbed parameter elements). Lower it if the function's
+            intermediates under ``vmap`` use too much memory.
+        vectorize: ``None`` (default) tries :func:`torch.func.vmap` and falls back to a loop
+            once for good if the function cannot be vmapped; ``True`` always vmaps (errors
+            propagate); ``False`` always loops.
+
+    Returns:
+        A decorator. The decorated function must return a 0-dim tensor (otherwise ``TypeError``
+        or ``RuntimeError``). Its backward is first-order only.
+
+    Example:
+        >>> import torch
+        >>> @zero_order(torch.distributions.Normal(0.0, 1.0), method='antithetic',
+        ...             num_samples=100, sigma=0.1)
+        ... def loss(theta, target):
+        ...     return ((theta - target) > 0.5).float().sum()   # piecewise constant
+        >>> theta = torch.zeros(3, requires_grad=True)
+        >>> loss(theta, torch.ones(3)).backward()   # theta.grad: ES estimate
+    """
+    distribution = check_distribution(distribution)
+    argnums = _normalize_argnums(argnums)
+    config = check_config(method, num_samples, sigma, chunk_size, vectorize)
+
+    def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        if not callable(fn):
+            raise TypeError(f'zero_order decorates a callable, got {type(fn).__name__}.')
+        vmap_state = VmapState()
+
+        @functools.wraps(fn)
+        def apply(*args: Any, **kwargs: Any) -> Tensor:
+            return _run(fn, distribution, argnums, config, vmap_state, args, kwargs)
+
+        return apply
+
+    return decorator
