@@ -1,0 +1,214 @@
+"""Distributed MAML on rotated digits (40 classes, 5-way 1-shot) with torchopt.distributed.
+
+Run with ``torchrun --nproc_per_node 2 examples/distributed/maml.py --quick``.
+
+Rank 0 owns the meta-parameters of a small MLP and samples a meta-batch of tasks. The
+meta-batch is split along the task dimension over every worker (rank 0 included); each worker
+adapts the parameters on its tasks' support sets with a differentiable SGD inner loop
+(``torchopt.sgd``) and returns the summed query losses. The losses are summed across workers
+and the meta-gradient flows back to rank 0 through distributed autograd:
+
+.. math::
+
+    \\theta \\leftarrow \\mathrm{Adam}\\Big(\\nabla_\\theta \\frac{1}{T}\\sum_{t=1}^{T}
+        \\mathcal{L}^{\\mathrm{qry}}_t\\big(\\theta - \\alpha \\nabla_\\theta
+        \\mathcal{L}^{\\mathrm{spt}}_t(\\theta)\\big)\\Big)
+
+(with ``--inner-steps`` steps instead of one). ``--bench`` prints one JSON line of timings,
+used by ``benchmarks/distributed_bench.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import torchopt
+import torchopt.distributed as todist
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from fewshot_digits import FewShotDigits  # noqa: E402  (examples/fewshot_digits.py)
+
+__all__ = ['init_params', 'forward', 'adapt_and_evaluate', 'task_losses', 'main']
+
+torch.set_num_threads(1)
+
+
+def init_params(sizes: list[int], seed: int = 0) -> list[torch.Tensor]:
+    """Kaiming-uniform MLP parameters ``[w1, b1, w2, b2, ...]`` for layer ``sizes``."""
+    gen = torch.Generator().manual_seed(seed)
+    params = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        bound = (6.0 / fan_in) ** 0.5
+        params.append(((torch.rand(fan_in, fan_out, generator=gen) * 2 - 1) * bound).requires_grad_())
+        params.append(torch.zeros(fan_out, requires_grad=True))
+    return params
+
+
+def forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The MLP: ReLU hidden layers, linear output (logits)."""
+    for i in range(0, len(params) - 2, 2):
+        x = torch.relu(x @ params[i] + params[i + 1])
+    return x @ params[-2] + params[-1]
+
+
+def adapt_and_evaluate(
+    params: list[torch.Tensor],
+    x_spt: torch.Tensor,
+    y_spt: torch.Tensor,
+    x_qry: torch.Tensor,
+    y_qry: torch.Tensor,
+    inner_steps: int,
+    inner_lr: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adapt ``params`` on one task's support set; return (query loss, query accuracy)."""
+    optim = torchopt.sgd(lr=inner_lr)
+    state = optim.init(params)
+    fast = tuple(params)
+    for _ in range(inner_steps):
+        loss = F.cross_entropy(forward(fast, x_spt), y_spt)
+        grads = torch.autograd.grad(loss, fast, create_graph=True)
+        updates, state = optim.update(grads, state, inplace=False)
+        fast = torchopt.apply_updates(fast, updates, inplace=False)
+    logits = forward(fast, x_qry)
+    accuracy = (logits.argmax(-1) == y_qry).double().mean()
+    return F.cross_entropy(logits, y_qry), accuracy
+
+
+@todist.parallelize(partitioner=todist.dim_partitioner(broadcast=(0, 5, 6)), reducer=todist.sum_reducer)
+def task_losses(
+    params: list[torch.Tensor],
+    x_spt: torch.Tensor,
+    y_spt: torch.Tensor,
+    x_qry: torch.Tensor,
+    y_qry: torch.Tensor,
+    inner_steps: int,
+    inner_lr: float,
+) -> torch.Tensor:
+    """On one worker: ``[sum of query losses, sum of query accuracies]`` over its tasks."""
+    losses, accs = [], []
+    for t in range(x_spt.shape[0]):
+        loss, acc = adapt_and_evaluate(
+            params, x_spt[t], y_spt[t], x_qry[t], y_qry[t], inner_steps, inner_lr
+        )
+        losses.append(loss)
+        accs.append(acc.to(loss.dtype))
+    return torch.stack([torch.stack(losses).sum(), torch.stack(accs).sum().detach()])
+
+
+def meta_step(params, meta_opt, tasks, args, timings: list | None = None) -> tuple[float, float]:
+    """One distributed meta-iteration; returns (mean query loss, mean query accuracy)."""
+    num_tasks = tasks.x_support.shape[0]
+    start = time.perf_counter()
+    meta_opt.zero_grad()
+    with todist.autograd.context() as context_id:
+        out = task_losses(params, *tasks, args.inner_steps, args.inner_lr)
+        loss = out[0] / num_tasks
+        forward_done = time.perf_counter()
+        todist.autograd.backward(context_id, loss)
+        backward_done = time.perf_counter()
+    meta_opt.step()
+    if timings is not None:
+        timings.append((forward_done - start, backward_done - forward_done))
+    return loss.item(), out[1].item() / num_tasks
+
+
+def evaluate(params, data, args, num_tasks: int) -> float:
+    """Mean query accuracy after adaptation on held-out classes (distributed, no meta-grad)."""
+    tasks = data.batch(num_tasks)
+    out = task_losses([p.detach().requires_grad_() for p in params], *tasks, args.inner_steps, args.inner_lr)
+    return out[1].item() / num_tasks
+
+
+@todist.rank_zero_only
+def train(args: argparse.Namespace) -> None:
+    """Meta-train on rank 0, fanning the tasks out to all workers."""
+    torch.manual_seed(args.seed)
+    train_data = FewShotDigits(n_way=5, k_shot=1, k_query=args.k_query, split='train', seed=args.seed)
+    test_data = FewShotDigits(n_way=5, k_shot=1, k_query=args.k_query, split='test', seed=args.seed)
+    params = init_params([64, *[args.hidden] * args.layers, 5], seed=args.seed)
+    meta_opt = torchopt.Adam(params, lr=args.meta_lr)
+    world = todist.get_world_size()
+    print(f'distributed MAML: {world} worker(s), {args.tasks} tasks per meta-batch', flush=True)
+    before = evaluate(params, test_data, args, args.eval_tasks)
+    times: list[float] = []
+    parts: list[tuple[float, float]] = []
+    for it in range(1, args.iterations + 1):
+        tasks = train_data.batch(args.tasks)
+        start = time.perf_counter()
+        loss, acc = meta_step(params, meta_opt, tasks, args, parts)
+        times.append(time.perf_counter() - start)
+        if not args.bench and (it % args.log_every == 0 or it == args.iterations):
+            print(f'iter {it:4d}  query loss {loss:.4f}  query acc {acc:.3f}', flush=True)
+    after = evaluate(params, test_data, args, args.eval_tasks)
+    print(f'meta-test accuracy (5-way 1-shot): {before:.3f} before, {after:.3f} after', flush=True)
+    if args.bench:
+        result = {'workers': world, **_summary(times[args.warmup :])}
+        result['forward_s'] = _summary([f for f, _ in parts[args.warmup :]])['median_s']
+        result['backward_s'] = _summary([b for _, b in parts[args.warmup :]])['median_s']
+        if world == 1:  # the same meta-iterations without RPC, for the overhead
+            local = []
+            for _ in range(args.iterations):
+                tasks = train_data.batch(args.tasks)
+                start = time.perf_counter()
+                meta_opt.zero_grad()
+                out = task_losses.__wrapped__(params, *tasks, args.inner_steps, args.inner_lr)
+                (out[0] / args.tasks).backward()
+                meta_opt.step()
+                local.append(time.perf_counter() - start)
+            result['local'] = _summary(local[args.warmup :])
+        print('BENCH ' + json.dumps(result), flush=True)
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+    steady = sorted(times)
+    return {'median_s': steady[len(steady) // 2], 'min_s': steady[0], 'iterations': len(steady)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
+    parser.add_argument('--quick', action='store_true', help='a few iterations (smoke test)')
+    parser.add_argument('--bench', action='store_true', help='print timings as JSON')
+    parser.add_argument('--iterations', type=int, default=300)
+    parser.add_argument('--tasks', type=int, default=16, help='tasks per meta-batch')
+    parser.add_argument('--k-query', type=int, default=5)
+    parser.add_argument('--inner-steps', type=int, default=2)
+    parser.add_argument('--inner-lr', type=float, default=0.4)
+    parser.add_argument('--meta-lr', type=float, default=3e-3)
+    parser.add_argument('--hidden', type=int, default=64)
+    parser.add_argument('--layers', type=int, default=2)
+    parser.add_argument('--eval-tasks', type=int, default=64)
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--log-every', type=int, default=25)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument(
+        '--rpc-transport', choices=['default', 'tcp'], default='default',
+        help="TensorPipe transport: torch's default (shared memory on one host) or TCP only",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.iterations = min(args.iterations, 20)
+        args.eval_tasks, args.log_every = 16, 5
+    if args.tasks < 1 or args.iterations <= args.warmup and args.bench:
+        parser.error('--tasks must be >= 1 and --iterations > --warmup with --bench')
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Start RPC for the torchrun world and meta-train."""
+    args = parse_args(argv)
+    options = None
+    if args.rpc_transport == 'tcp':
+        options = todist.rpc.TensorPipeRpcBackendOptions(_transports=['uv'], _channels=['basic'])
+    todist.auto_init_rpc(rpc_backend_options=options)(train)(args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,184 @@
+"""World helpers that need no RPC: environment parsing, names, rank gating, options."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from torchopt_distributed import world
+from torchopt_distributed.world import WorldInfo
+
+
+def test_read_world_info_defaults_to_single_process():
+    assert world._read_world_info({}) == WorldInfo(0, 1, 0, 1)
+
+
+def test_read_world_info_torchrun_variables():
+    env = {'RANK': '5', 'WORLD_SIZE': '8', 'LOCAL_RANK': '1', 'LOCAL_WORLD_SIZE': '4'}
+    info = world._read_world_info(env)
+    assert info == WorldInfo(world_rank=5, world_size=8, local_rank=1, local_world_size=4)
+    assert info.rank == 5
+    assert info.worker_name == 'worker5'
+
+
+@pytest.mark.parametrize(
+    ('env', 'message'),
+    [
+        ({'RANK': 'x'}, 'RANK must be an integer'),
+        ({'RANK': '2', 'WORLD_SIZE': '2'}, 'RANK must be in'),
+        ({'WORLD_SIZE': '0'}, 'WORLD_SIZE must be >= 1'),
+        ({'LOCAL_RANK': '1'}, 'LOCAL_RANK must be in'),
+    ],
+)
+def test_read_world_info_rejects_bad_environment(env, message):
+    with pytest.raises(ValueError, match=message):
+        world._read_world_info(env)
+
+
+def test_getters_follow_environment_of_this_process():
+    info = world.get_world_info()
+    assert (world.get_world_rank(), world.get_world_size()) == (info.world_rank, info.world_size)
+    assert world.get_rank is world.get_world_rank
+    assert (world.get_local_rank(), world.get_local_world_size()) == info[2:]
+    assert world.get_world_info.world_info is info
+    assert world.get_world_info.WORLD_SIZE == info.world_size
+
+
+@pytest.mark.parametrize(
+    ('rank', 'size', 'name'),
+    [(0, 1, 'worker0'), (7, 16, 'worker07'), (3, 10, 'worker03'), (9, 10, 'worker09'),
+     (123, 1000, 'worker0123')],
+)  # fmt: skip
+def test_default_worker_name_format(rank, size, name):
+    assert world.default_worker_name_format(rank, size, 0, 1) == name
+
+
+def test_get_worker_id_passes_ints_and_rejects_other_types():
+    assert world.get_worker_id(3) == 3
+    with pytest.raises(TypeError, match='id must be'):
+        world.get_worker_id(1.0)
+    with pytest.raises(TypeError, match='id must be'):
+        world.get_worker_id(True)
+
+
+@pytest.fixture
+def as_rank(monkeypatch):
+    def set_rank(rank, size=4):
+        monkeypatch.setattr(world, '_WORLD_INFO', WorldInfo(rank, size, rank, size))
+
+    return set_rank
+
+
+@pytest.mark.parametrize('rank', [0, 1, 2, 3])
+def test_rank_decorators(as_rank, rank):
+    as_rank(rank)
+
+    def f(x):
+        return x + 1
+
+    assert world.on_rank(1, 2)(f)(1) == (2 if rank in (1, 2) else None)
+    assert world.not_on_rank(1, 2)(f)(1) == (None if rank in (1, 2) else 2)
+    assert world.rank_zero_only(f)(1) == (2 if rank == 0 else None)
+    assert world.rank_non_zero_only(f)(1) == (None if rank == 0 else 2)
+    assert world.rank_all(f) is f
+    assert world.on_rank(0)(f).__name__ == 'f'
+
+
+def test_rank_is_captured_at_decoration(as_rank):
+    as_rank(0)
+    g = world.rank_zero_only(lambda: 'ran')
+    as_rank(1)
+    assert g() == 'ran'
+
+
+def test_rank_decorators_validate_ranks():
+    with pytest.raises(ValueError, match='at least one rank'):
+        world.on_rank()
+    with pytest.raises(TypeError, match='int ranks'):
+        world.on_rank('0')
+
+
+def test_init_timeout_from_argument_environment_and_default(monkeypatch):
+    monkeypatch.delenv(world.INIT_TIMEOUT_ENV, raising=False)
+    assert world._resolve_init_timeout(None) == world.DEFAULT_INIT_TIMEOUT
+    assert world._resolve_init_timeout(2.5) == 2.5
+    monkeypatch.setenv(world.INIT_TIMEOUT_ENV, '7')
+    assert world._resolve_init_timeout(None) == 7.0
+    assert world._resolve_init_timeout(3) == 3.0  # the argument wins
+    monkeypatch.setenv(world.INIT_TIMEOUT_ENV, 'soon')
+    with pytest.raises(ValueError, match='TORCHOPT_RPC_INIT_TIMEOUT'):
+        world._resolve_init_timeout(None)
+    with pytest.raises(ValueError, match='init_timeout must be a positive'):
+        world._resolve_init_timeout(0)
+
+
+def test_loopback_only_when_asked(monkeypatch):
+    monkeypatch.delenv(world.LOOPBACK_ENV, raising=False)
+    assert world._resolve_loopback(None) is False
+    assert world._resolve_loopback(True) is True
+    monkeypatch.setenv(world.LOOPBACK_ENV, '1')
+    assert world._resolve_loopback(None) is True
+    assert world._resolve_loopback(False) is False
+    monkeypatch.setenv(world.LOOPBACK_ENV, 'maybe')
+    with pytest.raises(ValueError, match='TORCHOPT_RPC_LOOPBACK'):
+        world._resolve_loopback(None)
+
+
+def test_use_loopback_sets_interfaces_and_checks_master(monkeypatch):
+    for var in ('TP_SOCKET_IFNAME', 'GLOO_SOCKET_IFNAME', 'MASTER_ADDR'):
+        monkeypatch.delenv(var, raising=False)
+    world._use_loopback()
+    import os
+
+    assert os.environ['TP_SOCKET_IFNAME'] == os.environ['GLOO_SOCKET_IFNAME']
+    assert os.environ['TP_SOCKET_IFNAME'].startswith('lo')
+    assert os.environ['MASTER_ADDR'] == '127.0.0.1'
+    monkeypatch.setenv('MASTER_ADDR', '10.1.2.3')
+    with pytest.raises(ValueError, match='not a loopback address'):
+        world._use_loopback()
+
+
+@pytest.mark.parametrize(
+    ('addr', 'loop'), [('127.0.0.1', True), ('::1', True), ('localhost', True),
+                       ('10.0.0.1', False), ('node-1', False)]
+)  # fmt: skip
+def test_is_loopback(addr, loop):
+    assert world._is_loopback(addr) is loop
+
+
+def test_auto_init_rpc_validates_arguments(monkeypatch):
+    monkeypatch.setattr(world, '_worker_name_format', world.default_worker_name_format)
+    with pytest.raises(TypeError, match='worker_name_format must be callable'):
+        world.auto_init_rpc(None, 'worker{}')
+    with pytest.raises(TypeError, match='worker_init_fn must be callable'):
+        world.auto_init_rpc(3)
+    with pytest.raises(ValueError, match='init_timeout'):
+        world.auto_init_rpc(init_timeout=-1)
+
+
+def test_auto_init_rpc_sets_name_format(monkeypatch):
+    monkeypatch.setattr(world, '_worker_name_format', world.default_worker_name_format)
+    world.auto_init_rpc(worker_name_format=lambda world_rank, **_: f'node-{world_rank}')
+    assert WorldInfo(3, 4, 0, 1).worker_name == 'node-3'
+
+
+def test_bounded_rendezvous_names_missing_ranks(monkeypatch):
+    """A world of 3 where only this process (rank 0) arrives fails within the bound."""
+    import time
+
+    from _todist_launch import free_port
+
+    monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
+    monkeypatch.setenv('MASTER_PORT', str(free_port()))
+    monkeypatch.delenv('TORCHELASTIC_USE_AGENT_STORE', raising=False)
+    start = time.monotonic()
+    gen = world._bounded_env_rendezvous('torchopt-env://?rank=0&world_size=3&init_timeout=0.5')
+    with pytest.raises(world.RendezvousTimeoutError, match=r'missing ranks \[1, 2\]'):
+        next(gen)
+    assert time.monotonic() - start < 5
+
+
+def test_world_info_pickles():
+    info = WorldInfo(1, 2, 1, 2)
+    assert pickle.loads(pickle.dumps(info)) == info
