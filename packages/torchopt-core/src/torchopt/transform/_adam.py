@@ -163,11 +163,19 @@ def scale_by_adam(
         if inplace and eps_root == 0.0 and _fe.fusable(g, mu, nu):
             _fused_adam_direction_(g, mu, nu, count, b1, b2, eps)
             return updates, ScaleByAdamState(mu=state.mu, nu=state.nu, count=count)
-        if not inplace and torch.is_grad_enabled() and not _fe.functorch_active():
-            u, new_mu, new_nu = adam_update_diff(g, mu, nu, count, b1, b2, eps, eps_root)
-            return put(updates, idx, u), ScaleByAdamState(
-                mu=put(state.mu, idx, new_mu), nu=put(state.nu, idx, new_nu), count=count
-            )
+        if not inplace and not _fe.functorch_active():
+            if torch.is_grad_enabled():
+                u, new_mu, new_nu = adam_update_diff(g, mu, nu, count, b1, b2, eps, eps_root)
+            elif eps_root == 0.0 and _fe.fusable(g, mu, nu):
+                # Nothing to record: copy the inputs once and run the fused kernel on the copies.
+                u, new_mu, new_nu = (torch._foreach_mul(x, 1.0) for x in (g, mu, nu))
+                _fused_adam_direction_(u, new_mu, new_nu, count, b1, b2, eps)
+            else:
+                u = None
+            if u is not None:
+                return put(updates, idx, u), ScaleByAdamState(
+                    mu=put(state.mu, idx, new_mu), nu=put(state.nu, idx, new_nu), count=count
+                )
         new_mu = ema(mu, g, b1, inplace=inplace)
         new_nu = ema_sq(nu, g, b2, inplace=inplace)
         if inplace:
