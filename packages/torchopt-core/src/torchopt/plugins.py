@@ -42,6 +42,7 @@ __all__ = [
     'is_available',
 ]
 
+#: The plugin API version of this core; a plugin's :class:`PluginInfo` must carry the same.
 PLUGIN_API_VERSION = 1
 ENTRY_POINT_GROUP = 'torchopt.plugins'
 DISABLE_ENV = 'TORCHOPT_DISABLE_PLUGINS'

@@ -67,33 +67,56 @@ __all__ = [
 
 T = TypeVar('T')
 
+#: A device: a ``torch.device``, a name such as ``'cuda:0'`` or a CUDA device index.
 Device = Union[torch.device, str, int]
+#: A Python number.
 Scalar = Union[float, int, bool]
+#: A tensor or a Python number.
 Numeric = Union[Tensor, Scalar]
+#: A schedule: maps the step count to a value (e.g. a learning rate).
 Schedule = Callable[[Numeric], Numeric]
+#: A constant or a :data:`Schedule`.
 ScalarOrSchedule = Union[float, Schedule]
 
+#: A tensor or ``None``.
 OptionalTensor = Optional[Tensor]
+#: A list of tensors.
 ListOfTensors = List[Tensor]
+#: A tuple of tensors.
 TupleOfTensors = Tuple[Tensor, ...]
+#: A sequence of tensors.
 SequenceOfTensors = Sequence[Tensor]
+#: A tensor or a sequence of tensors.
 TensorOrTensors = Union[Tensor, SequenceOfTensors]
+#: A pytree whose leaves are tensors.
 TensorTree = PyTreeTypeVar('TensorTree', Tensor)  # type: ignore[valid-type]
+#: A list of tensors or ``None``.
 ListOfOptionalTensors = List[OptionalTensor]
+#: A tuple of tensors or ``None``.
 TupleOfOptionalTensors = Tuple[OptionalTensor, ...]
+#: A sequence of tensors or ``None``.
 SequenceOfOptionalTensors = Sequence[OptionalTensor]
+#: A tensor, ``None`` or a sequence of those.
 OptionalTensorOrOptionalTensors = Union[OptionalTensor, SequenceOfOptionalTensors]
+#: A pytree whose leaves are tensors or ``None``.
 OptionalTensorTree = PyTreeTypeVar('OptionalTensorTree', OptionalTensor)  # type: ignore[valid-type]
 
+#: A ``{name: tensor or None}`` dict, such as a module's ``_parameters``.
 TensorContainer = Dict[str, Optional[Tensor]]
+#: One :data:`TensorContainer` per (sub)module.
 ModuleTensorContainers = Tuple[TensorContainer, ...]
 
+#: The parameters: a pytree of tensors.
 Params = TensorTree
+#: Gradients or updates, structured like the parameters.
 Updates = Params
+#: An optimizer state: a pytree of tensors (and numbers).
 OptState = TensorTree
 
+#: A linear solver ``solve(matvec, b) -> x``.
 LinearSolver = Callable[[Callable[[TensorTree], TensorTree], TensorTree], TensorTree]
 Size = torch.Size
+#: A sampling function ``sample_fn(sample_shape) -> samples``.
 SampleFunc = Callable[[Size], Union[Tensor, Sequence[Numeric]]]
 
 

@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 T = TypeVar('T')
+#: The sentinel timeout meaning "use the RPC agent's default timeout" (as in ``torch.distributed.rpc``).
 UNSET_RPC_TIMEOUT: float = float(getattr(getattr(rpc, 'api', None), 'UNSET_RPC_TIMEOUT', -1.0))
 
 Args = tuple[Any, ...]

@@ -321,8 +321,10 @@ def custom_root(
         A decorator for ``solver_fn``.
 
     Raises:
-        TypeError / ValueError: at decoration time for a malformed ``argnums`` (not ints,
-            containing 0, repeated, or past the solver's positional parameters).
+        TypeError: at decoration time, if ``argnums`` holds something other than ints or
+            ``solve`` is not callable.
+        ValueError: at decoration time, if ``argnums`` contains 0, repeats an index or points
+            past the solver's positional parameters.
 
     Example:
         >>> def stationary(x, lam, X, y):  # ridge: grad of 0.5||Xx - y||^2 + 0.5 lam ||x||^2

@@ -7,12 +7,17 @@ renders one graph to several formats, and a missing Graphviz ``dot`` program rai
 :class:`GraphvizNotFoundError`, which names the system package to install.
 
 Example:
+    >>> import torch
     >>> import torchopt
+    >>> net, meta, x = torch.nn.Linear(3, 1), torch.tensor(1.0, requires_grad=True), torch.ones(4, 3)
+    >>> optimizer = torchopt.MetaSGD(net, lr=0.1)
     >>> state0 = torchopt.extract_state_dict(net, enable_visual=True, visual_prefix='step0.')
-    >>> optimizer.step(loss)
+    >>> optimizer.step(meta * net(x).pow(2).mean())
     >>> state1 = torchopt.extract_state_dict(net, enable_visual=True, visual_prefix='step1.')
-    >>> dot = torchopt.visual.make_dot(outer_loss, [state0, state1, {'meta': meta_param}])
-    >>> dot.render('graph', format='svg')
+    >>> dot = torchopt.visual.make_dot(net(x).sum(), [state0, state1, {'meta': meta}])
+    >>> all(name in dot.source for name in ('step0.weight', 'step1.weight', 'meta'))
+    True
+    >>> svg = dot.pipe(format='svg')  # or dot.render('graph', format='svg') to write a file
 """
 
 from torchopt_viz.graph import make_dot, resize_graph

@@ -83,12 +83,15 @@ def make_dot(
         ValueError: ``var`` holds no tensor.
 
     Example:
+        >>> net, meta, x = torch.nn.Linear(3, 1), torch.tensor(1.0, requires_grad=True), torch.ones(4, 3)
+        >>> optimizer = torchopt.MetaSGD(net, lr=0.1)
         >>> extract = torchopt.extract_state_dict
         >>> state0 = extract(net, enable_visual=True, visual_prefix='step0.')
-        >>> optimizer.step(loss)
+        >>> optimizer.step(meta * net(x).pow(2).mean())
         >>> state1 = extract(net, enable_visual=True, visual_prefix='step1.')
         >>> dot = make_dot(net(x).sum(), [state0, state1, {'meta': meta}])
-        >>> dot.render('graph', format='svg')
+        >>> 'step1.weight' in dot.source
+        True
     """
     outputs = _output_tensors(var)
     if isinstance(max_attr_chars, bool) or not isinstance(max_attr_chars, int):
