@@ -63,6 +63,12 @@ def test_matches_reference_walk(parse, reachable):
     out = net(x).sum()
     fns = reachable(out)  # held: ids stay valid while comparing
     nodes, edges = parse(make_dot(out))
+    # Tensors saved by custom autograd Functions (core's Adam step is one) are drawn orange;
+    # their objects are unpacked anew at each access, so compare them by count.
+    saved = {k for k, n in nodes.items() if n.color == 'orange'}
+    assert len(saved) == sum(len(fn.saved_tensors) for fn in fns if hasattr(fn, 'saved_tensors'))
+    nodes = {k: n for k, n in nodes.items() if k not in saved}
+    edges = Counter({e: c for e, c in edges.items() if not set(e) & saved})
     leaves = [fn.variable for fn in fns if hasattr(fn, 'variable')]
     # the initial parameters and the meta-parameter (and any moments that require grad)
     assert {id(t) for t in [*names[0].values(), meta]} <= {id(t) for t in leaves}
@@ -79,7 +85,7 @@ def test_matches_reference_walk(parse, reachable):
 
 
 def test_updated_parameters_named_per_step(parse):
-    """Non-leaf parameters label the (shared, foreach) node that produced them."""
+    """Non-leaf parameters label the node that produced them."""
     net, meta, x, names = _unrolled()
     out = net(x).sum()
     params = [*names, {'meta': meta}]
@@ -91,11 +97,10 @@ def test_updated_parameters_named_per_step(parse):
             assert f'{name}\n{shape}' in text
     assert 'meta\n()' in text
     for step in (1, 2):
-        # one node produces all four updated parameters of a step, named and light blue
-        (node,) = [n for n in nodes.values() if f'step{step}.0.weight' in n.label]
-        assert node.color == PARAM
+        # each updated parameter labels the node that produced it, in light blue
         for k in ('0.weight', '0.bias', '2.weight', '2.bias'):
-            assert f'step{step}.{k}\n' in node.label
+            (node,) = [n for n in nodes.values() if f'step{step}.{k}\n' in n.label]
+            assert node.color == PARAM
 
 
 def test_pytree_outputs_share_subgraph(parse):
@@ -335,21 +340,18 @@ def test_resize_graph_bad_arguments(args, error, match):
 
 
 def test_module_state_of_updated_parameters(parse):
-    """``visual_contents`` of a stepped module: one entry for the shared node, split by name."""
+    """``visual_contents`` of a stepped module: every updated parameter labels its node."""
     net, meta, x, names = _unrolled(steps=1)
     state = torchopt.extract_state_dict(net, enable_visual=True, visual_prefix='step1.')
     out = net(x).sum()
     nodes, _ = parse(make_dot(out, state))
-    (node,) = [n for n in nodes.values() if 'step1.' in n.label]
-    assert node.color == PARAM
-    rows = node.label.split('\n')
-    assert rows[0] == 'ForeachAddBackward0List'
-    assert rows[1:] == [f'step1.{k}' for k, _ in net.named_parameters()]
+    named = [n for n in nodes.values() if 'step1.' in n.label]
+    assert all(n.color == PARAM for n in named)
+    assert sorted(n.label.split('\n')[1] for n in named) == sorted(
+        f'step1.{k}' for k, _ in net.named_parameters())
+    assert all(n.label.split('\n')[0] == 'AddBackward0' for n in named)
     # naming the tensors as well adds their shapes, without repeating a name
     nodes, _ = parse(make_dot(out, [state, names[1]]))
-    (node,) = [n for n in nodes.values() if 'step1.' in n.label]
-    expected = [
-        row for k, p in net.named_parameters()
-        for row in (f'step1.{k}', '(' + ', '.join(map(str, p.shape)) + ')')
-    ]
-    assert node.label.split('\n')[1:] == expected
+    for k, p in net.named_parameters():
+        (node,) = [n for n in nodes.values() if f'step1.{k}\n' in n.label]
+        assert node.label.split('\n')[1:] == [f'step1.{k}', '(' + ', '.join(map(str, p.shape)) + ')']
