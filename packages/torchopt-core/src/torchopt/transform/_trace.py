@@ -12,7 +12,7 @@ from torchopt import _checks
 from torchopt.base import GradientTransformation, identity
 from torchopt.transform._adam import _check_state
 from torchopt.transform._flat import FlatTransformation, present_indices, put, take
-from torchopt.transform.utils import write_, zeros_like
+from torchopt.transform.utils import zeros_like
 
 __all__ = ['TraceState', 'trace']
 
@@ -63,17 +63,22 @@ def trace(
         if not g:
             return updates, state
         if inplace:
-            if state.started:
-                _fe.mul_(buf, momentum)
-                _fe.add_(buf, g, alpha=1.0 - dampening)
-            else:
-                _fe.copy_(buf, g)
-            new_buf = buf
             if nesterov:
-                _fe.add_(g, new_buf, alpha=momentum)
-                u = g
+                if state.started:
+                    _fe.mul_(buf, momentum)
+                    _fe.add_(buf, g, alpha=1.0 - dampening)
+                else:
+                    _fe.copy_(buf, g)
+                _fe.add_(g, buf, alpha=momentum)
             else:
-                u = write_(g, new_buf, inplace=True)
+                # Build the new buffer in g (it is the update) and copy it to the state:
+                # 7 memory passes instead of 9 for updating the buffer, then copying it out.
+                if state.started:
+                    if dampening != 0.0:
+                        _fe.mul_(g, 1.0 - dampening)
+                    _fe.add_(g, buf, alpha=momentum)
+                _fe.copy_(buf, g)
+            new_buf, u = buf, g
         else:
             if state.started:
                 new_buf = _fe.add(_fe.mul(buf, momentum), g, alpha=1.0 - dampening)
