@@ -209,7 +209,7 @@ def train_module(cfg, train_tasks, test_tasks) -> tuple[float, float]:
     return evaluate(meta_net), evaluate(init_net)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description='iMAML on rotated digits (functional and module API)')
     parser.add_argument('--api', choices=['functional', 'module', 'both'], default='both')
     parser.add_argument('--quick', action='store_true', help='small run (< 1 minute on a laptop CPU)')
@@ -225,7 +225,7 @@ def main() -> None:
     parser.add_argument('--cg-steps', type=int, default=5)
     parser.add_argument('--test-tasks', type=int, default=300)
     parser.add_argument('--seed', type=int, default=0)
-    cfg = parser.parse_args()
+    cfg = parser.parse_args(argv)
     if cfg.quick:
         cfg.meta_steps, cfg.meta_batch, cfg.test_tasks = 150, 4, 100
     torch.set_num_threads(1)
@@ -234,6 +234,7 @@ def main() -> None:
     train_classes = [d + 10 * k for k in range(4) for d in range(7)]
     test_classes = [d + 10 * k for k in range(4) for d in range(7, 10)]
     apis = ['functional', 'module'] if cfg.api == 'both' else [cfg.api]
+    results: dict[str, float] = {}
     print(f'{cfg.ways}-way {cfg.shots}-shot, {len(train_classes)} meta-train / {len(test_classes)} meta-test classes')
     for api in apis:
         gen_train = torch.Generator().manual_seed(cfg.seed)
@@ -247,6 +248,8 @@ def main() -> None:
             f'[{api:>10} API] meta-test accuracy: iMAML {meta_acc:.3f} vs no meta-learning '
             f'{base_acc:.3f} ({time.perf_counter() - start:.1f}s)'
         )
+        results[f'{api}_imaml'], results[f'{api}_baseline'] = meta_acc, base_acc
+    return results
 
 
 if __name__ == '__main__':

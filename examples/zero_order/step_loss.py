@@ -126,11 +126,11 @@ def train(x, y, sigma, steps, num_samples, use_es: bool, seed: int) -> list[floa
     return history
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='small run (a few seconds)')
     parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     n, dim = (500, 10) if args.quick else (2000, 50)
     steps, trials = (100, 5) if args.quick else (400, 10)
@@ -140,8 +140,9 @@ def main() -> None:
     x, y = make_data(n, dim, args.seed)
     w = torch.randn(dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     print(f'data: n={n}, d={dim}; 0-1 loss at a random w: {float(zero_one_loss(w, x, y)):.3f}')
+    fd_error = check_closed_form(w, x, y, sigma)
     print(f'closed-form smoothed gradient vs central finite difference: rel. error '
-          f'{check_closed_form(w, x, y, sigma):.1e}')
+          f'{fd_error:.1e}')
     compare_estimators(w, x, y, sigma, sizes, trials)
 
     print(f'\ntraining on the 0-1 loss with Adam (lr=0.05, {steps} steps, sigma={sigma})')
@@ -150,6 +151,8 @@ def main() -> None:
     print(f'{"step":>6} {"ES (N=100, antithetic)":>24} {"exact smoothed gradient":>24}')
     for k in sorted({0, steps // 4, steps // 2, 3 * steps // 4, steps - 1}):
         print(f'{k + 1:>6} {es[k]:>24.3f} {exact[k]:>24.3f}')
+    return {'fd_rel_error': fd_error, 'es_first': es[0], 'es_final': es[-1],
+            'exact_final': exact[-1]}
 
 
 if __name__ == '__main__':
