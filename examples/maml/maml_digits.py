@@ -30,6 +30,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torchopt  # noqa: E402
+from common import add_common_args, output_dir, progress, pyplot  # noqa: E402
 from fewshot_digits import FewShotDigits, Task  # noqa: E402
 
 
@@ -60,7 +61,7 @@ def query_loss_and_acc(net, params, task: Task, steps: int, inner_lr: float):
     return F.cross_entropy(logits, task.y_query), (logits.argmax(-1) == task.y_query).float().mean()
 
 
-def meta_train_functional(net, data: FewShotDigits, args) -> None:
+def meta_train_functional(net, data: FewShotDigits, args) -> list[float]:
     params = dict(net.named_parameters())
     meta_opt = torch.optim.Adam(params.values(), lr=args.outer_lr)
 
@@ -69,22 +70,26 @@ def meta_train_functional(net, data: FewShotDigits, args) -> None:
 
     # vmap over the meta-batch: every task adapts its own copy of the shared initialisation.
     batched = torch.func.vmap(task_loss, in_dims=(None, 0, 0, 0, 0), randomness='same')
-    for it in range(1, args.iterations + 1):
+    curve = []
+    for it in progress(range(1, args.iterations + 1), 'meta-train'):
         batch = data.batch(args.meta_batch)
         losses, accs = batched(params, *batch)
         meta_opt.zero_grad()
         losses.mean().backward()
         meta_opt.step()
+        curve.append(accs.mean().item())
         if it % args.log_every == 0 or it == args.iterations:
             print(f'  iter {it:4d}  query loss {losses.mean().item():.3f}  '
                   f'query acc {accs.mean().item():.3f}', flush=True)
+    return curve
 
 
-def meta_train_module(net, data: FewShotDigits, args) -> None:
+def meta_train_module(net, data: FewShotDigits, args) -> list[float]:
     meta_opt = torch.optim.Adam(net.parameters(), lr=args.outer_lr)
     inner_opt = torchopt.MetaSGD(net, lr=args.inner_lr)
     net_state = torchopt.extract_state_dict(net, by='reference')
-    for it in range(1, args.iterations + 1):
+    curve = []
+    for it in progress(range(1, args.iterations + 1), 'meta-train'):
         meta_opt.zero_grad()
         losses, accs = [], []
         for _ in range(args.meta_batch):
@@ -98,9 +103,31 @@ def meta_train_module(net, data: FewShotDigits, args) -> None:
             accs.append((logits.argmax(-1) == task.y_query).float().mean().item())
             torchopt.recover_state_dict(net, net_state)  # back to the meta-parameters
         meta_opt.step()
+        curve.append(sum(accs) / len(accs))
         if it % args.log_every == 0 or it == args.iterations:
             print(f'  iter {it:4d}  query loss {sum(losses) / len(losses):.3f}  '
                   f'query acc {sum(accs) / len(accs):.3f}', flush=True)
+    return curve
+
+
+def plot(curve: list[float], maml: float, base: float, args, path: Path) -> None:
+    """Meta-training query accuracy (moving average) and the meta-test comparison."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    window = max(len(curve) // 20, 1)
+    smooth = [sum(curve[max(0, i - window + 1) : i + 1]) / len(curve[max(0, i - window + 1) : i + 1])
+              for i in range(len(curve))]
+    ax.plot(range(1, len(curve) + 1), smooth, label='meta-train query accuracy (moving avg.)')
+    ax.axhline(maml, color='C1', linestyle='--', label=f'meta-test, MAML init ({maml:.2f})')
+    ax.axhline(base, color='C2', linestyle=':', label=f'meta-test, random init ({base:.2f})')
+    ax.axhline(1 / args.n_way, color='grey', linewidth=0.8, label='chance')
+    ax.set_xlabel('meta-iteration')
+    ax.set_ylabel('accuracy')
+    ax.set_title(f'MAML, {args.n_way}-way {args.k_shot}-shot rotated digits ({args.api} API)')
+    ax.legend(loc='lower right', fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def evaluate(net, data: FewShotDigits, tasks: int, steps: int, inner_lr: float) -> float:
@@ -117,8 +144,7 @@ def evaluate(net, data: FewShotDigits, tasks: int, steps: int, inner_lr: float) 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description='MAML on rotated digits (5-way 1-shot)')
     parser.add_argument('--api', choices=['functional', 'module'], default='functional')
-    parser.add_argument('--quick', action='store_true', help='short run (CI smoke test)')
-    parser.add_argument('--iterations', type=int, default=200)
+    parser.add_argument('--iterations', type=int, default=300)
     parser.add_argument('--meta-batch', type=int, default=16)
     parser.add_argument('--inner-steps', type=int, default=3)
     parser.add_argument('--test-steps', type=int, default=3)
@@ -127,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument('--n-way', type=int, default=5)
     parser.add_argument('--k-shot', type=int, default=1)
     parser.add_argument('--test-tasks', type=int, default=300)
-    parser.add_argument('--seed', type=int, default=0)
+    add_common_args(parser, __file__)
     args = parser.parse_args(argv)
     if args.quick:
         args.iterations, args.test_tasks = 80, 100
@@ -143,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f'MAML {args.n_way}-way {args.k_shot}-shot on rotated digits '
           f'({args.api} API, {args.iterations} meta-iterations of {args.meta_batch} tasks)')
     start = time.perf_counter()
-    (meta_train_functional if args.api == 'functional' else meta_train_module)(net, train, args)
+    curve = (meta_train_functional if args.api == 'functional' else meta_train_module)(
+        net, train, args)
     elapsed = time.perf_counter() - start
     maml = evaluate(net, test, args.test_tasks, args.test_steps, args.inner_lr)
     base = evaluate(baseline_net, test, args.test_tasks, args.test_steps, args.inner_lr)
@@ -152,6 +179,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f'  MAML initialisation   {maml:.3f}')
     print(f'  random initialisation {base:.3f}   (no meta-learning baseline)')
     print(f'  chance                {1 / args.n_way:.3f}')
+    path = output_dir(args.out) / 'maml_digits.png'
+    plot(curve, maml, base, args, path)
+    print(f'plot: {path}')
     return {'maml': maml, 'baseline': base}
 
 
