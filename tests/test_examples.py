@@ -63,11 +63,11 @@ CASES = [
     Example('func/maml_vmap.py', ('--quick',), 'maml_vmap.png',
             lambda r: r['maml'] > r['baseline'] + 0.03 and r['grad_max_diff'] < 1e-5,
             'MAML > random init + 0.03; vmap and loop meta-gradients agree to 1e-5'),
-    Example('imaml/imaml_digits.py', ('--quick', '--api', 'both'), None,
+    Example('imaml/imaml_digits.py', ('--quick', '--api', 'both'), 'imaml.png',
             lambda r: r['functional_imaml'] > r['functional_baseline'] + 0.1
             and r['module_imaml'] > r['module_baseline'] + 0.1,
             'iMAML meta-test accuracy > no-meta-learning baseline + 0.1, both APIs'),
-    Example('zero_order/step_loss.py', ('--quick',), None,
+    Example('zero_order/step_loss.py', ('--quick',), 'step_loss.png',
             lambda r: r['fd_rel_error'] < 1e-6 and r['es_final'] < 0.5 * r['es_first']
             and r['es_final'] < r['exact_final'] + 0.05,
             'closed form = finite differences; ES training halves the 0-1 loss and ends within '

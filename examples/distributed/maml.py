@@ -14,8 +14,10 @@ and the meta-gradient flows back to rank 0 through distributed autograd:
         \\mathcal{L}^{\\mathrm{qry}}_t\\big(\\theta - \\alpha \\nabla_\\theta
         \\mathcal{L}^{\\mathrm{spt}}_t(\\theta)\\big)\\Big)
 
-(with ``--inner-steps`` steps instead of one). ``--bench`` prints one JSON line of timings,
-used by ``benchmarks/distributed_bench.py``.
+(with ``--inner-steps`` steps instead of one). Rank 0 writes the plot ``outputs/maml.png`` (or
+``--out DIR``): meta-train query loss and accuracy per meta-iteration, with the meta-test
+accuracy before and after. ``--bench`` prints one JSON line of timings instead (no plot), used by
+``benchmarks/distributed_bench.py``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,7 @@ import torchopt
 import torchopt.distributed as todist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import add_common_args, output_dir, progress, pyplot  # noqa: E402  (examples/common.py)
 from fewshot_digits import FewShotDigits  # noqa: E402  (examples/fewshot_digits.py)
 
 __all__ = ['init_params', 'forward', 'adapt_and_evaluate', 'task_losses', 'main']
@@ -127,8 +131,8 @@ def evaluate(params, data, args, num_tasks: int) -> float:
 
 
 @todist.rank_zero_only
-def train(args: argparse.Namespace) -> None:
-    """Meta-train on rank 0, fanning the tasks out to all workers."""
+def train(args: argparse.Namespace) -> dict[str, float]:
+    """Meta-train on rank 0, fanning the tasks out to all workers; returns the headline numbers."""
     torch.manual_seed(args.seed)
     train_data = FewShotDigits(n_way=5, k_shot=1, k_query=args.k_query, split='train', seed=args.seed)
     test_data = FewShotDigits(n_way=5, k_shot=1, k_query=args.k_query, split='test', seed=args.seed)
@@ -139,15 +143,19 @@ def train(args: argparse.Namespace) -> None:
     before = evaluate(params, test_data, args, args.eval_tasks)
     times: list[float] = []
     parts: list[tuple[float, float]] = []
-    for it in range(1, args.iterations + 1):
+    curve: list[tuple[float, float]] = []
+    for it in progress(range(1, args.iterations + 1), 'meta-train'):
         tasks = train_data.batch(args.tasks)
         start = time.perf_counter()
         loss, acc = meta_step(params, meta_opt, tasks, args, parts)
         times.append(time.perf_counter() - start)
+        curve.append((loss, acc))
         if not args.bench and (it % args.log_every == 0 or it == args.iterations):
             print(f'iter {it:4d}  query loss {loss:.4f}  query acc {acc:.3f}', flush=True)
     after = evaluate(params, test_data, args, args.eval_tasks)
     print(f'meta-test accuracy (5-way 1-shot): {before:.3f} before, {after:.3f} after', flush=True)
+    if not args.bench:
+        print(f'plot written to {plot(curve, before, after, world, args)}', flush=True)
     if args.bench:
         result = {'workers': world, **_summary(times[args.warmup :])}
         result['forward_s'] = _summary([f for f, _ in parts[args.warmup :]])['median_s']
@@ -164,6 +172,34 @@ def train(args: argparse.Namespace) -> None:
                 local.append(time.perf_counter() - start)
             result['local'] = _summary(local[args.warmup :])
         print('BENCH ' + json.dumps(result), flush=True)
+    return {'before': before, 'after': after, 'train_loss': curve[-1][0], 'train_acc': curve[-1][1]}
+
+
+def plot(
+    curve: list[tuple[float, float]], before: float, after: float, world: int,
+    args: argparse.Namespace,
+) -> Path:
+    """Write ``maml.png`` (rank 0): meta-train query loss and accuracy, meta-test accuracy."""
+    plt = pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    its = range(1, len(curve) + 1)
+    ax_loss.plot(its, [c[0] for c in curve])
+    ax_loss.set_ylabel('mean query loss after adaptation')
+    ax_acc.plot(its, [c[1] for c in curve], label='meta-train tasks')
+    ax_acc.axhline(before, color='C1', ls=':', label=f'meta-test, before: {before:.3f}')
+    ax_acc.axhline(after, color='C2', ls='--', label=f'meta-test, after: {after:.3f}')
+    ax_acc.axhline(0.2, color='k', lw=0.8, ls='-.', label='chance')
+    ax_acc.set_ylabel('query accuracy after adaptation')
+    ax_acc.legend(fontsize=8)
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel('meta-iteration')
+    fig.suptitle(f'distributed MAML, 5-way 1-shot rotated digits, {world} worker(s), '
+                 f'{args.tasks} tasks per meta-batch')
+    fig.tight_layout()
+    path = output_dir(args.out) / 'maml.png'
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _summary(times: list[float]) -> dict[str, float]:
@@ -174,7 +210,7 @@ def _summary(times: list[float]) -> dict[str, float]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-    parser.add_argument('--quick', action='store_true', help='a few iterations (smoke test)')
+    add_common_args(parser, __file__)
     parser.add_argument('--bench', action='store_true', help='print timings as JSON')
     parser.add_argument('--iterations', type=int, default=300)
     parser.add_argument('--tasks', type=int, default=16, help='tasks per meta-batch')
@@ -187,7 +223,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--eval-tasks', type=int, default=64)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--log-every', type=int, default=25)
-    parser.add_argument('--seed', type=int, default=0)
     parser.add_argument(
         '--rpc-transport', choices=['default', 'tcp'], default='default',
         help="TensorPipe transport: torch's default (shared memory on one host) or TCP only",
@@ -201,13 +236,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Start RPC for the torchrun world and meta-train."""
+def main(argv: list[str] | None = None) -> dict[str, float] | None:
+    """Start RPC for the torchrun world and meta-train; rank 0 returns the headline numbers."""
     args = parse_args(argv)
     options = None
     if args.rpc_transport == 'tcp':
         options = todist.rpc.TensorPipeRpcBackendOptions(_transports=['uv'], _channels=['basic'])
-    todist.auto_init_rpc(rpc_backend_options=options)(train)(args)
+    return todist.auto_init_rpc(rpc_backend_options=options)(train)(args)
 
 
 if __name__ == '__main__':

@@ -25,20 +25,29 @@ The script
 3. trains the classifier on the 0-1 loss itself with ES gradients and Adam, next to training
    with the exact smoothed gradient.
 
-Run ``python examples/zero_order/step_loss.py`` (``--quick`` finishes in a few seconds).
+Run ``python examples/zero_order/step_loss.py`` (``--quick`` finishes in a few seconds). The plot
+``outputs/step_loss.png`` (or ``--out DIR``) shows the estimators' error against the number of
+samples and the two training curves.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-import torchopt
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torchopt  # noqa: E402
+from common import add_common_args, output_dir, progress, pyplot, set_threads  # noqa: E402
 
-__all__ = ['main']
+__all__ = [
+    'check_closed_form', 'compare_estimators', 'main', 'make_data', 'smoothed_loss_and_grad',
+    'train', 'zero_one_loss',
+]
 
 NORMAL = torch.distributions.Normal(0.0, 1.0)
 
@@ -58,7 +67,9 @@ def zero_one_loss(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Te
     return (y * (x @ w) < 0).to(w.dtype).mean()
 
 
-def smoothed_loss_and_grad(w, x, y, sigma):
+def smoothed_loss_and_grad(
+    w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sigma: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Closed-form Gaussian smoothing of the 0-1 loss and its exact gradient."""
     scale = sigma * x.norm(dim=1)
     margin = y * (x @ w) / scale
@@ -68,7 +79,8 @@ def smoothed_loss_and_grad(w, x, y, sigma):
     return loss, grad
 
 
-def check_closed_form(w, x, y, sigma) -> float:
+def check_closed_form(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sigma: float) -> float:
+    """Relative error of the closed-form gradient against a central finite difference."""
     _, grad = smoothed_loss_and_grad(w, x, y, sigma)
     eps, fd = 1e-6, torch.empty_like(w)
     for k in range(len(w)):
@@ -80,7 +92,11 @@ def check_closed_form(w, x, y, sigma) -> float:
     return float((grad - fd).norm() / fd.norm())
 
 
-def compare_estimators(w, x, y, sigma, sizes, trials) -> None:
+def compare_estimators(
+    w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sigma: float, sizes: tuple[int, ...],
+    trials: int,
+) -> dict[str, list[float]]:
+    """Print, and return per method, the mean relative error of ES estimates for each size."""
     _, exact = smoothed_loss_and_grad(w, x, y, sigma)
     plain = zero_one_loss(w.clone().requires_grad_(), x, y)
     print(f'autograd: the 0-1 loss has requires_grad={plain.requires_grad} '
@@ -88,7 +104,9 @@ def compare_estimators(w, x, y, sigma, sizes, trials) -> None:
     print(f'\nES estimate vs exact gradient of the smoothed loss (sigma={sigma}, '
           f'mean over {trials} estimates)')
     print(f'{"method":>11} {"N":>6} {"rel. error":>11} {"cosine":>7} {"ms":>7}')
+    table: dict[str, list[float]] = {}
     for method in ('naive', 'forward', 'antithetic'):
+        table[method] = []
         for n in sizes:
             loss = torchopt.diff.zero_order(
                 NORMAL, method=method, num_samples=n, sigma=sigma
@@ -103,9 +121,15 @@ def compare_estimators(w, x, y, sigma, sizes, trials) -> None:
             ms = (time.perf_counter() - start) / trials * 1e3
             print(f'{method:>11} {n:>6} {sum(errors) / trials:>11.3f} '
                   f'{sum(cosines) / trials:>7.3f} {ms:>7.2f}')
+            table[method].append(sum(errors) / trials)
+    return table
 
 
-def train(x, y, sigma, steps, num_samples, use_es: bool, seed: int) -> list[float]:
+def train(
+    x: torch.Tensor, y: torch.Tensor, sigma: float, steps: int, num_samples: int, use_es: bool,
+    seed: int,
+) -> list[float]:
+    """Adam on the 0-1 loss with ES (or exact smoothed) gradients; the 0-1 loss after each step."""
     torch.manual_seed(seed)
     w = torch.zeros(x.shape[1], dtype=x.dtype)
     w[0] = -1.0  # a bad start
@@ -115,7 +139,7 @@ def train(x, y, sigma, steps, num_samples, use_es: bool, seed: int) -> list[floa
         NORMAL, method='antithetic', num_samples=num_samples, sigma=sigma
     )(zero_one_loss)
     history = []
-    for _ in range(steps):
+    for _ in progress(range(steps), 'ES' if use_es else 'exact gradient'):
         optimizer.zero_grad()
         if use_es:
             es_loss(w, x, y).backward()
@@ -126,12 +150,41 @@ def train(x, y, sigma, steps, num_samples, use_es: bool, seed: int) -> list[floa
     return history
 
 
+def plot(
+    table: dict[str, list[float]], sizes: tuple[int, ...], es: list[float], exact: list[float],
+    sigma: float, out: Path,
+) -> Path:
+    """Write ``step_loss.png``: estimator error vs samples, and the two training curves."""
+    plt = pyplot()
+    fig, (ax_err, ax_train) = plt.subplots(1, 2, figsize=(10, 4))
+    for method, errors in table.items():
+        ax_err.loglog(sizes, errors, marker='o', label=method)
+    ax_err.loglog(sizes, [table['naive'][0] * (sizes[0] / n) ** 0.5 for n in sizes], 'k:', lw=0.8,
+                  label=r'$\propto N^{-1/2}$')
+    ax_err.set_xlabel('samples N')
+    ax_err.set_ylabel('relative error vs exact smoothed gradient')
+    ax_err.set_title(f'ES gradient estimators (sigma={sigma})')
+    ax_err.legend(fontsize=8)
+    steps = range(1, len(es) + 1)
+    ax_train.plot(steps, es, label='ES (N=100, antithetic)')
+    ax_train.plot(steps, exact, ls='--', label='exact smoothed gradient')
+    ax_train.set_xlabel('Adam step')
+    ax_train.set_ylabel('0-1 training loss')
+    ax_train.set_title('training on the 0-1 loss')
+    ax_train.legend(fontsize=8)
+    fig.tight_layout()
+    path = output_dir(out) / 'step_loss.png'
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Check the closed form, compare the estimators, train with ES; write the plot."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--quick', action='store_true', help='small run (a few seconds)')
-    parser.add_argument('--seed', type=int, default=0)
+    add_common_args(parser, __file__)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    set_threads(1)
     n, dim = (500, 10) if args.quick else (2000, 50)
     steps, trials = (100, 5) if args.quick else (400, 10)
     sizes = (10, 100, 1000) if args.quick else (10, 100, 1000, 10000)
@@ -143,7 +196,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     fd_error = check_closed_form(w, x, y, sigma)
     print(f'closed-form smoothed gradient vs central finite difference: rel. error '
           f'{fd_error:.1e}')
-    compare_estimators(w, x, y, sigma, sizes, trials)
+    torch.manual_seed(args.seed)  # the ES noise of the comparison (train() seeds its own)
+    table = compare_estimators(w, x, y, sigma, sizes, trials)
 
     print(f'\ntraining on the 0-1 loss with Adam (lr=0.05, {steps} steps, sigma={sigma})')
     es = train(x, y, sigma, steps, num_samples=100, use_es=True, seed=args.seed)
@@ -151,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f'{"step":>6} {"ES (N=100, antithetic)":>24} {"exact smoothed gradient":>24}')
     for k in sorted({0, steps // 4, steps // 2, 3 * steps // 4, steps - 1}):
         print(f'{k + 1:>6} {es[k]:>24.3f} {exact[k]:>24.3f}')
+    print(f'plot written to {plot(table, sizes, es, exact, sigma, args.out)}')
     return {'fd_rel_error': fd_error, 'es_first': es[0], 'es_final': es[-1],
             'exact_final': exact[-1]}
 
