@@ -5,15 +5,17 @@ process (median of many rounds), an Adam step by
 
 * ``torch.optim.Adam(fused=True)`` and ``(foreach=True)`` (``step()``, the references);
 * the raw multi-tensor op ``torchopt_accel.adam_step_`` (moments + direction in one pass);
+* the raw op ``torchopt_accel.adam_apply_`` (moments, direction and parameter update in one
+  pass: read p, g, m, v; write p, m, v);
 * ``torchopt.adam(use_accelerated_op=True)`` functional in-place update + ``apply_updates``;
-* ``torchopt.Adam(..., use_accelerated_op=True).step()``;
+* ``torchopt.Adam(..., use_accelerated_op=True).step()`` (runs ``adam_apply_``; checked);
 * ``torchopt.adam()`` without the kernels (core's foreach path), for comparison;
 
 and prints each as a ratio to torch fused / foreach. Then a MetaAdam MAML outer iteration with
 and without ``use_accelerated_op``. ``--device cuda`` times the same step rows on the GPU
-(CUDA events) and reports the achieved memory bandwidth of the raw op (6 tensor passes:
-read g, m, v; write u, m, v) and of torch's fused CUDA Adam (7 passes: read p, g, m, v; write
-p, m, v).
+(CUDA events) and reports the achieved memory bandwidth of the raw ops (``adam_step_``: 6 tensor
+passes, read g, m, v, write u, m, v; ``adam_apply_``: 7) and of torch's fused Adam (7 passes:
+read p, g, m, v; write p, m, v).
 
     python benchmarks/accel_bench.py [--rounds 40] [--quick] [--device cuda] [--no-maml]
 """
@@ -66,6 +68,19 @@ def _runners(leaves: list[torch.Tensor], device: str) -> dict:
 
     runners['torchopt_accel.adam_step_ (op only)'] = raw_op
 
+    p_raw = [torch.randn_like(t) for t in g]
+    g_raw = [torch.randn_like(t) * 1e-2 for t in g]
+    m_raw = [torch.zeros_like(t) for t in g]
+    v_raw = [torch.zeros_like(t) for t in g]
+    count_apply = [0]
+
+    def raw_apply():
+        count_apply[0] += 1
+        torchopt_accel.adam_apply_(p_raw, g_raw, m_raw, v_raw, LR, 0.9, 0.999, 1e-8, 0.0,
+                                   count_apply[0])
+
+    runners['torchopt_accel.adam_apply_ (op only)'] = raw_apply
+
     for label, accel in (('accel', True), ('core foreach', False)):
         ps = [p.detach().clone() for p in params()]
         grads = [torch.randn_like(p) * 1e-2 for p in ps]
@@ -79,10 +94,31 @@ def _runners(leaves: list[torch.Tensor], device: str) -> dict:
         runners[f'torchopt.adam {label} (update + apply_updates)'] = functional
 
     ps_c = params()
-    runners['torchopt.Adam accel step()'] = torchopt.Adam(
-        ps_c, lr=LR, use_accelerated_op=True
-    ).step
+    step = torchopt.Adam(ps_c, lr=LR, use_accelerated_op=True).step
+    _check_step_runs_adam_apply(step)
+    runners['torchopt.Adam accel step()'] = step
     return runners
+
+
+def _check_step_runs_adam_apply(step) -> None:  # noqa: ANN001
+    """Fail loudly unless ``step()`` is one ``torchopt_accel::adam_apply_`` call per group."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            if func.namespace == 'torchopt_accel':
+                self.names.append(func.__name__.split('.')[0])
+            return func(*args, **(kwargs or {}))
+
+    with Ops() as ops:
+        step()
+    if ops.names != ['adam_apply_']:
+        sys.exit(f'torchopt.Adam(use_accelerated_op=True).step() ran {ops.names}, '
+                 'expected one torchopt_accel::adam_apply_ call')
 
 
 def _time(fn, device: str) -> float:
@@ -166,7 +202,8 @@ def main() -> None:
         fused, foreach = res['torch.optim.Adam fused'], res['torch.optim.Adam foreach']
         n_elem = TREES[tree][1]
         for k, t in res.items():
-            passes = 6 if 'op only' in k else 7 if k == 'torch.optim.Adam fused' else None
+            passes = (6 if 'adam_step_' in k else 7 if 'adam_apply_' in k
+                      or k == 'torch.optim.Adam fused' else None)
             bw = f'{passes * 4 * n_elem / t / 1e9:.0f}' if passes else ''
             print(f'| {tree} | {k} | {t * 1e3:.3f} | {t / fused:.2f}x | {t / foreach:.2f}x | {bw} |')
     if args.device == 'cpu' and not args.no_maml:

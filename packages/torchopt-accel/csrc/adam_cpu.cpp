@@ -17,18 +17,23 @@ namespace {
 struct Kernels {
   SpanFn forward;
   SpanFn backward;
+  SpanFn apply;
   const char* name;
 };
 
 Kernels select_kernels() {
   const std::string cap = at::get_cpu_capability();
 #ifdef TORCHOPT_ACCEL_HAVE_AVX512
-  if (cap == "AVX512") return {AVX512::forward_span, AVX512::backward_span, "AVX512"};
+  if (cap == "AVX512") {
+    return {AVX512::forward_span, AVX512::backward_span, AVX512::apply_span, "AVX512"};
+  }
 #endif
 #ifdef TORCHOPT_ACCEL_HAVE_AVX2
-  if (cap == "AVX512" || cap == "AVX2") return {AVX2::forward_span, AVX2::backward_span, "AVX2"};
+  if (cap == "AVX512" || cap == "AVX2") {
+    return {AVX2::forward_span, AVX2::backward_span, AVX2::apply_span, "AVX2"};
+  }
 #endif
-  return {DEFAULT::forward_span, DEFAULT::backward_span, "DEFAULT"};
+  return {DEFAULT::forward_span, DEFAULT::backward_span, DEFAULT::apply_span, "DEFAULT"};
 }
 
 const Kernels& kernels() {
@@ -47,8 +52,10 @@ struct Work {
 
 void run_cpu(const Plan& plan, Kind kind, const AdamScalars& s) {
   if (plan.spans.empty()) return;
-  const SpanFn fn = kind == Kind::Forward ? kernels().forward : kernels().backward;
-  const int n_in = kind == Kind::Forward ? 3 : 6;
+  const SpanFn fn = kind == Kind::Forward    ? kernels().forward
+                    : kind == Kind::Backward ? kernels().backward
+                                             : kernels().apply;
+  const int n_in = n_inputs(kind);
   const int64_t elem = static_cast<int64_t>(c10::elementSize(plan.dtype));
   std::vector<Work> work;
   int64_t total = 0;
@@ -96,6 +103,14 @@ Triple adam_backward_cpu(at::TensorList grad_updates, at::TensorList grad_mu,
                             eps_root, count, run_cpu);
 }
 
+void adam_apply_cpu(at::TensorList params, at::TensorList grads, at::TensorList mu,
+                    at::TensorList nu, double lr, double b1, double b2, double eps,
+                    double eps_root, int64_t count, double weight_decay, bool decoupled,
+                    bool maximize) {
+  adam_apply_impl(params, grads, mu, nu, lr, b1, b2, eps, eps_root, count, weight_decay,
+                  decoupled, maximize, run_cpu);
+}
+
 }  // namespace
 
 const char* cpu_kernel_capability() { return kernels().name; }
@@ -115,6 +130,7 @@ TORCH_LIBRARY_IMPL(torchopt_accel, CPU, m) {
   m.impl("adam_step_", &adam_step_cpu);
   m.impl("adam_forward", &adam_forward_cpu);
   m.impl("adam_backward", &adam_backward_cpu);
+  m.impl("adam_apply_", &adam_apply_cpu);
 }
 
 }  // namespace torchopt_accel

@@ -132,6 +132,27 @@ void backward_typed(int64_t n, const void* const* in, void* const* out, const Ad
   });
 }
 
+// One torch.optim.Adam / AdamW step written to the parameters. kCoupled: L2 weight decay is
+// added to the gradient (skipped entirely otherwise, so a non-finite p never leaks into g).
+template <typename T, bool kCoupled>
+void apply_typed(int64_t n, const void* const* in, void* const* out, const AdamScalars& s) {
+  using O = opmath_t<T>;
+  using V = Vectorized<O>;
+  const V b1(O(s.b1)), b2(O(s.b2)), c1(O(s.one_minus_b1)), c2(O(s.one_minus_b2));
+  const V ibc2(O(s.inv_bc2)), eps(O(s.eps)), eps_root(O(s.eps_root));
+  const V sign(O(s.sign)), wd(O(s.coupled_wd)), decay(O(s.decay)), step(O(s.step_size));
+  map_span<T, 4, 3>(n, in, out, [&](const V* x, V* y) {
+    V g = sign * x[1];
+    if constexpr (kCoupled) g = at::vec::fmadd(wd, x[0], g);
+    const V m = at::vec::fmadd(b1, x[2], c1 * g);
+    const V v = at::vec::fmadd(b2, x[3], c2 * (g * g));
+    const V denom = at::vec::fmadd(v, ibc2, eps_root).sqrt() + eps;
+    y[0] = x[0] * decay - step * (m / denom);
+    y[1] = m;
+    y[2] = v;
+  });
+}
+
 template <template <typename> class K>
 void dispatch(c10::ScalarType dtype, int64_t n, const void* const* in, void* const* out,
               const AdamScalars& s) {
@@ -163,6 +184,17 @@ struct Backward {
   }
 };
 
+template <typename T>
+struct Apply {
+  static void run(int64_t n, const void* const* in, void* const* out, const AdamScalars& s) {
+    if (s.coupled_wd != 0.0) {
+      apply_typed<T, true>(n, in, out, s);
+    } else {
+      apply_typed<T, false>(n, in, out, s);
+    }
+  }
+};
+
 }  // namespace
 
 void forward_span(c10::ScalarType dtype, int64_t n, const void* const* in, void* const* out,
@@ -173,6 +205,11 @@ void forward_span(c10::ScalarType dtype, int64_t n, const void* const* in, void*
 void backward_span(c10::ScalarType dtype, int64_t n, const void* const* in, void* const* out,
                    const AdamScalars& s) {
   dispatch<Backward>(dtype, n, in, out, s);
+}
+
+void apply_span(c10::ScalarType dtype, int64_t n, const void* const* in, void* const* out,
+                const AdamScalars& s) {
+  dispatch<Apply>(dtype, n, in, out, s);
 }
 
 }  // namespace CPU_CAPABILITY

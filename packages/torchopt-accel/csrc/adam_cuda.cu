@@ -2,6 +2,7 @@
 // stream. Every leaf is cut into chunks of kChunk elements, one thread block per chunk; a small
 // metadata table (span pointers, block -> (span, begin)) is copied to the device with the
 // launch, so every element of every size is processed (no tail is skipped) in one kernel.
+// adam_apply_ reads p, g, m, v and writes p, m, v in the same single pass.
 #include <algorithm>
 #include <optional>
 #include <vector>
@@ -32,6 +33,7 @@ __device__ __forceinline__ double dev_sqrt(double x) { return ::sqrt(x); }
 template <typename O>
 struct Params {
   O b1, b2, c1, c2, ibc1, ibc2, eps, eps_root, two_c2, half_ibc12;
+  O sign, coupled_wd, decay, step_size;  // adam_apply_ only
 };
 
 template <typename T, typename O>
@@ -39,7 +41,7 @@ __device__ __forceinline__ O load(const T* p, int64_t i) {
   return p == nullptr ? O(0) : static_cast<O>(p[i]);
 }
 
-template <typename T, bool kBackward>
+template <typename T, Kind kKind>
 __global__ void __launch_bounds__(kThreads)
     adam_kernel(const int64_t* __restrict__ meta, int64_t n_spans, int64_t n_blocks,
                 Params<opmath_t<T>> p) {
@@ -50,7 +52,28 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t* sm = meta + span * kMetaWords;
   const int64_t n = sm[9];
   const int64_t end = begin + kChunk < n ? begin + kChunk : n;
-  if constexpr (!kBackward) {
+  if constexpr (kKind == Kind::Apply) {
+    const T* p_in = reinterpret_cast<const T*>(sm[0]);
+    T* p_out = reinterpret_cast<T*>(sm[6]);  // the same memory as p_in: in place
+    const T* g_in = reinterpret_cast<const T*>(sm[1]);
+    const T* m_in = reinterpret_cast<const T*>(sm[2]);
+    const T* v_in = reinterpret_cast<const T*>(sm[3]);
+    T* m_out = reinterpret_cast<T*>(sm[7]);
+    T* v_out = reinterpret_cast<T*>(sm[8]);
+    const bool coupled = p.coupled_wd != O(0);
+#pragma unroll 4
+    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
+      const O param = static_cast<O>(p_in[i]);
+      O g = p.sign * static_cast<O>(g_in[i]);
+      if (coupled) g += p.coupled_wd * param;
+      const O m = p.b1 * static_cast<O>(m_in[i]) + p.c1 * g;
+      const O v = p.b2 * static_cast<O>(v_in[i]) + p.c2 * (g * g);
+      const O denom = dev_sqrt(v * p.ibc2 + p.eps_root) + p.eps;
+      p_out[i] = static_cast<T>(param * p.decay - p.step_size * (m / denom));
+      m_out[i] = static_cast<T>(m);
+      v_out[i] = static_cast<T>(v);
+    }
+  } else if constexpr (kKind == Kind::Forward) {
     const T* g_in = reinterpret_cast<const T*>(sm[0]);
     const T* m_in = reinterpret_cast<const T*>(sm[1]);
     const T* v_in = reinterpret_cast<const T*>(sm[2]);
@@ -123,13 +146,19 @@ void launch(const Plan& plan, Kind kind, const AdamScalars& s, c10::Device devic
   auto meta = host.to(device, /*non_blocking=*/true);
   Params<O> p{O(s.b1),   O(s.b2),  O(s.one_minus_b1), O(s.one_minus_b2),       O(s.inv_bc1),
               O(s.inv_bc2), O(s.eps), O(s.eps_root),   O(2.0 * s.one_minus_b2),
-              O(0.5 * s.inv_bc1 * s.inv_bc2)};
+              O(0.5 * s.inv_bc1 * s.inv_bc2),
+              O(s.sign),    O(s.coupled_wd), O(s.decay), O(s.step_size)};
   auto stream = c10::cuda::getCurrentCUDAStream(device.index());
   const int64_t* meta_ptr = meta.data_ptr<int64_t>();
   if (kind == Kind::Forward) {
-    adam_kernel<T, false><<<n_blocks, kThreads, 0, stream>>>(meta_ptr, n_spans, n_blocks, p);
+    adam_kernel<T, Kind::Forward><<<n_blocks, kThreads, 0, stream>>>(meta_ptr, n_spans, n_blocks,
+                                                                      p);
+  } else if (kind == Kind::Backward) {
+    adam_kernel<T, Kind::Backward><<<n_blocks, kThreads, 0, stream>>>(meta_ptr, n_spans,
+                                                                       n_blocks, p);
   } else {
-    adam_kernel<T, true><<<n_blocks, kThreads, 0, stream>>>(meta_ptr, n_spans, n_blocks, p);
+    adam_kernel<T, Kind::Apply><<<n_blocks, kThreads, 0, stream>>>(meta_ptr, n_spans, n_blocks,
+                                                                    p);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -179,12 +208,22 @@ Triple adam_backward_cuda(at::TensorList grad_updates, at::TensorList grad_mu,
                             eps_root, count, run_cuda);
 }
 
+void adam_apply_cuda(at::TensorList params, at::TensorList grads, at::TensorList mu,
+                     at::TensorList nu, double lr, double b1, double b2, double eps,
+                     double eps_root, int64_t count, double weight_decay, bool decoupled,
+                     bool maximize) {
+  DeviceScope scope(params);
+  adam_apply_impl(params, grads, mu, nu, lr, b1, b2, eps, eps_root, count, weight_decay,
+                  decoupled, maximize, run_cuda);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torchopt_accel, CUDA, m) {
   m.impl("adam_step_", &adam_step_cuda);
   m.impl("adam_forward", &adam_forward_cuda);
   m.impl("adam_backward", &adam_backward_cuda);
+  m.impl("adam_apply_", &adam_apply_cuda);
 }
 
 }  // namespace torchopt_accel

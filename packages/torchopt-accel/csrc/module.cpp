@@ -63,7 +63,7 @@ PYBIND11_MODULE(_C, m) {
         info["compiler"] = std::string("msvc ") + std::to_string(_MSC_VER);
 #endif
         pybind11::list ops;
-        for (const char* name : {"adam_step_", "adam_forward", "adam_backward"}) {
+        for (const char* name : {"adam_step_", "adam_forward", "adam_backward", "adam_apply_"}) {
           ops.append(std::string("torchopt_accel::") + name);
         }
         info["ops"] = ops;

@@ -5,6 +5,7 @@
 #include <string>
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <torch/library.h>
 
 namespace torchopt_accel {
@@ -25,6 +26,23 @@ AdamScalars make_scalars(double b1, double b2, double eps, double eps_root, int6
   s.one_minus_b2 = 1.0 - b2;
   s.inv_bc1 = 1.0 / (1.0 - std::pow(b1, static_cast<double>(count)));
   s.inv_bc2 = 1.0 / (1.0 - std::pow(b2, static_cast<double>(count)));
+  return s;
+}
+
+AdamScalars make_apply_scalars(double lr, double b1, double b2, double eps, double eps_root,
+                               int64_t count, double weight_decay, bool decoupled,
+                               bool maximize) {
+  TORCH_CHECK(std::isfinite(lr) && lr >= 0.0,
+              "torchopt_accel.adam_apply_: `lr` must be a finite number >= 0, got ", lr);
+  TORCH_CHECK(std::isfinite(weight_decay) && weight_decay >= 0.0,
+              "torchopt_accel.adam_apply_: `weight_decay` must be a finite number >= 0, got ",
+              weight_decay);
+  AdamScalars s = make_scalars(b1, b2, eps, eps_root, count);
+  s.sign = maximize ? -1.0 : 1.0;
+  s.coupled_wd = decoupled ? 0.0 : weight_decay;
+  s.decay = decoupled ? 1.0 - lr * weight_decay : 1.0;
+  // As torch.optim.Adam: step_size = lr / (1 - b1^t), in double.
+  s.step_size = lr / (1.0 - std::pow(b1, static_cast<double>(count)));
   return s;
 }
 
@@ -61,6 +79,26 @@ void check_lists(const char* op, const std::vector<at::TensorList>& lists,
                   names[j], "[", i, "]` is ", t.scalar_type(), "; group the leaves by dtype");
       TORCH_CHECK(t.sizes() == ref.sizes(), op, ": `", names[j], "[", i, "]` has shape ",
                   t.sizes(), " but `", names[0], "[", i, "]` has shape ", ref.sizes());
+    }
+  }
+}
+
+// The written tensors of a leaf must own their elements (no expanded / self-overlapping
+// views) and share no memory with each other or with the gradient.
+void check_writable(const char* op, size_t i, const std::vector<at::Tensor>& ts,
+                    const std::vector<const char*>& names, size_t n_written) {
+  for (size_t j = 0; j < n_written; ++j) {
+    TORCH_CHECK(at::has_internal_overlap(ts[j]) != at::MemOverlap::Yes, op, ": `", names[j], "[",
+                i, "]` is written in place but several of its elements share memory (an "
+                "expanded view?); pass a tensor that owns its elements");
+  }
+  for (size_t j = 0; j < n_written; ++j) {
+    for (size_t k = 0; k < ts.size(); ++k) {
+      if (k == j || (k < n_written && k < j)) continue;
+      const auto status = at::get_overlap_status(ts[j], ts[k]);
+      TORCH_CHECK(status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial,
+                  op, ": `", names[j], "[", i, "]` and `", names[k], "[", i,
+                  "]` share memory; every list needs its own tensors");
     }
   }
 }
@@ -207,6 +245,29 @@ Triple adam_backward_impl(at::TensorList grad_updates, at::TensorList grad_mu,
   return result;
 }
 
+void adam_apply_impl(at::TensorList params, at::TensorList grads, at::TensorList mu,
+                     at::TensorList nu, double lr, double b1, double b2, double eps,
+                     double eps_root, int64_t count, double weight_decay, bool decoupled,
+                     bool maximize, Runner run) {
+  const char* op = "torchopt_accel.adam_apply_";
+  const auto s =
+      make_apply_scalars(lr, b1, b2, eps, eps_root, count, weight_decay, decoupled, maximize);
+  check_lists(op, {params, grads, mu, nu}, {"params", "grads", "mu", "nu"});
+  if (params.empty()) return;
+  Plan plan;
+  plan.dtype = params[0].scalar_type();
+  plan.device = params[0].device();
+  plan.spans.reserve(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    // Written first (params, mu, nu), then the read-only gradient.
+    check_writable(op, i, {params[i], mu[i], nu[i], grads[i]}, {"params", "mu", "nu", "grads"},
+                   3);
+    add_leaf(plan, {params[i], grads[i], mu[i], nu[i]}, {params[i], mu[i], nu[i]});
+  }
+  run(plan, Kind::Apply, s);
+  finish(plan);
+}
+
 TORCH_LIBRARY(torchopt_accel, m) {
   m.def(
       "adam_step_(Tensor(a!)[] updates, Tensor(b!)[] mu, Tensor(c!)[] nu, float b1, float b2, "
@@ -218,6 +279,10 @@ TORCH_LIBRARY(torchopt_accel, m) {
       "adam_backward(Tensor[] grad_updates, Tensor[] grad_mu, Tensor[] grad_nu, "
       "Tensor[] updates, Tensor[] mu, Tensor[] nu, float b1, float b2, float eps, "
       "float eps_root, int count) -> (Tensor[], Tensor[], Tensor[])");
+  m.def(
+      "adam_apply_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] mu, Tensor(c!)[] nu, "
+      "float lr, float b1, float b2, float eps, float eps_root, int count, "
+      "float weight_decay, bool decoupled, bool maximize) -> ()");
 }
 
 }  // namespace torchopt_accel

@@ -28,9 +28,14 @@ struct Plan {
   std::vector<at::Tensor> keep_alive;
 };
 
-enum class Kind { Forward, Backward };
+enum class Kind { Forward, Backward, Apply };
 
-// Runs every span of the plan on the device (forward: 3 inputs; backward: 6 inputs).
+// Inputs read per span: forward {g, m, v}; backward {gu, gm, gv, g, m, v}; apply {p, g, m, v}.
+constexpr int n_inputs(Kind kind) {
+  return kind == Kind::Forward ? 3 : kind == Kind::Backward ? 6 : 4;
+}
+
+// Runs every span of the plan on the device.
 using Runner = void (*)(const Plan& plan, Kind kind, const AdamScalars& s);
 
 using TensorVec = std::vector<at::Tensor>;
@@ -46,5 +51,10 @@ Triple adam_backward_impl(at::TensorList grad_updates, at::TensorList grad_mu,
                           at::TensorList grad_nu, at::TensorList updates, at::TensorList mu,
                           at::TensorList nu, double b1, double b2, double eps, double eps_root,
                           int64_t count, Runner run);
+
+void adam_apply_impl(at::TensorList params, at::TensorList grads, at::TensorList mu,
+                     at::TensorList nu, double lr, double b1, double b2, double eps,
+                     double eps_root, int64_t count, double weight_decay, bool decoupled,
+                     bool maximize, Runner run);
 
 }  // namespace torchopt_accel

@@ -29,7 +29,10 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ['adam_step_', 'adam_forward', 'adam_backward_reference', 'group_by_device_dtype']
+__all__ = [
+    'adam_step_', 'adam_forward', 'adam_apply_', 'adam_backward_reference',
+    'group_by_device_dtype',
+]
 
 _ops = torch.ops.torchopt_accel
 _LIB = 'torchopt_accel'
@@ -41,6 +44,13 @@ _LIB = 'torchopt_accel'
 
 @torch.library.register_fake(f'{_LIB}::adam_step_')
 def _adam_step_fake(updates, mu, nu, b1, b2, eps, eps_root, count) -> None:  # noqa: ANN001
+    return None
+
+
+@torch.library.register_fake(f'{_LIB}::adam_apply_')
+def _adam_apply_fake(*args) -> None:  # noqa: ANN002
+    # (params, grads, mu, nu, lr, b1, b2, eps, eps_root, count, weight_decay, decoupled,
+    # maximize): mutates its list arguments in place and returns nothing.
     return None
 
 
@@ -223,14 +233,16 @@ def group_by_device_dtype(tensors: Sequence[torch.Tensor]) -> list[list[int]]:
 
 
 def _check_args(
-    name: str, updates: Sequence, mu: Sequence, nu: Sequence, count: Any
+    name: str, updates: Sequence, mu: Sequence, nu: Sequence, count: Any,
+    names: tuple[str, str, str] = ('updates', 'mu', 'nu'),
 ) -> None:
-    for arg, value in (('updates', updates), ('mu', mu), ('nu', nu)):
+    for arg, value in zip(names, (updates, mu, nu)):
         if not isinstance(value, (list, tuple)):
             raise TypeError(f'{name}: `{arg}` must be a list of tensors, got {type(value).__name__}')
     if not len(updates) == len(mu) == len(nu):
+        a, b, c = names
         raise ValueError(
-            f'{name}: `updates`, `mu` and `nu` must have one tensor per leaf, got '
+            f'{name}: `{a}`, `{b}` and `{c}` must have one tensor per leaf, got '
             f'{len(updates)}, {len(mu)} and {len(nu)}'
         )
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
@@ -331,3 +343,81 @@ def adam_forward(
             out_u[i], out_m[i], out_v[i] = u[j], m[j], v[j]
     return out_u, out_m, out_v
 
+
+def adam_apply_(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    mu: Sequence[torch.Tensor],
+    nu: Sequence[torch.Tensor],
+    lr: float,
+    b1: float,
+    b2: float,
+    eps: float,
+    eps_root: float,
+    count: int,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+    maximize: bool = False,
+) -> None:
+    r"""One full ``torch.optim.Adam`` / ``AdamW`` step written to the parameters, in one pass.
+
+    Per element (one fused kernel call per (device, dtype) group; ``grads`` are only read):
+
+    .. math::
+
+        g' = \pm g \;(+\,\lambda \theta \text{ if not decoupled}), \quad
+        \theta \leftarrow (1 - \eta\lambda)\,\theta \text{ if decoupled}, \\
+        m \leftarrow \beta_1 m + (1-\beta_1) g', \quad
+        v \leftarrow \beta_2 v + (1-\beta_2) g'^2, \quad
+        \theta \leftarrow \theta - \frac{\eta}{1-\beta_1^t}
+        \frac{m}{\sqrt{v / (1-\beta_2^t) + \epsilon_{root}} + \epsilon}
+
+    (:math:`-g` when ``maximize``). With ``eps_root = 0`` this is exactly ``torch.optim.Adam``
+    (``decoupled=False``) and ``torch.optim.AdamW`` (``decoupled=True``) without amsgrad.
+
+    Args:
+        params: the parameters :math:`\theta`, updated in place.
+        grads: their gradients :math:`g` (not modified).
+        mu: first moments, updated in place.
+        nu: second moments, updated in place.
+        lr: learning rate :math:`\eta \ge 0`.
+        b1: :math:`\beta_1`, in ``[0, 1)``.
+        b2: :math:`\beta_2`, in ``[0, 1)``.
+        eps: :math:`\epsilon`, added outside the square root.
+        eps_root: :math:`\epsilon_{root}`, added inside the square root.
+        count: the step number :math:`t \ge 1` (bias corrections are computed in double).
+        weight_decay: :math:`\lambda \ge 0`.
+        decoupled: AdamW's decoupled decay instead of Adam's L2 term in the gradient.
+        maximize: ascend instead of descend.
+
+    Raises:
+        TypeError: a list argument is not a list or tuple.
+        ValueError: the lists are not leaf-aligned, or ``count`` is not an int ``>= 1``.
+        RuntimeError: autograd would have to record the in-place step (run it under
+            ``torch.no_grad()``, as ``torch.optim`` does), or the kernel's own checks fail
+            (shapes, dtypes, devices, hyper-parameter ranges, aliasing), naming the argument.
+    """
+    name = 'torchopt_accel.adam_apply_'
+    if not isinstance(params, (list, tuple)):
+        raise TypeError(f'{name}: `params` must be a list of tensors, got {type(params).__name__}')
+    _check_args(name, grads, mu, nu, count, names=('grads', 'mu', 'nu'))
+    if len(params) != len(grads):
+        raise ValueError(
+            f'{name}: `params`, `grads`, `mu` and `nu` must have one tensor per leaf, got '
+            f'{len(params)}, {len(grads)}, {len(mu)} and {len(nu)}'
+        )
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (*params, *grads, *mu, *nu)):
+        raise RuntimeError(
+            f'{name}: an input requires grad and grad mode is on; this in-place optimizer step '
+            'is not differentiable: call it under torch.no_grad() (as torch.optim does) or use '
+            'adam_forward for a differentiable step'
+        )
+    hyper = (lr, b1, b2, eps, eps_root, count, weight_decay, decoupled, maximize)
+    for idx in group_by_device_dtype(params):
+        if len(idx) == len(params):
+            _ops.adam_apply_(list(params), list(grads), list(mu), list(nu), *hyper)
+        else:
+            _ops.adam_apply_(
+                [params[i] for i in idx], [grads[i] for i in idx], [mu[i] for i in idx],
+                [nu[i] for i in idx], *hyper,
+            )  # fmt: skip

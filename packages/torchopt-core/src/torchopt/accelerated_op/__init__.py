@@ -9,6 +9,8 @@ Plugin contract (module ``torchopt_accel``)::
     is_available(device: torch.device) -> bool
     adam_step_(updates, mu, nu, b1, b2, eps, eps_root, count) -> None       # lists, in place
     adam_forward(updates, mu, nu, b1, b2, eps, eps_root, count) -> (updates, mu, nu)  # autograd
+    adam_apply_(params, grads, mu, nu, lr, b1, b2, eps, eps_root, count, weight_decay=0.0,
+                decoupled=False, maximize=False) -> None   # optional: one full in-place step
     build_info() -> dict
 """
 

@@ -141,7 +141,11 @@ def adam(
         _adam_scaler(use_accelerated_op)(b1, b2, eps, eps_root, moment_requires_grad),
         scale_by_neg_lr(lr),
     )
-    if _constant(lr) and eps_root == 0.0 and not use_accelerated_op:
+    if _constant(lr) and use_accelerated_op:
+        _with_fused(chain, _fused.accel_adam(
+            lr, b1, b2, eps, eps_root, weight_decay, maximize, decoupled=False
+        ))  # fmt: skip
+    elif _constant(lr) and eps_root == 0.0:
         _with_fused(
             chain, _fused.fused_adam(lr, b1, b2, eps, weight_decay, maximize, decoupled=False)
         )
@@ -181,7 +185,11 @@ def adamw(
         add_decayed_weights(weight_decay, mask),
         scale_by_neg_lr(lr),
     )
-    if _constant(lr) and eps_root == 0.0 and mask is None and not use_accelerated_op:
+    if _constant(lr) and mask is None and use_accelerated_op:
+        _with_fused(chain, _fused.accel_adam(
+            lr, b1, b2, eps, eps_root, weight_decay, maximize, decoupled=True
+        ))  # fmt: skip
+    elif _constant(lr) and eps_root == 0.0 and mask is None:
         _with_fused(
             chain, _fused.fused_adam(lr, b1, b2, eps, weight_decay, maximize, decoupled=True)
         )
