@@ -260,16 +260,6 @@ def _normalise_partitions(partitions: Any) -> list[Partition]:
     return out
 
 
-def _run_here(func: Callable[..., T], args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-    """Run ``func`` in this thread and return a completed future of its result or error."""
-    future: torch.futures.Future = torch.futures.Future()
-    try:
-        future.set_result(func(*args, **kwargs))
-    except Exception as ex:  # noqa: BLE001 - surfaced by wait(), like a remote error
-        future.set_exception(ex)
-    return future
-
-
 def remote_async_call(
     func: Callable[..., T],
     *,
@@ -315,18 +305,10 @@ def remote_async_call(
     if not partitions:
         raise ValueError('the partitioner returned no partition (empty batch?)')
 
-    # Remote partitions are dispatched first; this worker's own share then runs here, in the
-    # calling thread, instead of as an RPC to itself (no pickling, no thread hop). Inside a
-    # distributed autograd context its graph is local and joins the same backward pass.
-    me = rpc.get_worker_info().id
-    futures: list[torch.futures.Future] = [
+    futures = [
         rpc.rpc_async(worker, func, args=p_args, kwargs=p_kwargs, timeout=timeout)
-        if worker != me else None
         for worker, p_args, p_kwargs in partitions
     ]
-    for i, (worker, p_args, p_kwargs) in enumerate(partitions):
-        if worker == me:
-            futures[i] = _run_here(func, p_args, p_kwargs)
     collected = torch.futures.collect_all(futures)
 
     def unpack(fut: torch.futures.Future) -> Any:
