@@ -20,26 +20,25 @@ def report() -> str:
         f'torch {torch.__version__} (CUDA available: {torch.cuda.is_available()}, '
         f'threads: {torch.get_num_threads()})',
         f'optree {optree.__version__}',
-        'plugins:',
     ]
-    for row in plugins.plugins():
+    accel_lines = ['accelerated op:']
+    for device in ('cpu', 'cuda', 'meta'):
+        accel_lines.append(f'  {device:<5} {torchopt.accelerated_op_available(device)}')
+    try:
+        accel = plugins.load('accel')
+    except plugins.PluginNotInstalledError as ex:
+        accel_lines.append(f'  kernels not loaded: {ex}')
+    else:
+        info = accel.build_info()
+        accel_lines.extend(f'  {key}: {info[key]}' for key in sorted(info))
+    lines.append('plugins:')
+    for row in plugins.plugins():  # after the accel probe, so its status reads 'loaded'
         version = row.version or '-'
         line = f'  {row.name:<12} {row.distribution or "-":<22} {version:<8} {row.status}'
         if row.error:
             line += f' ({row.error})'
         lines.append(line)
-    lines.append('accelerated op:')
-    for device in ('cpu', 'cuda', 'meta'):
-        lines.append(f'  {device:<5} {torchopt.accelerated_op_available(device)}')
-    try:
-        accel = plugins.load('accel')
-    except plugins.PluginNotInstalledError as ex:
-        lines.append(f'  kernels not loaded: {ex}')
-    else:
-        info = accel.build_info()
-        for key in sorted(info):
-            lines.append(f'  {key}: {info[key]}')
-    return '\n'.join(lines)
+    return '\n'.join(lines + accel_lines)
 
 
 if __name__ == '__main__':
