@@ -9,6 +9,7 @@ from torchopt_implicit.linalg.utils import (
     FlatSystem,
     MatvecLike,
     all_true,
+    safe_div,
     vdot_real,
     warn_not_converged,
 )
@@ -18,11 +19,6 @@ __all__ = ['bicgstab']
 
 def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.vdot(x, y) if x.is_complex() else torch.dot(x, y)
-
-
-def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    nonzero = den != 0
-    return torch.where(nonzero, num / torch.where(nonzero, den, torch.ones_like(den)), 0.0)
 
 
 def bicgstab(
@@ -85,15 +81,15 @@ def bicgstab(
         if all_true(done):
             break
         rho_new = _dot(r_hat, r)
-        beta = _safe_div(rho_new, rho) * _safe_div(alpha, omega)
+        beta = safe_div(rho_new, rho) * safe_div(alpha, omega)
         p = r + beta * (p - omega * v)
         p_hat = precond(p)
         v = matvec(p_hat)
-        alpha = _safe_div(rho_new, _dot(r_hat, v))
+        alpha = safe_div(rho_new, _dot(r_hat, v))
         s = r - alpha * v
         s_hat = precond(s)
         t = matvec(s_hat)
-        omega = _safe_div(_dot(t, s), _dot(t, t))
+        omega = safe_div(_dot(t, s), _dot(t, t))
         keep = ~done
         x = torch.where(keep, x + alpha * p_hat + omega * s_hat, x)
         r = torch.where(keep, s - omega * t, r)

@@ -9,16 +9,12 @@ from torchopt_implicit.linalg.utils import (
     FlatSystem,
     MatvecLike,
     all_true,
+    safe_div,
     vdot_real,
     warn_not_converged,
 )
 
 __all__ = ['gmres']
-
-
-def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    nonzero = den != 0
-    return torch.where(nonzero, num / torch.where(nonzero, den, torch.ones_like(den)), 0.0)
 
 
 def gmres(
@@ -82,7 +78,7 @@ def gmres(
         if all_true(done):
             break
         beta = rr.sqrt()
-        basis = [_safe_div(r, beta.to(r.dtype))]
+        basis = [safe_div(r, beta.to(r.dtype))]
         hess = r.new_zeros((1, 0))
         beta_vec = beta.to(r.dtype).reshape(1)
         y = hess.new_zeros((0,))
@@ -96,7 +92,7 @@ def gmres(
             w = w - h2 @ vmat
             h = h + h2
             h_next = vdot_real(w, w).sqrt()
-            basis.append(_safe_div(w, h_next.to(w.dtype)))
+            basis.append(safe_div(w, h_next.to(w.dtype)))
             hess = torch.cat(
                 [
                     torch.cat([hess, hess.new_zeros((1, j))], dim=0),

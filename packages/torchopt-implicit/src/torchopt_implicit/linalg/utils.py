@@ -205,6 +205,12 @@ def vdot_real(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.dot(x, y)
 
 
+def safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``num / den`` where ``den != 0``, else 0 (no ``.item()``, so it stays vmap-able)."""
+    nonzero = den != 0
+    return torch.where(nonzero, num / torch.where(nonzero, den, torch.ones_like(den)), 0.0)
+
+
 def _unwrap_functorch(t: torch.Tensor) -> torch.Tensor:
     """Peel the :mod:`torch.func` wrappers (vmap batching, grad levels) off a tensor."""
     functorch_c = torch._C._functorch  # pylint: disable=protected-access
