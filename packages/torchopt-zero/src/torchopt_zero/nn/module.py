@@ -6,13 +6,13 @@ Upstream ``torchopt.diff.zero_order.nn.module``.
 from __future__ import annotations
 
 import abc
-import contextlib
 import functools
-from typing import Any, Iterator, Sequence, TypeVar
+from typing import Any, Sequence, TypeVar
 
 import torch
 from torch import Tensor, nn
 
+from torchopt.nn.stateless import reparametrize
 from torchopt.typing import Samplable, Size
 from torchopt_zero._estimator import VmapState
 from torchopt_zero.decorator import _run, check_config
@@ -29,25 +29,6 @@ def _parameter_groups(module: nn.Module) -> list[tuple[Tensor, list[str]]]:
     for name, param in module.named_parameters(remove_duplicate=False):
         groups.setdefault(id(param), (param, []))[1].append(name)
     return list(groups.values())
-
-
-@contextlib.contextmanager
-def _swap_parameters(
-    module: nn.Module, groups: Sequence[tuple[Tensor, list[str]]], values: Sequence[Tensor]
-) -> Iterator[None]:
-    """Temporarily put ``values`` in place of the parameters of ``groups`` (no Parameter checks)."""
-    saved = []
-    try:
-        for (_, names), value in zip(groups, values):
-            for name in names:
-                owner_name, _, leaf = name.rpartition('.')
-                owner = module.get_submodule(owner_name)
-                saved.append((owner, leaf, owner._parameters[leaf]))
-                owner._parameters[leaf] = value  # type: ignore[assignment]
-        yield
-    finally:
-        for owner, leaf, old in reversed(saved):
-            owner._parameters[leaf] = old
 
 
 def enable_zero_order_gradients(
@@ -102,7 +83,10 @@ def enable_zero_order_gradients(
             raise RuntimeError('The module has no parameters.')
 
         def forward_fn(flat_params: tuple[Tensor, ...], *args: Any, **kwargs: Any) -> Tensor:
-            with _swap_parameters(self, groups, flat_params):
+            named = {
+                name: value for (_, names), value in zip(groups, flat_params) for name in names
+            }
+            with reparametrize(self, named):  # tied names get the same perturbed tensor
                 return cls_forward(self, *args, **kwargs)
 
         params = tuple(param for param, _ in groups)
