@@ -305,10 +305,14 @@ def remote_async_call(
     if not partitions:
         raise ValueError('the partitioner returned no partition (empty batch?)')
 
-    futures = [
-        rpc.rpc_async(worker, func, args=p_args, kwargs=p_kwargs, timeout=timeout)
-        for worker, p_args, p_kwargs in partitions
-    ]
+    # Other workers first: a call to this worker itself may run before rpc_async returns, and
+    # the remote shares should already be running meanwhile. Results keep partition order.
+    me = rpc.get_worker_info().id
+    order = sorted(range(len(partitions)), key=lambda i: partitions[i][0] == me)
+    futures: list[Any] = [None] * len(partitions)
+    for i in order:
+        worker, p_args, p_kwargs = partitions[i]
+        futures[i] = rpc.rpc_async(worker, func, args=p_args, kwargs=p_kwargs, timeout=timeout)
     collected = torch.futures.collect_all(futures)
 
     def unpack(fut: torch.futures.Future) -> Any:
