@@ -11,7 +11,6 @@ from torchopt_implicit.linalg.utils import (
     all_true,
     safe_div,
     vdot_real,
-    warn_not_converged,
 )
 
 __all__ = ['bicgstab']
@@ -63,14 +62,11 @@ def bicgstab(
     Returns:
         The approximate solution, a tree shaped like ``b``.
     """
-    system = FlatSystem(A, b, x0, M, maxiter)
-    if warn is None:
-        warn = maxiter is None
-    tol_sq = system.tolerance_sq(rtol, atol)
-    matvec, precond = system.matvec, system.apply_precond
+    system = FlatSystem(A, b, x0, M, maxiter, rtol=rtol, atol=atol, warn=warn)
+    tol_sq, matvec, precond = system.tol_sq, system.matvec, system.apply_precond
 
     x = system.x0
-    r = system.b - matvec(x) if x0 is not None else system.b
+    r = system.initial_residual()
     r_hat = r
     rr = vdot_real(r, r)
     one = torch.ones((), dtype=r.dtype, device=r.device)
@@ -95,7 +91,4 @@ def bicgstab(
         r = torch.where(keep, s - omega * t, r)
         rho = rho_new
         rr = vdot_real(r, r)
-    else:
-        if warn and not all_true(rr <= tol_sq):
-            warn_not_converged('bicgstab', system.maxiter, rr, tol_sq)
-    return system.result(x)
+    return system.finish('bicgstab', x, rr)

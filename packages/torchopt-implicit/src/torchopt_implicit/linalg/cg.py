@@ -10,7 +10,6 @@ from torchopt_implicit.linalg.utils import (
     MatvecLike,
     all_true,
     vdot_real,
-    warn_not_converged,
 )
 
 __all__ = ['cg']
@@ -68,14 +67,11 @@ def cg(
         >>> cg(A, torch.tensor([1.0, 2.0]))
         tensor([0.0909, 0.6364])
     """
-    system = FlatSystem(A, b, x0, M, maxiter)
-    if warn is None:
-        warn = maxiter is None
-    tol_sq = system.tolerance_sq(rtol, atol)
-    matvec, precond = system.matvec, system.apply_precond
+    system = FlatSystem(A, b, x0, M, maxiter, rtol=rtol, atol=atol, warn=warn)
+    tol_sq, matvec, precond = system.tol_sq, system.matvec, system.apply_precond
 
     x = system.x0
-    r = system.b - matvec(x) if x0 is not None else system.b
+    r = system.initial_residual()
     z = precond(r)
     p = z
     rz = vdot_real(r, z)
@@ -104,7 +100,4 @@ def cg(
         p = torch.addcmul(z, p, beta)
         rz = rz_new
         rr = rz if system.precond is None else vdot_real(r, r)
-    else:
-        if warn and not all_true(rr <= tol_sq):
-            warn_not_converged('cg', system.maxiter, rr, tol_sq)
-    return system.result(x)
+    return system.finish('cg', x, rr)

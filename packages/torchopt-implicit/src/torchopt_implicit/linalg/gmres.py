@@ -11,7 +11,6 @@ from torchopt_implicit.linalg.utils import (
     all_true,
     safe_div,
     vdot_real,
-    warn_not_converged,
 )
 
 __all__ = ['gmres']
@@ -63,14 +62,11 @@ def gmres(
     """
     if not isinstance(restart, int) or restart < 1:
         raise ValueError(f'`restart` must be a positive integer, got {restart!r}')
-    system = FlatSystem(A, b, x0, M, maxiter)
-    if warn is None:
-        warn = maxiter is None
-    tol_sq = system.tolerance_sq(rtol, atol)
-    matvec, precond = system.matvec, system.apply_precond
+    system = FlatSystem(A, b, x0, M, maxiter, rtol=rtol, atol=atol, warn=warn)
+    tol_sq, matvec, precond = system.tol_sq, system.matvec, system.apply_precond
 
     x = system.x0
-    r = system.b - matvec(x) if x0 is not None else system.b
+    r = system.initial_residual()
     rr = vdot_real(r, r)
     steps = 0
     while steps < system.maxiter:
@@ -109,6 +105,4 @@ def gmres(
         x = x + torch.where(done, torch.zeros_like(update), update)
         r = system.b - matvec(x)
         rr = vdot_real(r, r)
-    if warn and not all_true(rr <= tol_sq):
-        warn_not_converged('gmres', system.maxiter, rr, tol_sq)
-    return system.result(x)
+    return system.finish('gmres', x, rr)

@@ -142,6 +142,9 @@ class FlatSystem:
         M: the preconditioner: ``None``, ``'jacobi'``, a callable or a tree of matrices.
         maxiter: the iteration cap; ``None`` gives ``default_factor`` times the number of
             elements of ``b`` (at least 1).
+        rtol, atol: the stopping tolerances (see :meth:`tolerance_sq`).
+        warn: warn with the residual when not converged (``None``: only if ``maxiter`` was not
+            given).
     """
 
     def __init__(
@@ -152,7 +155,13 @@ class FlatSystem:
         M: MatvecLike | str | None,  # noqa: N803
         maxiter: int | None,
         default_factor: int = 10,
+        *,
+        rtol: float = 1e-5,
+        atol: float = 0.0,
+        warn: bool | None = None,
     ) -> None:
+        self.warn = maxiter is None if warn is None else warn
+        self.x0_given = x0 is not None
         self.raveler = TreeRaveler(b, 'b')
         self.b = self.raveler.ravel(b)
         if x0 is None:
@@ -181,6 +190,17 @@ class FlatSystem:
         elif not isinstance(maxiter, int) or isinstance(maxiter, bool) or maxiter < 0:
             raise ValueError(f'`maxiter` must be a non-negative integer or None, got {maxiter!r}')
         self.maxiter = maxiter
+        self.tol_sq = self.tolerance_sq(rtol, atol)
+
+    def initial_residual(self) -> torch.Tensor:
+        """``b - A x0`` (``b`` itself when no initial guess was given)."""
+        return self.b - self.matvec(self.x0) if self.x0_given else self.b
+
+    def finish(self, name: str, x: torch.Tensor, rr: torch.Tensor) -> TensorTree:
+        """Warn (if asked) when ``||r||^2 = rr`` missed the tolerance; return ``x`` as a tree."""
+        if self.warn and not all_true(rr <= self.tol_sq):
+            warn_not_converged(name, self.maxiter, rr, self.tol_sq)
+        return self.result(x)
 
     def apply_precond(self, v: torch.Tensor) -> torch.Tensor:
         """``M v`` (identity without a preconditioner)."""
