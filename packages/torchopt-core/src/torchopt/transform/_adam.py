@@ -16,6 +16,12 @@ from torchopt import _foreach as _fe
 
 from torchopt import _checks
 from torchopt.transform._adam_autograd import adam_update_diff
+from torchopt.transform._adam_kernels import (
+    adam_direction,
+    adam_direction_diff,
+    adam_step_untracked,
+    fused_adam_direction_,
+)
 from torchopt.transform._flat import FlatTransformation, present_indices, put, take
 from torchopt.transform.utils import ema, ema_sq, write_, zeros_like
 
@@ -47,70 +53,6 @@ def _check_state(name: str, updates: list, *moments: list) -> None:
                 f'{name}: the state holds {len(m)} moment tensors but `updates` has '
                 f'{len(updates)} leaves; was the state initialised with these params?'
             )
-
-
-def adam_direction(
-    mu: list, nu: list, count: int, b1: float, b2: float, eps: float, eps_root: float,
-    *, scale: float = 1.0,
-) -> list:
-    """``scale * mu_hat / (sqrt(nu_hat + eps_root) + eps)`` for flat lists (out of place).
-
-    With ``eps_root == 0`` the bias corrections are folded into two scalar ops on the
-    denominator: ``mu / (sqrt(nu) * (bc1 / (scale * sqrt(bc2))) + eps * bc1 / scale)``.
-    """
-    bc1 = 1.0 - b1**count
-    bc2 = 1.0 - b2**count
-    if eps_root == 0.0:
-        denom = _fe.sqrt(nu)
-        _fe.mul_(denom, bc1 / (scale * math.sqrt(bc2)))
-        _fe.add_(denom, eps * bc1 / scale)
-        return _fe.div(mu, denom)
-    denom = _fe.div(nu, bc2)
-    _fe.add_(denom, eps_root)
-    _fe.sqrt_(denom)
-    _fe.add_(denom, eps)
-    out = _fe.div(mu, denom)
-    _fe.mul_(out, scale / bc1)
-    return out
-
-
-def adam_direction_diff(
-    mu: list, nu: list, count: int, b1: float, b2: float, eps: float, eps_root: float
-) -> list:
-    """Differentiable :func:`adam_direction` (no in-place op on graph tensors)."""
-    bc1 = 1.0 - b1**count
-    bc2 = 1.0 - b2**count
-    if eps_root == 0.0:
-        denom = _fe.add(
-            _fe.mul(_fe.sqrt(nu), bc1 / math.sqrt(bc2)), eps * bc1
-        )
-    else:
-        denom = _fe.mul(
-            _fe.add(
-                _fe.sqrt(_fe.add(_fe.div(nu, bc2), eps_root)),
-                eps,
-            ),
-            bc1,
-        )
-    return _fe.div(mu, denom)
-
-
-def _fused_adam_direction_(
-    g: list, mu: list, nu: list, count: int, b1: float, b2: float, eps: float
-) -> None:
-    """One pass of torch's fused AdamW kernel that leaves the Adam direction in ``g``.
-
-    The kernel computes ``p = p * (1 - lr * wd) - lr * direction`` element by element, reading
-    the gradient before writing the parameter. With ``p`` aliased to ``g``, ``lr = -1`` and
-    ``wd = -1`` the first factor is exactly zero, so ``g`` becomes the direction while ``mu`` and
-    ``nu`` get their usual moving averages: 6 memory passes instead of ~19 for the foreach ops.
-    """
-    step = torch.tensor(float(count), device=g[0].device)
-    with torch.no_grad():
-        torch._fused_adamw_(
-            g, g, mu, nu, [], [step] * len(g), lr=-1.0, beta1=b1, beta2=b2, weight_decay=-1.0,
-            eps=eps, amsgrad=False, maximize=False,
-        )
 
 
 def scale_by_adam(
@@ -161,21 +103,15 @@ def scale_by_adam(
             return updates, state
         count = state.count + 1
         if inplace and eps_root == 0.0 and _fe.fusable(g, mu, nu):
-            _fused_adam_direction_(g, mu, nu, count, b1, b2, eps)
+            fused_adam_direction_(g, mu, nu, count, b1, b2, eps)
             return updates, ScaleByAdamState(mu=state.mu, nu=state.nu, count=count)
         if not inplace and not _fe.functorch_active():
-            if torch.is_grad_enabled():
-                u, new_mu, new_nu = adam_update_diff(g, mu, nu, count, b1, b2, eps, eps_root)
-            elif eps_root == 0.0 and _fe.fusable(g, mu, nu):
-                # Nothing to record: copy the inputs once and run the fused kernel on the copies.
-                u, new_mu, new_nu = (torch._foreach_mul(x, 1.0) for x in (g, mu, nu))
-                _fused_adam_direction_(u, new_mu, new_nu, count, b1, b2, eps)
-            else:
-                u = None
-            if u is not None:
-                return put(updates, idx, u), ScaleByAdamState(
-                    mu=put(state.mu, idx, new_mu), nu=put(state.nu, idx, new_nu), count=count
-                )
+            # Recorded: one autograd node with a hand-written backward; else no graph at all.
+            step = adam_update_diff if torch.is_grad_enabled() else adam_step_untracked
+            u, new_mu, new_nu = step(g, mu, nu, count, b1, b2, eps, eps_root)
+            return put(updates, idx, u), ScaleByAdamState(
+                mu=put(state.mu, idx, new_mu), nu=put(state.nu, idx, new_nu), count=count
+            )
         new_mu = ema(mu, g, b1, inplace=inplace)
         new_nu = ema_sq(nu, g, b2, inplace=inplace)
         if inplace:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from torchopt import _foreach as _fe
+from torchopt.transform._adam_kernels import adam_step_untracked
 
 __all__ = ['adam_update_diff']
 
@@ -25,23 +25,7 @@ class _AdamUpdate(torch.autograd.Function):
     def forward(ctx: Any, hyper: tuple, n: int, *tensors: torch.Tensor) -> tuple:
         b1, b2, eps, eps_root, count = hyper
         g, mu, nu = list(tensors[:n]), list(tensors[n : 2 * n]), list(tensors[2 * n :])
-        bc1, bc2 = 1.0 - b1**count, 1.0 - b2**count
-        if eps_root == 0.0 and _fe.fusable(g, mu, nu):
-            u, new_mu, new_nu = (torch._foreach_mul(x, 1.0) for x in (g, mu, nu))
-            _fused_direction(u, new_mu, new_nu, count, b1, b2, eps)
-            ctx.save_for_backward(*g, *new_mu, *new_nu)
-            ctx.hyper, ctx.n = hyper, n
-            return (*u, *new_mu, *new_nu)
-        new_mu = torch._foreach_lerp(mu, g, 1.0 - b1)
-        new_nu = torch._foreach_mul(nu, b2)
-        torch._foreach_addcmul_(new_nu, g, g, value=1.0 - b2)
-        denom = torch._foreach_div(new_nu, bc2)
-        if eps_root:
-            torch._foreach_add_(denom, eps_root)
-        torch._foreach_sqrt_(denom)
-        torch._foreach_add_(denom, eps)
-        torch._foreach_mul_(denom, bc1)
-        u = torch._foreach_div(new_mu, denom)
+        u, new_mu, new_nu = adam_step_untracked(g, mu, nu, count, b1, b2, eps, eps_root)
         ctx.save_for_backward(*g, *new_mu, *new_nu)
         ctx.hyper, ctx.n = hyper, n
         return (*u, *new_mu, *new_nu)
@@ -65,12 +49,6 @@ class _AdamUpdate(torch.autograd.Function):
             out_mu.append(b1 * d_mu)
             out_nu.append(b2 * d_nu)
         return (None, None, *out_g, *out_mu, *out_nu)
-
-
-def _fused_direction(*args: Any) -> None:
-    from torchopt.transform._adam import _fused_adam_direction_  # circular at import time
-
-    _fused_adam_direction_(*args)
 
 
 def adam_update_diff(
