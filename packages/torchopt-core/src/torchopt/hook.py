@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import optree
 import torch
 
 from torchopt.base import EmptyState, GradientTransformation
@@ -36,8 +37,6 @@ def register_hook(hook: Callable[[torch.Tensor], torch.Tensor | None]) -> Gradie
     def update_fn(
         updates: Any, state: Any, *, params: Any = None, inplace: bool = True
     ) -> tuple[Any, Any]:
-        import optree
-
         for g in optree.tree_leaves(updates):
             if isinstance(g, torch.Tensor) and g.requires_grad:
                 g.register_hook(hook)

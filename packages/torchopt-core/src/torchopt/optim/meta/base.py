@@ -113,13 +113,7 @@ class MetaOptimizer:
         """
         from torchopt.utils import stop_gradient
 
-        for containers in self.param_containers_groups:
-            for c in containers:
-                for v in c.values():
-                    if v is not None:
-                        requires_grad = v.requires_grad
-                        v.detach_().requires_grad_(requires_grad)
-        stop_gradient(self.state_groups)
+        stop_gradient((self.param_containers_groups, self.state_groups))
         return self
 
     def state_dict(self) -> tuple[Any, ...]:
