@@ -232,6 +232,14 @@ def group_by_device_dtype(tensors: Sequence[torch.Tensor]) -> list[list[int]]:
     return list(groups.values())
 
 
+def _per_group(*lists: Sequence[torch.Tensor]) -> list[tuple[list[int], list[list]]]:
+    """``lists`` split by the ``(device, dtype)`` groups of ``lists[0]``: ``(indices, sublists)``."""
+    groups = group_by_device_dtype(lists[0])
+    if len(groups) == 1:
+        return [(groups[0], [list(lst) for lst in lists])]
+    return [(idx, [[lst[i] for i in idx] for lst in lists]) for idx in groups]
+
+
 def _check_args(
     name: str, updates: Sequence, mu: Sequence, nu: Sequence, count: Any,
     names: tuple[str, str, str] = ('updates', 'mu', 'nu'),
@@ -294,14 +302,8 @@ def adam_step_(
         for dst, src in zip((*updates, *mu, *nu), (*new_u, *new_m, *new_v)):
             dst.copy_(src)
         return
-    for idx in group_by_device_dtype(updates):
-        if len(idx) == len(updates):
-            _ops.adam_step_(list(updates), list(mu), list(nu), b1, b2, eps, eps_root, count)
-        else:
-            _ops.adam_step_(
-                [updates[i] for i in idx], [mu[i] for i in idx], [nu[i] for i in idx],
-                b1, b2, eps, eps_root, count,
-            )  # fmt: skip
+    for _, lists in _per_group(updates, mu, nu):
+        _ops.adam_step_(*lists, b1, b2, eps, eps_root, count)
 
 
 def adam_forward(
@@ -326,19 +328,16 @@ def adam_forward(
             n, (b1, b2, eps, eps_root, count), *updates, *mu, *nu
         )
         return list(flat[:n]), list(flat[n : 2 * n]), list(flat[2 * n :])
-    groups = group_by_device_dtype(updates)
+    groups = _per_group(updates, mu, nu)
     if len(groups) == 1:
-        u, m, v = _ops.adam_forward(list(updates), list(mu), list(nu), b1, b2, eps, eps_root, count)
+        u, m, v = _ops.adam_forward(*groups[0][1], b1, b2, eps, eps_root, count)
         return list(u), list(m), list(v)
     n = len(updates)
     out_u: list = [None] * n
     out_m: list = [None] * n
     out_v: list = [None] * n
-    for idx in groups:
-        u, m, v = _ops.adam_forward(
-            [updates[i] for i in idx], [mu[i] for i in idx], [nu[i] for i in idx],
-            b1, b2, eps, eps_root, count,
-        )  # fmt: skip
+    for idx, lists in groups:
+        u, m, v = _ops.adam_forward(*lists, b1, b2, eps, eps_root, count)
         for j, i in enumerate(idx):
             out_u[i], out_m[i], out_v[i] = u[j], m[j], v[j]
     return out_u, out_m, out_v
@@ -413,11 +412,5 @@ def adam_apply_(
             'adam_forward for a differentiable step'
         )
     hyper = (lr, b1, b2, eps, eps_root, count, weight_decay, decoupled, maximize)
-    for idx in group_by_device_dtype(params):
-        if len(idx) == len(params):
-            _ops.adam_apply_(list(params), list(grads), list(mu), list(nu), *hyper)
-        else:
-            _ops.adam_apply_(
-                [params[i] for i in idx], [grads[i] for i in idx], [mu[i] for i in idx],
-                [nu[i] for i in idx], *hyper,
-            )  # fmt: skip
+    for _, lists in _per_group(params, grads, mu, nu):
+        _ops.adam_apply_(*lists, *hyper)
