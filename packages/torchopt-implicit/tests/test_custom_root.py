@@ -163,6 +163,55 @@ def test_multi_leaf_solution_and_pytree_argnums(gen) -> None:
             torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12)
 
 
+def test_recorded_graph_and_functorch_paths_agree(gen) -> None:
+    # backward() records F once and reuses its graph; torch.func.grad goes through
+    # torch.func.vjp. Both must give the same hyper-gradients (two leaves, a kwarg, an unused
+    # solution leaf in one residual).
+    X, y, _, _ = _ridge_data(gen, n=30, d=4)
+
+    def optimality(params, hyper, X, *, y):
+        w, c = params
+        return (X.T @ (X @ w - y) + hyper[0] * w, hyper[1] * (c - 1.0))
+
+    @custom_root(optimality, argnums=1, solve=linear_solve.solve_normal_cg(rtol=1e-13))
+    def solver(init, hyper, X, *, y):
+        w = torch.linalg.solve(X.T @ X + hyper[0] * torch.eye(4, dtype=F64), X.T @ y)
+        return w, torch.ones((), dtype=F64)
+
+    def loss(hyper):
+        w, c = solver((torch.zeros(4, dtype=F64), torch.zeros((), dtype=F64)), hyper, X, y=y)
+        return (w**3).sum() + c
+
+    hyper = torch.tensor([0.7, 2.0], dtype=F64, requires_grad=True)
+    (g_recorded,) = torch.autograd.grad(loss(hyper), hyper)
+    g_func = torch.func.grad(loss)(hyper.detach())
+    torch.testing.assert_close(g_recorded, g_func, rtol=1e-10, atol=1e-12)
+    assert g_recorded[1] == 0.0
+
+
+def test_second_order_through_implicit_gradient(gen) -> None:
+    # create_graph=True takes the composable path; its derivative of the hyper-gradient must
+    # match central differences of the (first-order, recorded-graph) hyper-gradient.
+    X, y, Xv, yv = _ridge_data(gen, n=30, d=5)
+
+    @custom_root(ridge_optimality, argnums=1, solve=linear_solve.solve_cg(rtol=1e-14))
+    def ridge(init, lam, X, y):
+        return torch.linalg.solve(X.T @ X + lam * torch.eye(5, dtype=F64), X.T @ y)
+
+    def hypergrad(value, create_graph=False):
+        lam = torch.tensor(value, dtype=F64, requires_grad=True)
+        w = ridge(torch.zeros(5, dtype=F64), lam, X, y)
+        (g,) = torch.autograd.grad(0.5 * ((Xv @ w - yv) ** 2).sum(), lam, create_graph=create_graph)
+        return lam, g
+
+    lam, g = hypergrad(1.3, create_graph=True)
+    (h,) = torch.autograd.grad(g, lam)
+    eps = 1e-5
+    fd = (hypergrad(1.3 + eps)[1] - hypergrad(1.3 - eps)[1]) / (2 * eps)
+    torch.testing.assert_close(g, torch.as_tensor(_closed_form_hypergrad(X, y, Xv, yv, 1.3)), rtol=1e-9, atol=0)
+    torch.testing.assert_close(h, fd, rtol=1e-6, atol=0)
+
+
 def test_has_aux_and_keyword_binding() -> None:
     def optimality(x, theta, *, scale=1.0):
         return scale * (x - theta**2)

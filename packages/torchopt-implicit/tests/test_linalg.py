@@ -1,4 +1,4 @@
-"""torchopt.linalg: cg, gmres, bicgstab, ns, ns_inv and utils against dense references."""
+"""torchopt.linalg: cg, minres, gmres, bicgstab, ns, ns_inv and utils against dense references."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch
 from torchopt_implicit import linalg
 from torchopt_implicit.linalg.utils import ConvergenceWarning, cat_shapes, normalize_matvec
 
-SOLVERS = [linalg.cg, linalg.gmres, linalg.bicgstab]
+SOLVERS = [linalg.cg, linalg.minres, linalg.gmres, linalg.bicgstab]
 
 
 @pytest.mark.parametrize('solver', SOLVERS)
@@ -24,6 +24,22 @@ def test_nonsymmetric_matches_dense_solve(solver, gen) -> None:
     b = torch.randn(20, generator=gen, dtype=torch.float64)
     x = solver(lambda v: a @ v, b, rtol=1e-12)
     torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize('x0', [False, True])
+def test_minres_symmetric_indefinite(gen, x0) -> None:
+    q, _ = torch.linalg.qr(torch.randn(30, 30, generator=gen, dtype=torch.float64))
+    eigs = torch.linspace(-4.0, 6.0, 30, dtype=torch.float64)
+    eigs[eigs.abs() < 0.5] = 0.5  # indefinite, well away from singular
+    a = q @ torch.diag(eigs) @ q.T
+    b = torch.randn(30, generator=gen, dtype=torch.float64)
+    init = torch.randn(30, generator=gen, dtype=torch.float64) if x0 else None
+    x = linalg.minres(lambda v: a @ v, b, init, rtol=1e-12)
+    torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-9, atol=1e-11)
+    # far fewer products than the dimension would suggest is not promised; exactness at n is
+    calls = []
+    linalg.minres(lambda v: calls.append(1) or a @ v, b, rtol=1e-12, maxiter=30, warn=False)
+    assert len(calls) <= 30
 
 
 def test_gmres_short_restart(gen) -> None:

@@ -110,6 +110,26 @@ def test_normal_cg_nonsymmetric_and_symmetric(gen, spd) -> None:
     torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-8, atol=1e-10)
 
 
+def test_normal_cg_symmetric_shortcut_and_singular_fallback(gen, spd) -> None:
+    s = spd(40, gen, shift=0.05)
+    b = torch.randn(40, generator=gen, dtype=torch.float64)
+    counts = {}
+    for label, solver in (
+        ('shortcut', linear_solve.solve_normal_cg(rtol=1e-10)),
+        ('normal', linear_solve.solve_normal_cg(rtol=1e-10, ridge=0.0)),  # ridge disables it
+    ):
+        calls = []
+        x = solver(lambda v, calls=calls: calls.append(1) or s @ v, b)
+        torch.testing.assert_close(x, torch.linalg.solve(s, b), rtol=1e-7, atol=1e-9)
+        counts[label] = len(calls)
+    assert counts['shortcut'] < counts['normal'] / 2, counts
+    # singular and inconsistent: MINRES cannot meet the tolerance, normal CG gives the
+    # minimum-norm least-squares solution as without the shortcut
+    a = torch.diag(torch.tensor([2.0, 1.0, 0.0], dtype=torch.float64))
+    x = linear_solve.solve_normal_cg(rtol=1e-12, maxiter=50)(lambda v: a @ v, torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(x, torch.tensor([0.5, 1.0, 0.0], dtype=torch.float64))
+
+
 def test_utils(gen) -> None:
     a = torch.randn(4, 4, generator=gen, dtype=torch.float64)
     v = torch.randn(4, generator=gen, dtype=torch.float64)

@@ -5,12 +5,7 @@ from __future__ import annotations
 import torch
 from torchopt.typing import TensorTree
 
-from torchopt_implicit.linalg.utils import (
-    FlatSystem,
-    MatvecLike,
-    all_true,
-    vdot_real,
-)
+from torchopt_implicit.linalg.utils import FlatSystem, MatvecLike, all_true, vdot_real
 
 __all__ = ['cg']
 
@@ -68,36 +63,39 @@ def cg(
         tensor([0.0909, 0.6364])
     """
     system = FlatSystem(A, b, x0, M, maxiter, rtol=rtol, atol=atol, warn=warn)
-    tol_sq, matvec, precond = system.tol_sq, system.matvec, system.apply_precond
+    tol_sq, matvec, precond = system.tol_sq, system.matvec, system.precond
+    dot = vdot_real if system.b.is_complex() else torch.dot
 
     x = system.x0
     r = system.initial_residual()
-    z = precond(r)
+    z = r if precond is None else precond(r)
     p = z
-    rz = vdot_real(r, z)
-    rr = rz if system.precond is None else vdot_real(r, r)
-    batched = False
+    rz = dot(r, z)
+    rr = rz if precond is None else dot(r, r)
+    try:  # one host sync per iteration (the stopping test); none of the iterates leave the device
+        tol = float(tol_sq)
+        batched = False
+    except RuntimeError:  # under vmap: mask converged problems, stop when all have converged
+        tol, batched = 0.0, True
     for _ in range(system.maxiter):
-        done = rr <= tol_sq
-        try:
-            if bool(done.all()):
-                break
-        except RuntimeError:  # under vmap: stop when every problem of the batch has converged
-            batched = True
+        if batched:
+            done = rr <= tol_sq
             if all_true(done):
                 break
+        elif float(rr) <= tol:
+            break
         ap = matvec(p)
-        pap = vdot_real(p, ap)
+        pap = dot(p, ap)
         if batched:  # converged problems of the batch keep their iterates
             alpha = torch.where(done, 0.0, rz / torch.where(done, 1.0, pap))
         else:
             alpha = rz / pap
         x = torch.addcmul(x, p, alpha)
         r = torch.addcmul(r, ap, alpha, value=-1)
-        z = precond(r)
-        rz_new = vdot_real(r, z)
+        z = r if precond is None else precond(r)
+        rz_new = dot(r, z)
         beta = torch.where(done, 0.0, rz_new / torch.where(done, 1.0, rz)) if batched else rz_new / rz
         p = torch.addcmul(z, p, beta)
         rz = rz_new
-        rr = rz if system.precond is None else vdot_real(r, r)
+        rr = rz if precond is None else dot(r, r)
     return system.finish('cg', x, rr)

@@ -104,9 +104,21 @@ class TreeRaveler:
         self.dtype = functools.reduce(torch.promote_types, self.dtypes)
         self.size = sum(self.numels)
         self.num_leaves = len(leaves)
+        # A bare 1-D tensor of the working dtype is its own flat vector (no reshape, no copy).
+        self.trivial = (
+            self.treespec.is_leaf() and len(self.shapes[0]) == 1 and self.dtypes[0] == self.dtype
+        )
 
     def ravel(self, tree: TensorTree) -> torch.Tensor:
         """Concatenate the raveled leaves of ``tree`` (same structure as the example)."""
+        if (
+            self.trivial
+            and isinstance(tree, torch.Tensor)
+            and tree.dtype == self.dtype
+            and tree.dim() == 1
+            and tree.numel() == self.size
+        ):
+            return tree
         leaves = pytree.tree_leaves(tree)
         if len(leaves) != self.num_leaves:
             raise ValueError(
@@ -119,6 +131,8 @@ class TreeRaveler:
 
     def unravel(self, vec: torch.Tensor) -> TensorTree:
         """Split ``vec`` back into a tree shaped like the example."""
+        if self.trivial:
+            return vec
         if self.num_leaves == 1:
             return pytree.tree_unflatten(
                 self.treespec, [vec.reshape(self.shapes[0]).to(self.dtypes[0])]
