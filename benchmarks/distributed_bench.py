@@ -4,7 +4,8 @@ Run ``python benchmarks/distributed_bench.py`` (add ``--quick`` for a short run)
 worlds of real processes on 127.0.0.1 (no torchrun needed), one intra-op thread per process:
 
 1. Distributed MAML (``examples/distributed/maml.py --bench``) on compute-bound tasks with 1 and
-   2 workers, alternated over ``--rounds`` rounds; the table gives the median meta-iteration time
+   2 workers (rank ``r`` pinned to CPU ``r``; ``--no-pin`` to let the OS schedule), alternated
+   over ``--rounds`` rounds; the table gives the median meta-iteration time
    (best round) and the speed-up of 2 workers over 1. The 1-worker world also times the same
    meta-iterations without RPC (``local``), so the RPC cost of one worker is visible.
 2. Per-call overhead in a world of 2: a local call, ``rpc_sync`` to itself and to the other
@@ -98,9 +99,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _world(cmd: list[str], size: int, timeout: float) -> dict:
+def _world(cmd: list[str], size: int, timeout: float, pin: bool = False) -> dict:
     port = _free_port()
     procs = []
+    cpus = sorted(os.sched_getaffinity(0))
     for rank in range(size):
         env = dict(
             os.environ, RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank),
@@ -108,10 +110,12 @@ def _world(cmd: list[str], size: int, timeout: float) -> dict:
             TP_SOCKET_IFNAME='lo', GLOO_SOCKET_IFNAME='lo', OMP_NUM_THREADS='1',
         )  # fmt: skip
         env.pop('TORCHELASTIC_USE_AGENT_STORE', None)
+        cpu = {cpus[rank % len(cpus)]}
         procs.append(
             subprocess.Popen(  # noqa: S603
                 [sys.executable, *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True, start_new_session=True,
+                preexec_fn=(lambda cpu=cpu: os.sched_setaffinity(0, cpu)) if pin else None,
             )  # fmt: skip
         )
     deadline = time.monotonic() + timeout
@@ -149,6 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--repeat', type=int, default=300)
     parser.add_argument('--rpc-transport', choices=['default', 'tcp'], default='default')
     parser.add_argument('--role', default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        '--pin', action=argparse.BooleanOptionalAction, default=True,
+        help='pin rank r to CPU r (mod the CPUs this process may use); --no-pin lets the OS place them',
+    )  # fmt: skip
     parser.add_argument('--skip-overhead', action='store_true', help='only the MAML table')
     args = parser.parse_args(argv)
     if args.role == 'overhead':
@@ -166,14 +174,15 @@ def main(argv: list[str] | None = None) -> None:
     best: dict[int, dict] = {}
     for _ in range(args.rounds):
         for workers in (1, 2):
-            result = _world(maml, workers, timeout=600)
+            result = _world(maml, workers, timeout=600, pin=args.pin)
             if workers not in best or result['median_s'] < best[workers]['median_s']:
                 best[workers] = result
     one, two = best[1], best[2]
     print(
         f'Distributed MAML meta-iteration ({args.tasks} tasks of 5-way 1-shot rotated digits, '
         f'MLP 64-{args.hidden}-{args.hidden}-5, {args.inner_steps} inner steps; '
-        f'transport {args.rpc_transport}; {len(os.sched_getaffinity(0))} CPUs; best of {args.rounds} rounds, median of '
+        f'transport {args.rpc_transport}; {len(os.sched_getaffinity(0))} CPUs, '
+        f'{"one pinned per rank" if args.pin else "unpinned"}; best of {args.rounds} rounds, median of '
         f'{one["iterations"]} iterations)'
     )
     print(

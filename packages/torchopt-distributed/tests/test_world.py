@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import platform
+import subprocess
+import sys
 
 import pytest
 
@@ -182,3 +186,52 @@ def test_bounded_rendezvous_names_missing_ranks(monkeypatch):
 def test_world_info_pickles():
     info = WorldInfo(1, 2, 1, 2)
     assert pickle.loads(pickle.dumps(info)) == info
+
+
+_ARENAS_SCRIPT = '''
+import ctypes, sys, threading
+from torchopt_distributed.world import limit_malloc_arenas
+applied = limit_malloc_arenas(1) if sys.argv[1] == 'cap' else False
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+barrier = threading.Barrier(4)
+def work():
+    libc.malloc(4096)
+    barrier.wait()  # all four threads hold their arena at once
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(applied, flush=True)
+libc.malloc_stats()  # one "Arena N:" block per arena, on stderr
+'''
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith('linux') or platform.libc_ver()[0] != 'glibc',
+    reason='mallopt(M_ARENA_MAX) is glibc-specific',
+)
+def test_limit_malloc_arenas_caps_new_threads():
+    env = {k: v for k, v in os.environ.items() if k != 'MALLOC_ARENA_MAX'}
+    arenas = {}
+    for mode in ('cap', 'free'):
+        out = subprocess.run(
+            [sys.executable, '-c', _ARENAS_SCRIPT, mode], env=env, capture_output=True, text=True,
+            timeout=120, check=True,
+        )  # fmt: skip
+        assert out.stdout.strip() == ('True' if mode == 'cap' else 'False')
+        arenas[mode] = out.stderr.count('Arena ')
+    assert arenas['cap'] == 1 < arenas['free'], arenas
+    # the user's environment variable wins
+    assert not subprocess.run(
+        [sys.executable, '-c', 'from torchopt_distributed.world import limit_malloc_arenas as f; '
+         'raise SystemExit(f(1))'],
+        env={**env, 'MALLOC_ARENA_MAX': '4'}, timeout=120,
+    ).returncode  # fmt: skip
+
+
+@pytest.mark.parametrize('bad', [0, -1, 1.5, True, '2'])
+def test_malloc_arena_max_is_validated(bad):
+    with pytest.raises(ValueError, match='malloc_arena_max must be a positive int or None'):
+        world.auto_init_rpc(malloc_arena_max=bad)
+    with pytest.raises(ValueError, match='malloc_arena_max'):
+        world.limit_malloc_arenas(bad)

