@@ -101,10 +101,12 @@ def test_logistic_agrees_with_long_unrolled_solve(gen) -> None:
     torch.testing.assert_close(g_impl, g_unrolled, rtol=1e-8, atol=1e-12)
 
 
-def test_vmap_and_jacrev_over_problems(gen) -> None:
+@pytest.mark.parametrize('solve', ['cg', 'normal_cg'])  # normal_cg: symmetric -> MINRES, batched
+def test_vmap_and_jacrev_over_problems(gen, solve) -> None:
     X, y, _, _ = _ridge_data(gen, n=20, d=5)
+    factory = linear_solve.solve_cg if solve == 'cg' else linear_solve.solve_normal_cg
 
-    @custom_root(ridge_optimality, argnums=1, solve=linear_solve.solve_cg(rtol=1e-13))
+    @custom_root(ridge_optimality, argnums=1, solve=factory(rtol=1e-13))
     def ridge(init, lam, X, y):
         return torch.linalg.solve(X.T @ X + lam * torch.eye(5, dtype=F64), X.T @ y)
 

@@ -186,21 +186,29 @@ def _record_graph(
     return res_leaves, x_leaves, [fresh[pos] for pos in theta_pos], theta_pos
 
 
-def _graph_vjp(
-    outputs: list[torch.Tensor], inputs: list[torch.Tensor], cotangents: list[torch.Tensor], retain: bool
-) -> list[torch.Tensor]:
-    """``sum_i <cotangent_i, d output_i / d input>`` for each input through the recorded graph."""
-    live = [i for i, out in enumerate(outputs) if out.requires_grad]
-    if not live or not inputs:
-        return [torch.zeros_like(t) for t in inputs]
-    grads = torch.autograd.grad(
-        [outputs[i] for i in live],
-        inputs,
-        [cotangents[i] for i in live],
-        retain_graph=retain,
-        allow_unused=True,
-    )
-    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
+class _RecordedVJP:
+    """``cotangents -> sum_i <cotangent_i, d output_i / d input>`` through one recorded graph.
+
+    The residual leaves that carry no graph (constant in every input) contribute nothing and are
+    dropped once, here, rather than on every product.
+    """
+
+    def __init__(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> None:
+        self.live = [i for i, out in enumerate(outputs) if out.requires_grad]
+        self.outputs = [outputs[i] for i in self.live]
+        self.inputs = inputs
+
+    def __call__(self, cotangents: list[torch.Tensor], retain: bool) -> list[torch.Tensor]:
+        if not self.outputs or not self.inputs:
+            return [torch.zeros_like(t) for t in self.inputs]
+        grads = torch.autograd.grad(
+            self.outputs,
+            self.inputs,
+            [cotangents[i] for i in self.live],
+            retain_graph=retain,
+            allow_unused=True,
+        )
+        return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, self.inputs)]
 
 
 def _root_vjp_recorded(
@@ -223,16 +231,23 @@ def _root_vjp_recorded(
     res_leaves, x_leaves, theta_leaves, theta_pos = _record_graph(
         optimality_fn, layout, tensors, solution, wanted, needs_grad
     )
-    sol_spec = pytree.tree_structure(solution)
+    x_vjp = _RecordedVJP(res_leaves, x_leaves)
+    if isinstance(solution, torch.Tensor):  # one tensor: no tree round trips per product
 
-    def matvec(u: TensorTree) -> TensorTree:
-        grads = _graph_vjp(res_leaves, x_leaves, pytree.tree_leaves(u), retain=True)
-        return pytree.tree_unflatten(sol_spec, grads)
+        def matvec(u: TensorTree) -> TensorTree:
+            return x_vjp([u], retain=True)[0]  # type: ignore[list-item]
+
+    else:
+        sol_spec = pytree.tree_structure(solution)
+
+        def matvec(u: TensorTree) -> TensorTree:
+            return pytree.tree_unflatten(sol_spec, x_vjp(list(pytree.tree_leaves(u)), retain=True))
 
     u = solve(matvec, pytree.tree_map(torch.neg, cotangent))
-    u_leaves = pytree.tree_leaves(u)
+    u_leaves = list(pytree.tree_leaves(u))
     grads: list[torch.Tensor | None] = [None] * len(tensors)
-    for pos, grad in zip(theta_pos, _graph_vjp(res_leaves, theta_leaves, u_leaves, retain=False)):
+    theta_grads = _RecordedVJP(res_leaves, theta_leaves)(u_leaves, retain=False)
+    for pos, grad in zip(theta_pos, theta_grads):
         grads[pos] = grad
     return grads
 
