@@ -162,3 +162,32 @@ def test_jacobi_preconditioner(gen, spd) -> None:
     diag = torch.diag(torch.arange(1, 9, dtype=torch.float64))
     est = linalg.utils.jacobi_preconditioner(lambda x: diag @ x, v, num_samples=3, generator=gen)
     torch.testing.assert_close(est(v), v / diag.diagonal())  # exact for a diagonal operator
+
+
+def test_minres_stops_at_least_squares_solution_of_inconsistent_system(gen) -> None:
+    # singular symmetric A, b with a null-space component: no x meets the residual tolerance;
+    # MINRES must stop at a least-squares solution (A^T r = 0) long before maxiter
+    q, _ = torch.linalg.qr(torch.randn(40, 40, generator=gen, dtype=torch.float64))
+    eigs = torch.linspace(1.0, 5.0, 40, dtype=torch.float64)
+    eigs[:3] = 0.0
+    a = q @ torch.diag(eigs) @ q.T
+    b = torch.randn(40, generator=gen, dtype=torch.float64)
+    calls = []
+    with pytest.warns(ConvergenceWarning, match='least-squares'):
+        x = linalg.minres(lambda v: calls.append(1) or a @ v, b, rtol=1e-5)
+    assert len(calls) < 40  # maxiter would be 400
+    # A^T r = A r ~ 0: the normal equations hold to the tolerance although r itself does not vanish
+    r = b - a @ x
+    assert (a @ r).norm() <= 1e-5 * 5.0 * r.norm()
+    x_ls = torch.linalg.lstsq(a, b, driver='gelsd').solution
+    torch.testing.assert_close(a @ x, a @ x_ls, rtol=1e-4, atol=1e-4)
+    _, converged = linalg.minres_with_status(a, b, warn=False)
+    assert not converged
+    # too tight for the least-squares test in float64: the stagnation window gives up instead
+    calls.clear()
+    _, converged = linalg.minres_with_status(
+        lambda v: calls.append(1) or a @ v, b, rtol=1e-12, warn=False, stagnation_window=10
+    )
+    assert not converged and len(calls) < 60
+    _, converged = linalg.minres_with_status(a, a @ b, rtol=1e-10, warn=False)  # consistent
+    assert converged

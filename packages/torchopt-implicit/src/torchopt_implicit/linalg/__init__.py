@@ -10,8 +10,8 @@ from torchopt_implicit.linalg import utils
 from torchopt_implicit.linalg.bicgstab import bicgstab
 from torchopt_implicit.linalg.cg import cg
 from torchopt_implicit.linalg.gmres import gmres
-from torchopt_implicit.linalg.minres import minres
+from torchopt_implicit.linalg.minres import minres, minres_with_status
 from torchopt_implicit.linalg.ns import ns, ns_inv
 from torchopt_implicit.linalg.utils import ConvergenceWarning
 
-__all__ = ['cg', 'ns', 'ns_inv', 'minres', 'gmres', 'bicgstab', 'ConvergenceWarning']
+__all__ = ['cg', 'ns', 'ns_inv', 'minres', 'minres_with_status', 'gmres', 'bicgstab', 'ConvergenceWarning']

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Union
 
 import torch
 from torchopt.typing import TensorTree
 
-from torchopt_implicit.linalg.utils import FlatSystem, MatvecLike, all_true, vdot_real
+from torchopt_implicit.linalg.utils import (
+    ConvergenceWarning,
+    FlatSystem,
+    MatvecLike,
+    all_true,
+    max_value,
+    vdot_real,
+)
 
-__all__ = ['minres']
+__all__ = ['minres', 'minres_with_status']
 
 Scalar = Union[float, torch.Tensor]
 
@@ -63,7 +71,9 @@ def minres(
     in the :math:`M^{-1}` inner product and :math:`|\bar\phi_k|` is the :math:`M`-norm of the
     residual. Stopping: :math:`\bar\phi_k^2 \le \max(\text{rtol}^2 \|b\|^2, \text{atol}^2)` or
     ``maxiter``. Works under :func:`torch.func.vmap` (converged problems of a batch keep their
-    iterate).
+    iterate). Without a preconditioner it also stops at a least-squares solution of an
+    inconsistent system (see :func:`minres_with_status`), warning that the residual tolerance
+    was not met.
 
     Args:
         A: the operator: a callable ``x -> A @ x`` over trees like ``b``, or a tree of square
@@ -87,10 +97,44 @@ def minres(
         >>> minres(A, torch.tensor([3.0, 1.0]))
         tensor([1.0000, 1.0000])
     """
+    x, _ = minres_with_status(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, warn=warn)
+    return x
+
+
+def minres_with_status(
+    A: MatvecLike,  # noqa: N803
+    b: TensorTree,
+    x0: TensorTree | None = None,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    M: MatvecLike | str | None = None,  # noqa: N803
+    warn: bool | None = None,
+    stagnation_window: int | None = None,
+) -> tuple[TensorTree, bool]:
+    r""":func:`minres`, also returning whether the residual tolerance was met (every problem of a
+    ``vmap`` batch).
+
+    ``False`` means MINRES stopped at ``maxiter`` or, without a preconditioner, at a
+    least-squares solution of an inconsistent system (e.g. a singular :math:`A` with :math:`b`
+    outside its range): :math:`\|A r_k\| \le \text{rtol} \cdot \|A\| \cdot \|r_k\|` while
+    :math:`\|r_k\|` is still above the tolerance. From the recurrences, with no extra product,
+    :math:`\|A r_k\| = |\bar\phi_k| \sqrt{\bar\gamma_{k+1}^2 + c_k^2 \beta_{k+2}^2}` and
+    :math:`\|A\| \ge \max_j \|T e_j\|` (a lower bound, so that a consistent system stops this
+    way only if its condition number exceeds ``1 / rtol``).
+
+    In finite precision MINRES can miss that test on an inconsistent system with a tight
+    ``rtol`` and then drift. With ``stagnation_window=W`` it also gives up (``False``) once the
+    residual norm fell by less than 0.1% over the last ``W`` iterations; meant for callers with
+    a fallback (:func:`~torchopt_implicit.linear_solve.solve_normal_cg`), since a consistent
+    system can plateau too.
+    """
     system = FlatSystem(A, b, x0, M, maxiter, rtol=rtol, atol=atol, warn=warn)
     matvec, precond = system.matvec, system.precond
     dot = vdot_real if system.b.is_complex() else torch.dot
     tiny = torch.finfo(system.b.real.dtype).tiny ** 0.5
+    check_lstsq = precond is None
 
     x = system.x0
     q = system.initial_residual()  # residual-space Lanczos vector beta_k * M^{-1} v_k
@@ -108,13 +152,29 @@ def minres(
     c1 = c2 = 1.0  # the last two rotations (identity at the start)
     s1 = s2 = 0.0
     res_sq: Scalar = phibar * phibar
+    lstsq: Scalar = False if not batched else torch.zeros_like(system.tol_sq, dtype=torch.bool)
+    anorm_sq: Scalar = 0.0  # max_j ||T e_j||^2 <= ||A||^2
+    history: list[Scalar] = []  # residual norms^2 of the last `stagnation_window` iterations
+    k = 0
     for k in range(system.maxiter):
         if batched:
-            done = res_sq <= tol_sq
+            done = (res_sq <= tol_sq) | lstsq
             if all_true(done):
                 break
-        elif res_sq <= tol_sq:
+        elif res_sq <= tol_sq or lstsq:
             break
+        if stagnation_window:
+            history.append(res_sq)
+            if len(history) > stagnation_window:
+                stalled = res_sq > 0.998 * history.pop(0)  # < 0.1% decrease of the norm
+                if batched:
+                    lstsq = lstsq | (stalled & (res_sq > tol_sq))
+                    done = done | lstsq
+                    if all_true(done):
+                        break
+                elif stalled:
+                    lstsq = True
+                    break
         v = z / _nonzero(beta, tiny)
         t = matvec(v)
         if k > 0:
@@ -133,6 +193,19 @@ def minres(
         dbar = c2 * above
         delta = c1 * dbar + s1 * alpha
         gbar = c1 * alpha - s1 * dbar
+        if check_lstsq:  # ||A r|| / (||A|| ||r||) of the current iterate (before this update)
+            col_sq = alpha * alpha + above * above + beta_next * beta_next
+            cb = c1 * beta_next
+            ratio_sq = gbar * gbar + cb * cb  # = ||A r||^2 / ||r||^2
+            if batched:
+                anorm_sq = torch.maximum(torch.as_tensor(anorm_sq).to(col_sq), col_sq)
+                lstsq = lstsq | ((ratio_sq <= rtol * rtol * anorm_sq) & (res_sq > tol_sq))
+                done = done | lstsq
+            else:
+                anorm_sq = max(anorm_sq, col_sq)
+                if ratio_sq <= rtol * rtol * anorm_sq:
+                    lstsq = True
+                    break
         gamma = _nonzero(_sqrt(gbar * gbar + beta_next * beta_next), tiny)
         c, s = gbar / gamma, beta_next / gamma
         tau = c * phibar
@@ -147,4 +220,14 @@ def minres(
         res_sq = torch.where(done, res_sq, phibar * phibar) if batched else phibar * phibar
     if not isinstance(res_sq, torch.Tensor):
         res_sq = torch.tensor(res_sq, dtype=system.tol_sq.dtype, device=system.tol_sq.device)
-    return system.finish('minres', x, res_sq)
+    converged = all_true(res_sq <= system.tol_sq)
+    if system.warn and not converged and all_true(lstsq | (res_sq <= system.tol_sq)):
+        warnings.warn(
+            f'minres stopped at a least-squares solution (inconsistent system?) after {k} '
+            f'iterations: residual norm {math.sqrt(max(max_value(res_sq), 0.0)):.3e} > tolerance '
+            f'{math.sqrt(max(max_value(system.tol_sq), 0.0)):.3e}',
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+        return system.result(x), False
+    return system.finish('minres', x, res_sq), converged

@@ -15,6 +15,7 @@ from torchopt import pytree
 from torchopt.typing import TensorTree
 
 from torchopt_implicit import linalg
+from torchopt_implicit.linalg.minres import minres_with_status
 from torchopt_implicit.linalg.utils import TreeRaveler, all_true, vdot_real
 from torchopt_implicit.linear_solve.utils import (
     LinearOperator,
@@ -102,7 +103,11 @@ def _solve_symmetric(
     the same solution in far fewer products and, indefinite or not, needs no definiteness.
     """
     options = {key: kwargs[key] for key in ('rtol', 'atol', 'maxiter') if key in kwargs}
-    x = linalg.minres(matvec, b, x0=init, warn=False, **options)
+    x, converged = minres_with_status(
+        matvec, b, x0=init, warn=False, stagnation_window=10, **options
+    )
+    if not converged:  # maxiter, or a least-squares stop (singular A, b outside its range)
+        return None
     raveler = TreeRaveler(b, 'b')
     flat_b = raveler.ravel(b)
     residual = flat_b - raveler.ravel(matvec(x))
@@ -152,8 +157,10 @@ def solve_normal_cg(**kwargs: Any) -> Callable[..., TensorTree]:
     :math:`A x = b` directly (condition number :math:`\kappa` instead of :math:`\kappa^2`, one
     product per iteration instead of two; definite or not), to ``rtol``/``atol`` on the residual
     :math:`\|b - A x\|`, which bounds the error at least as tightly as the normal-equation
-    residual would. The true residual is checked with one more product; if it misses the
-    tolerance (e.g. a singular ``A``), CG on the normal equations runs as without the shortcut.
+    residual would. The true residual is checked with one more product. If MINRES misses the
+    tolerance (an inconsistent system such as a singular ``A`` with ``b`` outside its range, which
+    MINRES detects as a least-squares stop, or ``maxiter``), CG on the normal equations runs as
+    without the shortcut and returns its minimum-norm least-squares solution, as upstream.
 
     Args:
         **kwargs: ``ridge``, ``init`` and the keywords of :func:`torchopt_implicit.linalg.cg`.
