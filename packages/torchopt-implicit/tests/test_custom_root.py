@@ -191,6 +191,24 @@ def test_recorded_graph_and_functorch_paths_agree(gen) -> None:
     assert g_recorded[1] == 0.0
 
 
+def test_inputs_outside_argnums_get_no_gradient_and_no_solve(gen) -> None:
+    X, y, _, _ = _ridge_data(gen, n=30, d=4)
+    calls = []
+
+    def counting_solve(matvec, b):
+        calls.append(1)
+        return linear_solve.solve_cg()(matvec, b)
+
+    @custom_root(ridge_optimality, argnums=1, solve=counting_solve)
+    def ridge(init, lam, X, y):
+        return torch.linalg.solve(X.T @ X + lam * torch.eye(4, dtype=F64), X.T @ y)
+
+    Xr = X.clone().requires_grad_()  # requires grad, but is not in argnums
+    w = ridge(torch.zeros(4, dtype=F64), torch.tensor(1.0, dtype=F64), Xr, y)
+    assert torch.autograd.grad(w.sum(), Xr, allow_unused=True) == (None,)
+    assert not calls
+
+
 def test_second_order_through_implicit_gradient(gen) -> None:
     # create_graph=True takes the composable path; its derivative of the hyper-gradient must
     # match central differences of the (first-order, recorded-graph) hyper-gradient.

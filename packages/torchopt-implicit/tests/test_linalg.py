@@ -27,11 +27,10 @@ def test_nonsymmetric_matches_dense_solve(solver, gen) -> None:
 
 
 @pytest.mark.parametrize('x0', [False, True])
-def test_minres_symmetric_indefinite(gen, x0) -> None:
-    q, _ = torch.linalg.qr(torch.randn(30, 30, generator=gen, dtype=torch.float64))
+def test_minres_symmetric_indefinite(gen, x0, sym_with_eigs) -> None:
     eigs = torch.linspace(-4.0, 6.0, 30, dtype=torch.float64)
     eigs[eigs.abs() < 0.5] = 0.5  # indefinite, well away from singular
-    a = q @ torch.diag(eigs) @ q.T
+    a = sym_with_eigs(eigs, gen)
     b = torch.randn(30, generator=gen, dtype=torch.float64)
     init = torch.randn(30, generator=gen, dtype=torch.float64) if x0 else None
     x = linalg.minres(lambda v: a @ v, b, init, rtol=1e-12)
@@ -164,13 +163,12 @@ def test_jacobi_preconditioner(gen, spd) -> None:
     torch.testing.assert_close(est(v), v / diag.diagonal())  # exact for a diagonal operator
 
 
-def test_minres_stops_at_least_squares_solution_of_inconsistent_system(gen) -> None:
+def test_minres_stops_at_least_squares_solution_of_inconsistent_system(gen, sym_with_eigs) -> None:
     # singular symmetric A, b with a null-space component: no x meets the residual tolerance;
     # MINRES must stop at a least-squares solution (A^T r = 0) long before maxiter
-    q, _ = torch.linalg.qr(torch.randn(40, 40, generator=gen, dtype=torch.float64))
     eigs = torch.linspace(1.0, 5.0, 40, dtype=torch.float64)
     eigs[:3] = 0.0
-    a = q @ torch.diag(eigs) @ q.T
+    a = sym_with_eigs(eigs, gen)
     b = torch.randn(40, generator=gen, dtype=torch.float64)
     calls = []
     with pytest.warns(ConvergenceWarning, match='least-squares'):

@@ -110,7 +110,7 @@ def test_normal_cg_nonsymmetric_and_symmetric(gen, spd) -> None:
     torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-8, atol=1e-10)
 
 
-def test_normal_cg_symmetric_shortcut_and_singular_fallback(gen, spd) -> None:
+def test_normal_cg_symmetric_shortcut_and_singular_fallback(gen, spd, sym_with_eigs) -> None:
     s = spd(40, gen, shift=0.05)
     b = torch.randn(40, generator=gen, dtype=torch.float64)
     counts = {}
@@ -126,10 +126,9 @@ def test_normal_cg_symmetric_shortcut_and_singular_fallback(gen, spd) -> None:
     # singular and inconsistent: MINRES cannot meet the tolerance and gives up early (no run to
     # the default maxiter of 10 * n); normal CG then returns the minimum-norm least-squares
     # solution, as without the shortcut
-    q, _ = torch.linalg.qr(torch.randn(30, 30, generator=gen, dtype=torch.float64))
     eigs = torch.linspace(0.5, 3.0, 30, dtype=torch.float64)
     eigs[:2] = 0.0
-    a = q @ torch.diag(eigs) @ q.T
+    a = sym_with_eigs(eigs, gen)
     rhs = torch.randn(30, generator=gen, dtype=torch.float64)
     calls = []
     x = linear_solve.solve_normal_cg(rtol=1e-12)(lambda v: calls.append(1) or a @ v, rhs)

@@ -135,18 +135,21 @@ def _split_output(output: Any, has_aux: bool) -> tuple[Any, Any]:
     return output, None
 
 
+def _check_residual_count(num_residuals: int, num_solution_leaves: int) -> None:
+    if num_residuals != num_solution_leaves:
+        raise RuntimeError(
+            f'optimality_fn must return one residual per leaf of the solution: got '
+            f'{num_residuals} residual(s) for {num_solution_leaves} solution leaves'
+        )
+
+
 def _make_matvec(
     fn_x: Callable[[TensorTree], TensorTree], solution: TensorTree
 ) -> tuple[Callable[[TensorTree], TensorTree], Any]:
     """``u -> A^T u``: the VJP of ``fn_x`` at ``solution`` (linearized once)."""
     residual, vjp_fn = torch.func.vjp(fn_x, solution)
     res_leaves, res_spec = pytree.tree_flatten(residual)
-    sol_spec = pytree.tree_structure(solution)
-    if len(res_leaves) != sol_spec.num_leaves:
-        raise RuntimeError(
-            f'optimality_fn must return one residual per leaf of the solution: got '
-            f'{len(res_leaves)} residual(s) for {sol_spec.num_leaves} solution leaves'
-        )
+    _check_residual_count(len(res_leaves), pytree.tree_structure(solution).num_leaves)
 
     def matvec(u: TensorTree) -> TensorTree:
         return vjp_fn(pytree.tree_unflatten(res_spec, pytree.tree_leaves(u)))[0]
@@ -164,9 +167,9 @@ def _record_graph(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[int]]:
     """Evaluate ``F`` once on fresh leaves under the autograd tape (the first-order fast path).
 
-    Returns the residual leaves, the solution leaves and the
-    differentiated hyper-parameter leaves (both fresh ``requires_grad`` leaves of the recorded
-    graph), and the tensor-input position of each hyper-parameter leaf.
+    Returns the residual leaves, the solution leaves and the differentiated hyper-parameter
+    leaves (both fresh ``requires_grad`` leaves of the recorded graph), and the tensor-input
+    position of each hyper-parameter leaf.
     """
     fresh = list(tensors)
     theta_pos = [pos for idx in wanted for pos in layout.diff_inputs[idx] if needs_grad[pos]]
@@ -178,11 +181,7 @@ def _record_graph(
     with torch.enable_grad():
         residual = optimality_fn(x_tree, *args[1:], **kwargs)
     res_leaves = pytree.tree_leaves(residual)
-    if len(res_leaves) != len(x_leaves):
-        raise RuntimeError(
-            f'optimality_fn must return one residual per leaf of the solution: got '
-            f'{len(res_leaves)} residual(s) for {len(x_leaves)} solution leaves'
-        )
+    _check_residual_count(len(res_leaves), len(x_leaves))
     return res_leaves, x_leaves, [fresh[pos] for pos in theta_pos], theta_pos
 
 
@@ -221,7 +220,7 @@ def _root_vjp_recorded(
     needs_grad: Sequence[bool],
     wanted: list[int],
 ) -> list[torch.Tensor | None]:
-    """First-order backward through one recorded graph of ``F``.
+    r"""First-order backward through one recorded graph of ``F``.
 
     ``F(x, theta)`` is evaluated once; every matvec :math:`A^\top u` and the final
     :math:`B^\top u` are ``torch.autograd.grad`` calls on that retained graph, which skips the
@@ -264,6 +263,8 @@ def _root_vjp(
     wanted = [
         idx for idx in layout.argnums if any(needs_grad[i] for i in layout.diff_inputs[idx])
     ]
+    if not wanted:  # only inputs outside `argnums` want gradients: they get none, no solve needed
+        return [None] * len(tensors)
     # First-order backward outside torch.func transforms: one recorded graph, reused.
     # Higher-order (create_graph) and vmap/grad/jacrev go through torch.func.vjp, which composes.
     if not torch.is_grad_enabled() and torch._C._functorch.maybe_current_level() is None:  # pylint: disable=protected-access
@@ -282,9 +283,6 @@ def _root_vjp(
     u = pytree.tree_unflatten(res_spec, pytree.tree_leaves(u))
 
     grads: list[torch.Tensor | None] = [None] * len(tensors)
-    if not wanted:
-        return grads
-
     def fn_theta(*thetas: Any) -> TensorTree:
         call_args = list(rest)
         for idx, theta in zip(wanted, thetas):
