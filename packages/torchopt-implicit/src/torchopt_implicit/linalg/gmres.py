@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torchopt.typing import TensorTree
 
@@ -42,7 +44,10 @@ def gmres(
     The cycle stops when the least-squares residual reaches
     :math:`\max(\text{rtol}\,\|b\|, \text{atol})` or after ``restart`` steps; the method restarts
     from the true residual until it converges or ``maxiter`` matvecs have been spent. ``M`` is
-    applied on the right, so the residual that is tested is the true one.
+    applied on the right, so the residual that is tested is the true one. For a real system
+    outside :func:`torch.func.vmap` the small least-squares problem is updated by one Givens
+    rotation per step on host floats (its residual norm comes for free); under ``vmap`` or for
+    complex systems it is a batched least-squares solve of :math:`\bar H_k` at each step.
 
     Args:
         A: a callable ``x -> A @ x`` over trees like ``b``, or a tree of square matrices.
@@ -75,6 +80,9 @@ def gmres(
             break
         beta = rr.sqrt()
         basis = [safe_div(r, beta.to(r.dtype))]
+        # real and not under vmap: the small least-squares problem on host floats (Givens);
+        # otherwise (vmap, complex) a batched lstsq of the Hessenberg matrix at each step
+        givens = _Givens(float(beta)) if _host_scalars(rr, r) else None
         hess = r.new_zeros((1, 0))
         beta_vec = beta.to(r.dtype).reshape(1)
         y = hess.new_zeros((0,))
@@ -89,6 +97,11 @@ def gmres(
             h = h + h2
             h_next = vdot_real(w, w).sqrt()
             basis.append(safe_div(w, h_next.to(w.dtype)))
+            if givens is not None:
+                column = torch.cat([h, h_next.to(h.dtype).reshape(1)]).tolist()
+                if givens.add_column(column) ** 2 <= float(tol_sq):
+                    break
+                continue
             hess = torch.cat(
                 [
                     torch.cat([hess, hess.new_zeros((1, j))], dim=0),
@@ -101,8 +114,59 @@ def gmres(
             res = rhs - hess @ y
             if all_true(vdot_real(res, res) <= tol_sq):
                 break
+        if givens is not None:
+            y = torch.tensor(givens.solve(), dtype=r.dtype, device=r.device)
         update = precond(y @ torch.stack(basis[: y.shape[0]]))
         x = x + torch.where(done, torch.zeros_like(update), update)
         r = system.b - matvec(x)
         rr = vdot_real(r, r)
     return system.finish('gmres', x, rr)
+
+
+def _host_scalars(rr: torch.Tensor, r: torch.Tensor) -> bool:
+    """Whether the cycle can keep its small least-squares problem in Python floats."""
+    if r.is_complex():
+        return False
+    try:
+        float(rr)
+    except RuntimeError:  # a vmap-batched tensor has no single value
+        return False
+    return True
+
+
+class _Givens:
+    r"""Incremental QR of the Hessenberg matrix :math:`\bar H_k` by Givens rotations, on floats.
+
+    Each new column is rotated by the previous rotations, then a new rotation zeroes its
+    subdiagonal entry; the rotated right-hand side :math:`g = Q (\beta e_1)` gives the residual
+    norm :math:`|g_{k+1}|` of the least-squares problem without solving it.
+    """
+
+    def __init__(self, beta: float) -> None:
+        self.g = [beta]
+        self.rot: list[tuple[float, float]] = []
+        self.cols: list[list[float]] = []
+
+    def add_column(self, column: list[float]) -> float:
+        """Append the Hessenberg column ``[h_0, ..., h_j, h_{j+1}]``; return the residual norm."""
+        for i, (c, s) in enumerate(self.rot):
+            column[i], column[i + 1] = c * column[i] + s * column[i + 1], c * column[i + 1] - s * column[i]
+        j = len(self.rot)
+        a, b = column[j], column[j + 1]
+        rho = math.hypot(a, b)
+        c, s = (a / rho, b / rho) if rho > 0 else (1.0, 0.0)
+        self.rot.append((c, s))
+        column[j] = rho
+        self.cols.append(column[: j + 1])
+        self.g.append(-s * self.g[j])
+        self.g[j] *= c
+        return abs(self.g[j + 1])
+
+    def solve(self) -> list[float]:
+        """Back-substitute :math:`R y = g_{1..k}`."""
+        k = len(self.cols)
+        y = [0.0] * k
+        for i in range(k - 1, -1, -1):
+            acc = self.g[i] - sum(self.cols[m][i] * y[m] for m in range(i + 1, k))
+            y[i] = acc / self.cols[i][i] if self.cols[i][i] != 0 else 0.0
+        return y
