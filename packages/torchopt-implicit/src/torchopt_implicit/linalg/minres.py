@@ -184,9 +184,8 @@ def minres_with_status(
             alpha = float(alpha)
         t = _axpy(t, q, -alpha / _nonzero(beta, tiny))
         z_next = t if precond is None else precond(t)
-        beta_next = _sqrt(dot(t, z_next))
-        if not batched:
-            beta_next = float(beta_next)
+        tz = dot(t, z_next)
+        beta_next = _sqrt(tz if batched else float(tz))
         # Rotate the new column (beta_k above the diagonal, alpha_k on it, beta_{k+1} below).
         above = beta if k > 0 else 0.0 * beta
         eps = s2 * above
@@ -210,7 +209,7 @@ def minres_with_status(
         c, s = gbar / gamma, beta_next / gamma
         tau = c * phibar
         phibar = -s * phibar
-        w, w_prev = _axpy(_axpy(v, w, -delta), w_prev, -eps) / gamma, w
+        w, w_prev = _axpy(_axpy(v, w, -delta), w_prev, -eps).div_(gamma), w  # a fresh tensor
         x_next = _axpy(x, w, tau)
         x = torch.where(done, x, x_next) if batched else x_next
         q_prev, q, z = q, t, z_next
