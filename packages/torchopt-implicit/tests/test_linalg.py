@@ -189,3 +189,13 @@ def test_minres_stops_at_least_squares_solution_of_inconsistent_system(gen, sym_
     assert not converged and len(calls) < 60
     _, converged = linalg.minres_with_status(a, a @ b, rtol=1e-10, warn=False)  # consistent
     assert converged
+
+
+@pytest.mark.parametrize('solver', [linalg.minres, linalg.gmres])
+def test_complex_hermitian_indefinite(solver, gen) -> None:
+    # minres: Hermitian Lanczos with real alpha/beta; gmres: the complex (batched lstsq) path
+    b_mat = torch.randn(20, 20, generator=gen, dtype=torch.complex128)
+    h = b_mat + b_mat.conj().T + 0.1 * torch.eye(20, dtype=torch.complex128)
+    rhs = torch.randn(20, generator=gen, dtype=torch.complex128)
+    x = solver(h, rhs, rtol=1e-12)
+    torch.testing.assert_close(x, torch.linalg.solve(h, rhs), rtol=1e-9, atol=1e-10)
