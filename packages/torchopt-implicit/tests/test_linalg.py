@@ -18,10 +18,11 @@ def test_spd_matrix_matches_dense_solve(solver, precond, gen, spd) -> None:
     torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize('dtype', [torch.float64, torch.complex128])  # host floats / tensor scalars
 @pytest.mark.parametrize('solver', [linalg.gmres, linalg.bicgstab])
-def test_nonsymmetric_matches_dense_solve(solver, gen) -> None:
-    a = torch.randn(20, 20, generator=gen, dtype=torch.float64) + 8 * torch.eye(20, dtype=torch.float64)
-    b = torch.randn(20, generator=gen, dtype=torch.float64)
+def test_nonsymmetric_matches_dense_solve(solver, gen, dtype) -> None:
+    a = torch.randn(20, 20, generator=gen, dtype=dtype) + 8 * torch.eye(20, dtype=dtype)
+    b = torch.randn(20, generator=gen, dtype=dtype)
     x = solver(lambda v: a @ v, b, rtol=1e-12)
     torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-9, atol=1e-11)
 
@@ -179,16 +180,16 @@ def test_minres_stops_at_least_squares_solution_of_inconsistent_system(gen, sym_
     assert (a @ r).norm() <= 1e-5 * 5.0 * r.norm()
     x_ls = torch.linalg.lstsq(a, b, driver='gelsd').solution
     torch.testing.assert_close(a @ x, a @ x_ls, rtol=1e-4, atol=1e-4)
-    _, converged = linalg.minres_with_status(a, b, warn=False)
-    assert not converged
+    _, status = linalg.minres_with_status(a, b, warn=False)
+    assert status == 'lstsq'
     # too tight for the least-squares test in float64: the stagnation window gives up instead
     calls.clear()
-    _, converged = linalg.minres_with_status(
+    _, status = linalg.minres_with_status(
         lambda v: calls.append(1) or a @ v, b, rtol=1e-12, warn=False, stagnation_window=10
     )
-    assert not converged and len(calls) < 60
-    _, converged = linalg.minres_with_status(a, a @ b, rtol=1e-10, warn=False)  # consistent
-    assert converged
+    assert status == 'lstsq' and len(calls) < 60
+    _, status = linalg.minres_with_status(a, a @ b, rtol=1e-10, warn=False)  # consistent
+    assert status == 'converged'
 
 
 @pytest.mark.parametrize('solver', [linalg.minres, linalg.gmres])
@@ -199,3 +200,26 @@ def test_complex_hermitian_indefinite(solver, gen) -> None:
     rhs = torch.randn(20, generator=gen, dtype=torch.complex128)
     x = solver(h, rhs, rtol=1e-12)
     torch.testing.assert_close(x, torch.linalg.solve(h, rhs), rtol=1e-9, atol=1e-10)
+
+
+def test_minres_symmetry_check_costs_no_extra_product(gen, spd) -> None:
+    nonsym = torch.randn(12, 12, generator=gen, dtype=torch.float64) + 6 * torch.eye(12, dtype=torch.float64)
+    b = torch.randn(12, generator=gen, dtype=torch.float64)
+    calls = []
+    _, status = linalg.minres_with_status(lambda v: calls.append(1) or nonsym @ v, b, check_symmetry=True)
+    assert status == 'asymmetric' and len(calls) == 2
+    sym = spd(12, gen)
+    x, status = linalg.minres_with_status(sym, b, rtol=1e-12, check_symmetry=True)
+    assert status == 'converged'
+    torch.testing.assert_close(x, torch.linalg.solve(sym, b), rtol=1e-9, atol=1e-11)
+    # under vmap: one non-symmetric member stops the batch
+    mats = torch.stack([sym, nonsym])
+    statuses = []
+
+    def solve(m, rhs):
+        x, status = linalg.minres_with_status(lambda v: m @ v, rhs, check_symmetry=True)
+        statuses.append(status)
+        return x
+
+    torch.func.vmap(solve)(mats, torch.stack([b, b]))
+    assert statuses == ['asymmetric']

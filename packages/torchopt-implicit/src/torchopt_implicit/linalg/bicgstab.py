@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 from torchopt.typing import TensorTree
 
@@ -9,7 +11,8 @@ from torchopt_implicit.linalg.utils import (
     FlatSystem,
     MatvecLike,
     all_true,
-    safe_div,
+    axpy,
+    scalar_div,
     vdot_real,
 )
 
@@ -69,26 +72,43 @@ def bicgstab(
     r = system.initial_residual()
     r_hat = r
     rr = vdot_real(r, r)
-    one = torch.ones((), dtype=r.dtype, device=r.device)
+    try:
+        rr_value, tol_value = float(rr), float(tol_sq)
+        batched = False
+    except RuntimeError:  # under vmap: mask converged problems, stop when all have converged
+        batched = True
+    # On CPU the scalar recurrences run on Python floats (an .item() is cheaper there than the
+    # vmap-safe tensor divisions); on accelerators they stay on the device, one sync per step.
+    host = not batched and not r.is_complex() and r.device.type == 'cpu'
+    scal: Callable[[torch.Tensor], Any] = float if host else (lambda t: t)
+    one = 1.0 if host else torch.ones((), dtype=r.dtype, device=r.device)
     rho, alpha, omega = one, one, one
     p = v = torch.zeros_like(r)
     for _ in range(system.maxiter):
-        done = rr <= tol_sq
-        if all_true(done):
+        if batched:
+            done = rr <= tol_sq
+            if all_true(done):
+                break
+        elif rr_value <= tol_value:
             break
-        rho_new = _dot(r_hat, r)
-        beta = safe_div(rho_new, rho) * safe_div(alpha, omega)
-        p = r + beta * (p - omega * v)
+        rho_new = scal(_dot(r_hat, r))
+        beta = scalar_div(rho_new, rho) * scalar_div(alpha, omega)
+        p = axpy(r, axpy(p, v, -omega), beta)
         p_hat = precond(p)
         v = matvec(p_hat)
-        alpha = safe_div(rho_new, _dot(r_hat, v))
-        s = r - alpha * v
+        alpha = scalar_div(rho_new, scal(_dot(r_hat, v)))
+        s = axpy(r, v, -alpha)
         s_hat = precond(s)
         t = matvec(s_hat)
-        omega = safe_div(_dot(t, s), _dot(t, t))
-        keep = ~done
-        x = torch.where(keep, x + alpha * p_hat + omega * s_hat, x)
-        r = torch.where(keep, s - omega * t, r)
+        omega = scalar_div(scal(_dot(t, s)), scal(_dot(t, t)))
+        x_next = axpy(axpy(x, p_hat, alpha), s_hat, omega)
+        r_next = axpy(s, t, -omega)
+        if batched:
+            x, r = torch.where(done, x, x_next), torch.where(done, r, r_next)
+        else:
+            x, r = x_next, r_next
         rho = rho_new
         rr = vdot_real(r, r)
+        if not batched:
+            rr_value = float(rr)  # the convergence test's host sync
     return system.finish('bicgstab', x, rr)

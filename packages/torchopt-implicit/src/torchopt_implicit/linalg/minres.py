@@ -14,6 +14,7 @@ from torchopt_implicit.linalg.utils import (
     FlatSystem,
     MatvecLike,
     all_true,
+    axpy,
     max_value,
     vdot_real,
 )
@@ -21,11 +22,6 @@ from torchopt_implicit.linalg.utils import (
 __all__ = ['minres', 'minres_with_status']
 
 Scalar = Union[float, torch.Tensor]
-
-
-def _axpy(y: torch.Tensor, x: torch.Tensor, a: Scalar) -> torch.Tensor:
-    """``y + a * x`` for a Python float or a 0-d tensor ``a``."""
-    return torch.add(y, x, alpha=a) if isinstance(a, float) else torch.addcmul(y, x, a)
 
 
 def _sqrt(a: Scalar) -> Scalar:
@@ -101,6 +97,17 @@ def minres(
     return x
 
 
+def _symmetry_gap(
+    cross: Scalar, beta: Scalar, alpha_first: Scalar, t: torch.Tensor, batched: bool
+) -> Scalar:
+    """Whether ``v1^H A v2`` (``cross``) differs from ``v2^H A v1 = beta_2`` beyond round-off."""
+    norm_t = torch.linalg.vector_norm(t)
+    if not batched:
+        norm_t = float(norm_t)
+    scale = _sqrt(alpha_first * alpha_first + beta * beta) + norm_t
+    return abs(cross - beta) > 64 * torch.finfo(t.real.dtype).eps * scale
+
+
 def minres_with_status(
     A: MatvecLike,  # noqa: N803
     b: TensorTree,
@@ -112,11 +119,14 @@ def minres_with_status(
     M: MatvecLike | str | None = None,  # noqa: N803
     warn: bool | None = None,
     stagnation_window: int | None = None,
-) -> tuple[TensorTree, bool]:
-    r""":func:`minres`, also returning whether the residual tolerance was met (every problem of a
-    ``vmap`` batch).
+    check_symmetry: bool = False,
+) -> tuple[TensorTree, str]:
+    r""":func:`minres`, also returning why it stopped.
 
-    ``False`` means MINRES stopped at ``maxiter`` or, without a preconditioner, at a
+    The status is ``'converged'`` (the residual tolerance was met, by every problem of a
+    ``vmap`` batch), ``'maxiter'``, ``'lstsq'`` or ``'asymmetric'``.
+
+    ``'lstsq'`` means MINRES stopped, without a preconditioner, at a
     least-squares solution of an inconsistent system (e.g. a singular :math:`A` with :math:`b`
     outside its range): :math:`\|A r_k\| \le \text{rtol} \cdot \|A\| \cdot \|r_k\|` while
     :math:`\|r_k\|` is still above the tolerance. From the recurrences, with no extra product,
@@ -125,10 +135,14 @@ def minres_with_status(
     way only if its condition number exceeds ``1 / rtol``).
 
     In finite precision MINRES can miss that test on an inconsistent system with a tight
-    ``rtol`` and then drift. With ``stagnation_window=W`` it also gives up (``False``) once the
+    ``rtol`` and then drift. With ``stagnation_window=W`` it also gives up (``'lstsq'``) once the
     residual norm fell by less than 0.1% over the last ``W`` iterations; meant for callers with
     a fallback (:func:`~torchopt_implicit.linear_solve.solve_normal_cg`), since a consistent
     system can plateau too.
+
+    With ``check_symmetry=True`` (no preconditioner) the second product doubles as a symmetry
+    test at no extra cost: for a symmetric ``A``, :math:`v_1^\top A v_2 = v_2^\top A v_1 =
+    \beta_2`; a larger gap than round-off stops MINRES with ``'asymmetric'``.
     """
     system = FlatSystem(A, b, x0, M, maxiter, rtol=rtol, atol=atol, warn=warn)
     matvec, precond = system.matvec, system.precond
@@ -155,6 +169,10 @@ def minres_with_status(
     lstsq: Scalar = False if not batched else torch.zeros_like(system.tol_sq, dtype=torch.bool)
     anorm_sq: Scalar = 0.0  # max_j ||T e_j||^2 <= ||A||^2
     history: list[Scalar] = []  # residual norms^2 of the last `stagnation_window` iterations
+    check_symmetry = check_symmetry and precond is None
+    full_dot = torch.vdot if system.b.is_complex() else torch.dot
+    asymmetric = False
+    alpha: Scalar = 0.0
     k = 0
     for k in range(system.maxiter):
         if batched:
@@ -177,12 +195,20 @@ def minres_with_status(
                     break
         v = z / _nonzero(beta, tiny)
         t = matvec(v)
+        if check_symmetry and k == 1:  # t = A v2, q_prev = beta_1 v1, beta = beta_2
+            cross = full_dot(q_prev, t)
+            if not batched:
+                cross = complex(cross) if cross.is_complex() else float(cross)
+            gap = _symmetry_gap(cross / beta_prev, beta, alpha, t, batched)
+            if gap if not batched else not all_true(~gap):
+                asymmetric = True
+                break
         if k > 0:
-            t = _axpy(t, q_prev, -beta / beta_prev)
+            t = axpy(t, q_prev, -beta / beta_prev)
         alpha = dot(v, t)
         if not batched:
             alpha = float(alpha)
-        t = _axpy(t, q, -alpha / _nonzero(beta, tiny))
+        t = axpy(t, q, -alpha / _nonzero(beta, tiny))
         z_next = t if precond is None else precond(t)
         tz = dot(t, z_next)
         beta_next = _sqrt(tz if batched else float(tz))
@@ -209,18 +235,23 @@ def minres_with_status(
         c, s = gbar / gamma, beta_next / gamma
         tau = c * phibar
         phibar = -s * phibar
-        w, w_prev = _axpy(_axpy(v, w, -delta), w_prev, -eps).div_(gamma), w  # a fresh tensor
-        x_next = _axpy(x, w, tau)
+        w, w_prev = axpy(axpy(v, w, -delta), w_prev, -eps).div_(gamma), w  # a fresh tensor
+        x_next = axpy(x, w, tau)
         x = torch.where(done, x, x_next) if batched else x_next
         q_prev, q, z = q, t, z_next
         beta_prev, beta = beta, beta_next
         c2, s2, c1, s1 = c1, s1, c, s
         # under vmap a converged problem keeps its (passing) residual, so it stays converged
         res_sq = torch.where(done, res_sq, phibar * phibar) if batched else phibar * phibar
+    if asymmetric:
+        return system.result(x), 'asymmetric'
     if not isinstance(res_sq, torch.Tensor):
         res_sq = torch.tensor(res_sq, dtype=system.tol_sq.dtype, device=system.tol_sq.device)
-    converged = all_true(res_sq <= system.tol_sq)
-    if system.warn and not converged and all_true(lstsq | (res_sq <= system.tol_sq)):
+    if all_true(res_sq <= system.tol_sq):
+        return system.result(x), 'converged'
+    if not all_true(lstsq | (res_sq <= system.tol_sq)):
+        return system.finish('minres', x, res_sq), 'maxiter'
+    if system.warn:
         warnings.warn(
             f'minres stopped at a least-squares solution (inconsistent system?) after {k} '
             f'iterations: residual norm {math.sqrt(max(max_value(res_sq), 0.0)):.3e} > tolerance '
@@ -228,5 +259,4 @@ def minres_with_status(
             ConvergenceWarning,
             stacklevel=3,
         )
-        return system.result(x), False
-    return system.finish('minres', x, res_sq), converged
+    return system.result(x), 'lstsq'

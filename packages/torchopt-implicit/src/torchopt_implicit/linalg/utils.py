@@ -239,6 +239,20 @@ def vdot_real(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.dot(x, y)
 
 
+def axpy(y: torch.Tensor, x: torch.Tensor, a: float | complex | torch.Tensor) -> torch.Tensor:
+    """``y + a * x`` for a Python number or a 0-d tensor ``a`` (one kernel either way)."""
+    if isinstance(a, torch.Tensor):
+        return torch.addcmul(y, x, a)
+    return torch.add(y, x, alpha=a)
+
+
+def scalar_div(num: Any, den: Any) -> Any:
+    """``num / den`` for Python numbers (0 when ``den == 0``) or tensors (:func:`safe_div`)."""
+    if isinstance(num, torch.Tensor) or isinstance(den, torch.Tensor):
+        return safe_div(torch.as_tensor(num), torch.as_tensor(den))
+    return num / den if den != 0 else 0.0
+
+
 def safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     """``num / den`` where ``den != 0``, else 0 (no ``.item()``, so it stays vmap-able)."""
     nonzero = den != 0

@@ -95,25 +95,27 @@ def _is_symmetric(matvec: Matvec, example: TensorTree) -> bool:
 
 def _solve_symmetric(
     matvec: Matvec, b: TensorTree, init: TensorTree | None, kwargs: dict[str, Any]
-) -> TensorTree | None:
-    """MINRES on a symmetric ``A`` itself; ``None`` unless the true residual meets the tolerance.
+) -> tuple[TensorTree | None, bool]:
+    """MINRES on ``A`` itself, if ``A`` turns out symmetric: ``(solution or None, symmetric)``.
 
     The normal equations square the condition number (CG on them needs about ``kappa`` instead
     of ``sqrt(kappa)`` iterations, each with two matvecs). For a symmetric ``A``, MINRES reaches
-    the same solution in far fewer products and, indefinite or not, needs no definiteness.
+    the same solution in far fewer products and, indefinite or not, needs no definiteness. Its
+    second product doubles as the symmetry test; the solution is returned only if the true
+    residual meets the tolerance.
     """
     options = {key: kwargs[key] for key in ('rtol', 'atol', 'maxiter') if key in kwargs}
-    x, converged = minres_with_status(
-        matvec, b, x0=init, warn=False, stagnation_window=10, **options
+    x, status = minres_with_status(
+        matvec, b, x0=init, warn=False, stagnation_window=10, check_symmetry=True, **options
     )
-    if not converged:  # maxiter, or a least-squares stop (singular A, b outside its range)
-        return None
+    if status != 'converged':  # asymmetric, maxiter, or least-squares (singular, b off range)
+        return None, status != 'asymmetric'
     raveler = TreeRaveler(b, 'b')
     flat_b = raveler.ravel(b)
     residual = flat_b - raveler.ravel(matvec(x))
     rtol, atol = kwargs.get('rtol', 1e-5), kwargs.get('atol', 0.0)
     tol_sq = torch.clamp(vdot_real(flat_b, flat_b) * (rtol * rtol), min=atol * atol)
-    return x if all_true(vdot_real(residual, residual) <= tol_sq) else None
+    return (x if all_true(vdot_real(residual, residual) <= tol_sq) else None), True
 
 
 def _solve_normal_cg(
@@ -124,14 +126,17 @@ def _solve_normal_cg(
     **kwargs: Any,
 ) -> TensorTree:
     example_x = b if init is None else init
+    real = not TreeRaveler(b, 'b').dtype.is_complex
     if isinstance(matvec, LinearOperator) and matvec.rmatvec is not None:
         rmatvec = matvec.rmatvec
+    elif ridge is None and kwargs.get('M') is None and real:
+        solution, symmetric = _solve_symmetric(matvec, b, init, kwargs)
+        if solution is not None:
+            return solution
+        # MINRES found A non-symmetric, or could not meet the tolerance (e.g. a singular A)
+        rmatvec = matvec if symmetric else make_rmatvec(matvec, example_x)
     elif _is_symmetric(matvec, example_x):
         rmatvec = matvec  # A^T = A: no VJP-of-VJP needed
-        if ridge is None and kwargs.get('M') is None:
-            solution = _solve_symmetric(matvec, b, init, kwargs)
-            if solution is not None:
-                return solution  # otherwise (e.g. a singular A) fall through to normal CG
     else:
         rmatvec = make_rmatvec(matvec, example_x)
 
