@@ -401,7 +401,9 @@ def limit_malloc_arenas(max_arenas: int) -> bool:
         Whether the cap was applied.
     """
     max_arenas = _check_arena_max(max_arenas)  # type: ignore[assignment]
-    if max_arenas is None or os.environ.get('MALLOC_ARENA_MAX') or not sys.platform.startswith('linux'):
+    if max_arenas is None or os.environ.get('MALLOC_ARENA_MAX'):
+        return False
+    if not sys.platform.startswith('linux'):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -267,7 +267,8 @@ def _root_vjp(
         return [None] * len(tensors)
     # First-order backward outside torch.func transforms: one recorded graph, reused.
     # Higher-order (create_graph) and vmap/grad/jacrev go through torch.func.vjp, which composes.
-    if not torch.is_grad_enabled() and torch._C._functorch.maybe_current_level() is None:  # pylint: disable=protected-access
+    functorch_level = torch._C._functorch.maybe_current_level()  # pylint: disable=protected-access
+    if not torch.is_grad_enabled() and functorch_level is None:
         return _root_vjp_recorded(
             optimality_fn, solve, layout, tensors, solution, cotangent, needs_grad, wanted
         )

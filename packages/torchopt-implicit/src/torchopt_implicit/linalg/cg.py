@@ -94,7 +94,10 @@ def cg(
         r = torch.addcmul(r, ap, alpha, value=-1)
         z = r if precond is None else precond(r)
         rz_new = dot(r, z)
-        beta = torch.where(done, 0.0, rz_new / torch.where(done, 1.0, rz)) if batched else rz_new / rz
+        if batched:
+            beta = torch.where(done, 0.0, rz_new / torch.where(done, 1.0, rz))
+        else:
+            beta = rz_new / rz
         p = torch.addcmul(z, p, beta)
         rz = rz_new
         rr = rz if precond is None else dot(r, r)

@@ -150,7 +150,8 @@ class _Givens:
     def add_column(self, column: list[float]) -> float:
         """Append the Hessenberg column ``[h_0, ..., h_j, h_{j+1}]``; return the residual norm."""
         for i, (c, s) in enumerate(self.rot):
-            column[i], column[i + 1] = c * column[i] + s * column[i + 1], c * column[i + 1] - s * column[i]
+            upper, lower = column[i], column[i + 1]
+            column[i], column[i + 1] = c * upper + s * lower, c * lower - s * upper
         j = len(self.rot)
         a, b = column[j], column[j + 1]
         rho = math.hypot(a, b)

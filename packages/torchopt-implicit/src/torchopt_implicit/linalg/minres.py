@@ -140,9 +140,10 @@ def minres_with_status(
     a fallback (:func:`~torchopt_implicit.linear_solve.solve_normal_cg`), since a consistent
     system can plateau too.
 
-    With ``check_symmetry=True`` (no preconditioner) the second product doubles as a symmetry
-    test at no extra cost: for a symmetric ``A``, :math:`v_1^\top A v_2 = v_2^\top A v_1 =
-    \beta_2`; a larger gap than round-off stops MINRES with ``'asymmetric'``.
+    With ``check_symmetry=True`` (ignored with a preconditioner) the second product doubles as
+    a symmetry test at no extra cost: for a symmetric ``A``,
+    :math:`v_1^\top A v_2 = v_2^\top A v_1 = \beta_2`; a larger gap than round-off stops MINRES
+    with ``'asymmetric'``.
     """
     system = FlatSystem(A, b, x0, M, maxiter, rtol=rtol, atol=atol, warn=warn)
     matvec, precond = system.matvec, system.precond

@@ -157,10 +157,11 @@ def solve_normal_cg(**kwargs: Any) -> Callable[..., TensorTree]:
     of an inner objective, and no VJP of a VJP is needed), and if not, :math:`A^\top` is the VJP
     of ``matvec`` at ``init`` (or ``b``).
 
-    **Symmetric shortcut.** When ``A`` is symmetric and neither ``ridge`` nor ``M`` is given, the
-    normal equations are not formed: :func:`torchopt_implicit.linalg.minres` solves
+    **Symmetric shortcut.** When neither ``ridge`` nor ``M`` is given (and ``b`` is real), the
+    normal equations are tried last: :func:`torchopt_implicit.linalg.minres` first solves
     :math:`A x = b` directly (condition number :math:`\kappa` instead of :math:`\kappa^2`, one
-    product per iteration instead of two; definite or not), to ``rtol``/``atol`` on the residual
+    product per iteration instead of two; definite or not), its second product doubling as the
+    symmetry test (a non-symmetric ``A`` stops it there), to ``rtol``/``atol`` on the residual
     :math:`\|b - A x\|`, which bounds the error at least as tightly as the normal-equation
     residual would. The true residual is checked with one more product. If MINRES misses the
     tolerance (an inconsistent system such as a singular ``A`` with ``b`` outside its range, which
