@@ -8,6 +8,9 @@ worlds of real processes on 127.0.0.1 (no torchrun needed), one intra-op thread 
    over ``--rounds`` rounds; the table gives the median meta-iteration time
    (best round) and the speed-up of 2 workers over 1. The 1-worker world also times the same
    meta-iterations without RPC (``local``), so the RPC cost of one worker is visible.
+   The hardware ceiling line runs two independent processes (no RPC), each the MAML share of
+   half the tasks, started at the same instant: ``2 * t_alone / t_together`` bounds the
+   speed-up any 2-worker implementation can reach on the machine.
 2. Per-call overhead in a world of 2: a local call, ``rpc_sync`` to itself and to the other
    worker, ``remote_sync_call`` split over both workers, and a distributed-autograd round trip.
 
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 __all__ = ['main']
 
@@ -99,7 +103,34 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _world(cmd: list[str], size: int, timeout: float, pin: bool = False) -> dict:
+def _ceiling(start_at: float, seconds: float, share: int, hidden: int, inner_steps: int) -> None:
+    """One process of the hardware-ceiling measurement: the MAML share of ``share`` tasks
+    (forward and backward, no RPC) in a loop, from ``start_at`` for ``seconds``."""
+    sys.path[:0] = [str(EXAMPLE.parent), str(EXAMPLE.parent.parent)]
+    import torch
+    from fewshot_digits import FewShotDigits  # examples/fewshot_digits.py
+    from maml import init_params, task_losses  # examples/distributed/maml.py
+
+    torch.set_num_threads(1)
+    data = FewShotDigits(n_way=5, k_shot=1, k_query=15, split='train', seed=0)
+    params = init_params([64, hidden, hidden, 5])
+    while time.time() < start_at:
+        time.sleep(0.001)
+    times = []
+    end = time.time() + seconds
+    while time.time() < end:
+        tasks = data.batch(share)
+        start = time.perf_counter()
+        out = task_losses.__wrapped__(params, *tasks, inner_steps, 0.4)
+        out[0].backward()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    print('BENCH ' + json.dumps({'median_s': times[len(times) // 2]}), flush=True)
+
+
+def _world(
+    cmd: list[str], size: int, timeout: float, pin: bool = False, every_rank: bool = False
+) -> Any:
     port = _free_port()
     procs = []
     cpus = sorted(os.sched_getaffinity(0))
@@ -131,10 +162,13 @@ def _world(cmd: list[str], size: int, timeout: float, pin: bool = False) -> dict
             if proc.poll() is None:
                 os.killpg(proc.pid, 9)
                 proc.communicate()
-    for line in outs[0].splitlines():
-        if line.startswith('BENCH '):
-            return json.loads(line[len('BENCH ') :])
-    raise RuntimeError(f'no BENCH line from rank 0 of {cmd}')
+    results = []
+    for rank, out in enumerate(outs if every_rank else outs[:1]):
+        lines = [line for line in out.splitlines() if line.startswith('BENCH ')]
+        if not lines:
+            raise RuntimeError(f'no BENCH line from rank {rank} of {cmd}')
+        results.append(json.loads(lines[0][len('BENCH ') :]))
+    return results if every_rank else results[0]
 
 
 def _ms(seconds: float | None) -> str:
@@ -153,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--repeat', type=int, default=300)
     parser.add_argument('--rpc-transport', choices=['default', 'tcp'], default='default')
     parser.add_argument('--role', default=None, help=argparse.SUPPRESS)
+    parser.add_argument('--start-at', type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument('--seconds', type=float, default=4.0, help=argparse.SUPPRESS)
     parser.add_argument(
         '--pin', action=argparse.BooleanOptionalAction, default=True,
         help='pin rank r to CPU r (mod the CPUs this process may use); --no-pin lets the OS place them',
@@ -161,6 +197,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.role == 'overhead':
         _overhead(args.repeat)
+        return
+    if args.role == 'ceiling':
+        _ceiling(args.start_at, args.seconds, args.tasks, args.hidden, args.inner_steps)
         return
     if args.quick:
         args.rounds, args.iterations, args.repeat = 1, 6, 100
@@ -201,6 +240,23 @@ def main(argv: list[str] | None = None) -> None:
             f'{one["median_s"] / row["median_s"]:>7.2f}x | '
             f'{_ms(row.get("forward_s")):>8} | {_ms(row.get("backward_s")):>8} |'
         )
+    share, seconds = max(args.tasks // 2, 1), 2.0 if args.quick else 4.0
+
+    def ceiling_cmd() -> list[str]:  # all processes start computing at the same moment
+        return [
+            __file__, '--role', 'ceiling', '--start-at', str(time.time() + 10), '--seconds',
+            str(seconds), '--tasks', str(share), '--hidden', str(args.hidden),
+            '--inner-steps', str(args.inner_steps),
+        ]  # fmt: skip
+
+    alone = _world(ceiling_cmd(), 1, timeout=120, pin=args.pin, every_rank=True)[0]['median_s']
+    both = _world(ceiling_cmd(), 2, timeout=120, pin=args.pin, every_rank=True)
+    slowest = max(r['median_s'] for r in both)
+    print(
+        f'Hardware ceiling (no RPC): one {share}-task share (fwd+bwd) {1e3 * alone:.1f} ms alone, '
+        f'{1e3 * slowest:.1f} ms while another process runs one -> at most '
+        f'{2 * alone / slowest:.2f}x for 2 workers on this machine'
+    )
     if args.skip_overhead:
         return
     print()
