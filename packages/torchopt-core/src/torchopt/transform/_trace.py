@@ -80,7 +80,9 @@ def trace(
                 _fe.copy_(buf, g)
             new_buf, u = buf, g
         else:
-            if state.started:
+            if state.started and dampening == 0.0:
+                new_buf = _fe.add(g, buf, alpha=momentum)  # one pass: g + momentum * buf
+            elif state.started:
                 new_buf = _fe.add(_fe.mul(buf, momentum), g, alpha=1.0 - dampening)
             else:
                 # A fresh buffer equals g; keep it connected to the (grad-requiring) initial state.
