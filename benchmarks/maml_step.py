@@ -124,13 +124,16 @@ CASES = {
 }
 
 
-def outer_iteration(fn, net, batch):
-    loss = fn(net, *batch)
+def _backward_and_reset(fn, net, loss) -> None:
     loss.backward()
     restore = getattr(fn, 'restore', None)
     if restore is not None:
         restore()
     net.zero_grad(set_to_none=True)
+
+
+def outer_iteration(fn, net, batch):
+    _backward_and_reset(fn, net, fn(net, *batch))
 
 
 def saved_bytes(fn, net, batch, update_only: bool = False) -> int:
@@ -152,11 +155,7 @@ def saved_bytes(fn, net, batch, update_only: bool = False) -> int:
     else:
         with hooks():
             loss = fn(net, *batch)
-    loss.backward()
-    restore = getattr(fn, 'restore', None)
-    if restore is not None:
-        restore()
-    net.zero_grad(set_to_none=True)
+    _backward_and_reset(fn, net, loss)
     return total[0]
 
 

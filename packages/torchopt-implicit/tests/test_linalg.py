@@ -223,3 +223,25 @@ def test_minres_symmetry_check_costs_no_extra_product(gen, spd) -> None:
 
     torch.func.vmap(solve)(mats, torch.stack([b, b]))
     assert statuses == ['asymmetric']
+
+
+def test_minres_check_residual_confirms_on_the_true_residual(gen, spd) -> None:
+    a = spd(15, gen)
+    b = torch.randn(15, generator=gen, dtype=torch.float64)
+    calls = []
+    x, status = linalg.minres_with_status(lambda v: calls.append(1) or a @ v, b, rtol=1e-10)
+    plain = len(calls)
+    calls.clear()
+    x2, status2 = linalg.minres_with_status(
+        lambda v: calls.append(1) or a @ v, b, rtol=1e-10, check_residual=True
+    )
+    assert status == status2 == 'converged' and len(calls) == plain + 1
+    torch.testing.assert_close(x2, x)
+    # an operator whose products drift from one call to the next: the estimate converges,
+    # the true residual (from a different product) does not
+    drift = iter(range(1000))
+    _, status = linalg.minres_with_status(
+        lambda v: a @ v * (1 + 1e-3 * next(drift)), b, rtol=1e-10, check_residual=True,
+        warn=False,
+    )  # fmt: skip
+    assert status != 'converged'

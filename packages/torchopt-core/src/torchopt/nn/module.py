@@ -52,6 +52,24 @@ def _check_name(kind: str, name: Any) -> None:
         raise KeyError(f"{kind} name can't be empty string ''")
 
 
+_TENSOR_EXPECTED = 'a tensor that requires grad, or None,'
+_MODULE_EXPECTED = 'torch.nn.Module or None'
+
+
+def _clear_slot(
+    store: dict[str, Any] | None, name: str, value: Any, kind: str, expected: str
+) -> bool:
+    """If ``name`` is a slot of ``store``, accept only ``None`` (clearing it); report a hit."""
+    if store is None or name not in store:
+        return False
+    if value is not None:
+        raise TypeError(
+            f"cannot assign '{torch.typename(value)}' as {kind} '{name}' ({expected} expected)"
+        )
+    store[name] = None
+    return True
+
+
 class MetaGradientModule(nn.Module):
     """Base class for modules that hold meta-parameters and meta-modules.
 
@@ -147,20 +165,10 @@ class MetaGradientModule(nn.Module):
             else:
                 self._forget(name, keep='_parameters')
                 self.register_parameter(name, value)
-        elif params is not None and name in params:
-            if value is not None:
-                raise TypeError(
-                    f"cannot assign '{torch.typename(value)}' as parameter '{name}' "
-                    '(a tensor that requires grad, or None, expected)'
-                )
-            params[name] = None
-        elif meta_params is not None and name in meta_params:
-            if value is not None:
-                raise TypeError(
-                    f"cannot assign '{torch.typename(value)}' as meta-parameter '{name}' "
-                    '(a tensor that requires grad, or None, expected)'
-                )
-            meta_params[name] = None
+        elif _clear_slot(params, name, value, 'parameter', _TENSOR_EXPECTED):
+            pass
+        elif _clear_slot(meta_params, name, value, 'meta-parameter', _TENSOR_EXPECTED):
+            pass
         elif isinstance(value, nn.Module):
             if modules is None:
                 raise AttributeError('cannot assign module before Module.__init__() call')
@@ -174,20 +182,10 @@ class MetaGradientModule(nn.Module):
             else:
                 self._forget(name, keep='_modules')
                 self.add_module(name, value)
-        elif modules is not None and name in modules:
-            if value is not None:
-                raise TypeError(
-                    f"cannot assign '{torch.typename(value)}' as child module '{name}' "
-                    '(torch.nn.Module or None expected)'
-                )
-            modules[name] = None
-        elif meta_modules is not None and name in meta_modules:
-            if value is not None:
-                raise TypeError(
-                    f"cannot assign '{torch.typename(value)}' as meta-module '{name}' "
-                    '(torch.nn.Module or None expected)'
-                )
-            meta_modules[name] = None
+        elif _clear_slot(modules, name, value, 'child module', _MODULE_EXPECTED):
+            pass
+        elif _clear_slot(meta_modules, name, value, 'meta-module', _MODULE_EXPECTED):
+            pass
         else:
             buffers = d.get('_buffers')
             if buffers is not None and name in buffers:

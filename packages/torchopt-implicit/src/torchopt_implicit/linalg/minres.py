@@ -120,11 +120,15 @@ def minres_with_status(
     warn: bool | None = None,
     stagnation_window: int | None = None,
     check_symmetry: bool = False,
+    check_residual: bool = False,
 ) -> tuple[TensorTree, str]:
     r""":func:`minres`, also returning why it stopped.
 
     The status is ``'converged'`` (the residual tolerance was met, by every problem of a
-    ``vmap`` batch), ``'maxiter'``, ``'lstsq'`` or ``'asymmetric'``.
+    ``vmap`` batch), ``'maxiter'``, ``'lstsq'``, ``'asymmetric'`` or ``'inaccurate'``. With
+    ``check_residual=True`` a converged run is confirmed on the true residual
+    :math:`b - A x` (one more product); ``'inaccurate'`` means the recurrence's estimate met the
+    tolerance but the true residual did not.
 
     ``'lstsq'`` means MINRES stopped, without a preconditioner, at a
     least-squares solution of an inconsistent system (e.g. a singular :math:`A` with :math:`b`
@@ -249,6 +253,10 @@ def minres_with_status(
     if not isinstance(res_sq, torch.Tensor):
         res_sq = torch.tensor(res_sq, dtype=system.tol_sq.dtype, device=system.tol_sq.device)
     if all_true(res_sq <= system.tol_sq):
+        if check_residual:
+            true_r = system.b - matvec(x)
+            if not all_true(vdot_real(true_r, true_r) <= system.tol_sq):
+                return system.result(x), 'inaccurate'
         return system.result(x), 'converged'
     if not all_true(lstsq | (res_sq <= system.tol_sq)):
         return system.finish('minres', x, res_sq), 'maxiter'

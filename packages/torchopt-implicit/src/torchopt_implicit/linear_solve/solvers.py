@@ -16,7 +16,7 @@ from torchopt.typing import TensorTree
 
 from torchopt_implicit import linalg
 from torchopt_implicit.linalg.minres import minres_with_status
-from torchopt_implicit.linalg.utils import TreeRaveler, all_true, vdot_real
+from torchopt_implicit.linalg.utils import TreeRaveler, all_true
 from torchopt_implicit.linear_solve.utils import (
     LinearOperator,
     make_ridge_matvec,
@@ -106,16 +106,11 @@ def _solve_symmetric(
     """
     options = {key: kwargs[key] for key in ('rtol', 'atol', 'maxiter') if key in kwargs}
     x, status = minres_with_status(
-        matvec, b, x0=init, warn=False, stagnation_window=10, check_symmetry=True, **options
-    )
-    if status != 'converged':  # asymmetric, maxiter, or least-squares (singular, b off range)
-        return None, status != 'asymmetric'
-    raveler = TreeRaveler(b, 'b')
-    flat_b = raveler.ravel(b)
-    residual = flat_b - raveler.ravel(matvec(x))
-    rtol, atol = kwargs.get('rtol', 1e-5), kwargs.get('atol', 0.0)
-    tol_sq = torch.clamp(vdot_real(flat_b, flat_b) * (rtol * rtol), min=atol * atol)
-    return (x if all_true(vdot_real(residual, residual) <= tol_sq) else None), True
+        matvec, b, x0=init, warn=False, stagnation_window=10, check_symmetry=True,
+        check_residual=True, **options,
+    )  # fmt: skip
+    # otherwise: asymmetric, or maxiter / least-squares / inaccurate (e.g. a singular A)
+    return (x if status == 'converged' else None), status != 'asymmetric'
 
 
 def _solve_normal_cg(
@@ -126,7 +121,7 @@ def _solve_normal_cg(
     **kwargs: Any,
 ) -> TensorTree:
     example_x = b if init is None else init
-    real = not TreeRaveler(b, 'b').dtype.is_complex
+    real = not any(leaf.is_complex() for leaf in pytree.tree_leaves(b))
     if isinstance(matvec, LinearOperator) and matvec.rmatvec is not None:
         rmatvec = matvec.rmatvec
     elif ridge is None and kwargs.get('M') is None and real:
