@@ -4,13 +4,15 @@ Run ``python benchmarks/distributed_bench.py`` (add ``--quick`` for a short run)
 worlds of real processes on 127.0.0.1 (no torchrun needed), one intra-op thread per process:
 
 1. Distributed MAML (``examples/distributed/maml.py --bench``) on compute-bound tasks with 1 and
-   2 workers (rank ``r`` pinned to CPU ``r``; ``--no-pin`` to let the OS schedule), alternated
-   over ``--rounds`` rounds; the table gives the median meta-iteration time
-   (best round) and the speed-up of 2 workers over 1. The 1-worker world also times the same
+   2 workers (rank ``r`` pinned to CPU ``r``; ``--no-pin`` to let the OS schedule), once per
+   ``--tasks`` value (default 16 and 32 tasks per meta-batch: a meta-iteration sends the same
+   four rounds of messages whatever its work, so the speed-up grows with the work per call),
+   alternated over ``--rounds`` rounds; the table gives the median meta-iteration time (best
+   round) and the speed-up of 2 workers over 1. The 1-worker world also times the same
    meta-iterations without RPC (``local``), so the RPC cost of one worker is visible.
    The hardware ceiling line runs two independent processes (no RPC), each the MAML share of
    half the tasks, started at the same instant: ``2 * t_alone / t_together`` bounds the
-   speed-up any 2-worker implementation can reach on the machine.
+   speed-up any 2-worker implementation can reach on the machine. A summary table ends the run.
 2. Per-call overhead in a world of 2: a local call, ``rpc_sync`` to itself and to the other
    worker, ``remote_sync_call`` split over both workers, and a distributed-autograd round trip.
 
@@ -175,38 +177,16 @@ def _ms(seconds: float | None) -> str:
     return '-' if seconds is None else f'{1e3 * seconds:.1f}'
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark and print the tables."""
-    parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-    parser.add_argument('--quick', action='store_true')
-    parser.add_argument('--rounds', type=int, default=3)
-    parser.add_argument('--iterations', type=int, default=12)
-    parser.add_argument('--tasks', type=int, default=16)
-    parser.add_argument('--hidden', type=int, default=256)
-    parser.add_argument('--inner-steps', type=int, default=5)
-    parser.add_argument('--repeat', type=int, default=300)
-    parser.add_argument('--rpc-transport', choices=['default', 'tcp'], default='default')
-    parser.add_argument('--role', default=None, help=argparse.SUPPRESS)
-    parser.add_argument('--start-at', type=float, default=0.0, help=argparse.SUPPRESS)
-    parser.add_argument('--seconds', type=float, default=4.0, help=argparse.SUPPRESS)
-    parser.add_argument(
-        '--pin', action=argparse.BooleanOptionalAction, default=True,
-        help='pin rank r to CPU r (mod the CPUs this process may use); --no-pin lets the OS place them',
-    )  # fmt: skip
-    parser.add_argument('--skip-overhead', action='store_true', help='only the MAML table')
-    args = parser.parse_args(argv)
-    if args.role == 'overhead':
-        _overhead(args.repeat)
-        return
-    if args.role == 'ceiling':
-        _ceiling(args.start_at, args.seconds, args.tasks, args.hidden, args.inner_steps)
-        return
-    if args.quick:
-        args.rounds, args.iterations, args.repeat = 1, 6, 100
+def _maml_table(args: argparse.Namespace, tasks: int) -> tuple[float, float, float]:
+    """Time distributed MAML with ``tasks`` tasks per meta-batch on 1 and 2 workers; print the
+    table and the machine's 2-worker ceiling for the same work.
 
+    Returns:
+        The 1-worker and 2-worker median meta-iteration times (s) and the ceiling speed-up.
+    """
     maml = [
         str(EXAMPLE), '--bench', '--iterations', str(args.iterations), '--warmup', '2',
-        '--tasks', str(args.tasks), '--hidden', str(args.hidden), '--inner-steps',
+        '--tasks', str(tasks), '--hidden', str(args.hidden), '--inner-steps',
         str(args.inner_steps), '--k-query', '15', '--eval-tasks', '2',
         '--rpc-transport', args.rpc_transport,
     ]  # fmt: skip
@@ -218,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
                 best[workers] = result
     one, two = best[1], best[2]
     print(
-        f'Distributed MAML meta-iteration ({args.tasks} tasks of 5-way 1-shot rotated digits, '
+        f'Distributed MAML meta-iteration ({tasks} tasks of 5-way 1-shot rotated digits, '
         f'MLP 64-{args.hidden}-{args.hidden}-5, {args.inner_steps} inner steps; '
         f'transport {args.rpc_transport}; {len(os.sched_getaffinity(0))} CPUs, '
         f'{"one pinned per rank" if args.pin else "unpinned"}; best of {args.rounds} rounds, median of '
@@ -240,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
             f'{one["median_s"] / row["median_s"]:>7.2f}x | '
             f'{_ms(row.get("forward_s")):>8} | {_ms(row.get("backward_s")):>8} |'
         )
-    share, seconds = max(args.tasks // 2, 1), 2.0 if args.quick else 4.0
+    share, seconds = max(tasks // 2, 1), 2.0 if args.quick else 4.0
 
     def ceiling_cmd() -> list[str]:  # all processes start computing at the same moment
         return [
@@ -257,6 +237,55 @@ def main(argv: list[str] | None = None) -> None:
         f'{1e3 * slowest:.1f} ms while another process runs one -> at most '
         f'{2 * alone / slowest:.2f}x for 2 workers on this machine'
     )
+    print()
+    return one['median_s'], two['median_s'], 2 * alone / slowest
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
+    parser.add_argument('--quick', action='store_true')
+    parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--iterations', type=int, default=12)
+    parser.add_argument(
+        '--tasks', type=int, nargs='+', default=[16, 32],
+        help='tasks per meta-batch; one table per value (more tasks: more compute per RPC)',
+    )  # fmt: skip
+    parser.add_argument('--hidden', type=int, default=256)
+    parser.add_argument('--inner-steps', type=int, default=5)
+    parser.add_argument('--repeat', type=int, default=300)
+    parser.add_argument('--rpc-transport', choices=['default', 'tcp'], default='default')
+    parser.add_argument('--role', default=None, help=argparse.SUPPRESS)
+    parser.add_argument('--start-at', type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument('--seconds', type=float, default=4.0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        '--pin', action=argparse.BooleanOptionalAction, default=True,
+        help='pin rank r to CPU r (mod the CPUs this process may use); --no-pin lets the OS place them',
+    )  # fmt: skip
+    parser.add_argument('--skip-overhead', action='store_true', help='only the MAML table')
+    args = parser.parse_args(argv)
+    if args.role == 'overhead':
+        _overhead(args.repeat)
+        return
+    if args.role == 'ceiling':
+        _ceiling(args.start_at, args.seconds, args.tasks[0], args.hidden, args.inner_steps)
+        return
+    if args.quick:
+        args.rounds, args.iterations, args.repeat = 1, 6, 100
+        args.tasks = args.tasks[:1]
+
+    rows = {tasks: _maml_table(args, tasks) for tasks in args.tasks}
+    print('Summary: 2-worker speed-up against the work per meta-iteration')
+    print(
+        f'| {"tasks per meta-batch":<20} | {"1 worker (ms)":>13} | {"2 workers (ms)":>14} '
+        f'| {"speed-up":>8} | {"ceiling":>7} | {"of ceiling":>10} |'
+    )
+    print(f'|{"-" * 22}|{"-" * 15}|{"-" * 16}|{"-" * 10}|{"-" * 9}|{"-" * 12}|')
+    for tasks, (one, two, ceiling) in rows.items():
+        print(
+            f'| {tasks:<20} | {1e3 * one:>13.1f} | {1e3 * two:>14.1f} | {one / two:>7.2f}x '
+            f'| {ceiling:>6.2f}x | {100 * one / two / ceiling:>9.0f}% |'
+        )
     if args.skip_overhead:
         return
     print()

@@ -14,12 +14,10 @@ error that names the missing ranks. RPC binds the loopback interface only when a
 from __future__ import annotations
 
 import atexit
-import ctypes
 import functools
 import ipaddress
 import os
 import socket
-import sys
 import threading
 import time
 from datetime import timedelta
@@ -27,6 +25,8 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, TypeVar
 
 import torch.distributed as dist
 import torch.distributed.rpc as rpc
+
+from torchopt_distributed._malloc import check_positive, limit_malloc_arenas, retain_freed_memory
 
 __all__ = [
     'WorldInfo',
@@ -41,6 +41,7 @@ __all__ = [
     'barrier',
     'auto_init_rpc',
     'limit_malloc_arenas',
+    'retain_freed_memory',
     'on_rank',
     'not_on_rank',
     'rank_zero_only',
@@ -379,40 +380,6 @@ def _shutdown_at_exit(timeout: float) -> None:
         pass
 
 
-_M_ARENA_MAX = -8  # glibc's mallopt() parameter number for the arena cap
-
-
-def _check_arena_max(value: int | None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f'malloc_arena_max must be a positive int or None, got {value!r}')
-    return value
-
-
-def limit_malloc_arenas(max_arenas: int) -> bool:
-    """Cap the number of glibc malloc arenas (``mallopt(M_ARENA_MAX, max_arenas)``).
-
-    Threads created afterwards share the existing arenas instead of each getting a new one.
-    Does nothing (and returns ``False``) when the ``MALLOC_ARENA_MAX`` environment variable is
-    set (the user's choice wins), off Linux, or when the C library has no ``mallopt``.
-
-    Returns:
-        Whether the cap was applied.
-    """
-    max_arenas = _check_arena_max(max_arenas)  # type: ignore[assignment]
-    if max_arenas is None or os.environ.get('MALLOC_ARENA_MAX'):
-        return False
-    if not sys.platform.startswith('linux'):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_ARENA_MAX, max_arenas))
-
-
 def auto_init_rpc(
     worker_init_fn: Callable[[], None] | None = None,
     worker_name_format: Callable[..., str] = default_worker_name_format,
@@ -422,6 +389,7 @@ def auto_init_rpc(
     init_timeout: float | None = None,
     loopback: bool | None = None,
     malloc_arena_max: int | None = 1,
+    malloc_trim_threshold: int | None = 1 << 30,
 ) -> Callable[[F], F]:
     """Decorator: start RPC for this world before the decorated function runs.
 
@@ -450,6 +418,13 @@ def auto_init_rpc(
             on distributed MAML (2 workers, 2 cores), this cap cut the forward of a worker's
             share from ~25 ms to ~17 ms. With one arena, threads that allocate at the same time
             take turns on its lock.
+        malloc_trim_threshold: Before RPC starts, let glibc keep up to this many bytes of freed
+            heap memory for reuse (default 1 GiB; :func:`retain_freed_memory`, which also serves
+            blocks under 32 MiB from the heap; ``None`` leaves malloc alone, as does a
+            ``MALLOC_TRIM_THRESHOLD_`` environment variable). By default glibc gives memory freed
+            at the end of an iteration back to the OS and the next iteration faults it in again:
+            up to 2,400 page faults and 3 ms per 16-task MAML share. The worker's resident memory
+            stays near its peak instead.
 
     Returns:
         A decorator.
@@ -462,7 +437,8 @@ def auto_init_rpc(
     _worker_name_format = worker_name_format
     bound = _resolve_init_timeout(init_timeout)
     use_loopback = _resolve_loopback(loopback)
-    arena_max = _check_arena_max(malloc_arena_max)
+    arena_max = check_positive(malloc_arena_max, 'malloc_arena_max')
+    trim_threshold = check_positive(malloc_trim_threshold, 'malloc_trim_threshold')
 
     def wrapper(func: F) -> F:
         from torch.distributed.elastic.multiprocessing.errors import record  # noqa: PLC0415
@@ -475,6 +451,8 @@ def auto_init_rpc(
             _register_rendezvous()
             if arena_max is not None:  # before init_rpc creates the agent's thread pool
                 limit_malloc_arenas(arena_max)
+            if trim_threshold is not None:
+                retain_freed_memory(trim_threshold)
             info = get_world_info()
             options = rpc_backend_options
             if options is None:
