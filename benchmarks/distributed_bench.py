@@ -3,13 +3,16 @@
 Run ``python benchmarks/distributed_bench.py`` (add ``--quick`` for a short run). It starts
 worlds of real processes on 127.0.0.1 (no torchrun needed), one intra-op thread per process:
 
-1. Distributed MAML (``examples/distributed/maml.py --bench``) on compute-bound tasks with 1 and
-   2 workers (rank ``r`` pinned to CPU ``r``; ``--no-pin`` to let the OS schedule), once per
-   ``--tasks`` value (default 16 and 32 tasks per meta-batch: a meta-iteration sends the same
-   four rounds of messages whatever its work, so the speed-up grows with the work per call),
-   alternated over ``--rounds`` rounds; the table gives the median meta-iteration time (best
-   round) and the speed-up of 2 workers over 1. The 1-worker world also times the same
-   meta-iterations without RPC (``local``), so the RPC cost of one worker is visible.
+1. Distributed MAML meta-iterations on compute-bound tasks with 1 and 2 workers (rank ``r``
+   pinned to CPU ``r``; ``--no-pin`` to let the OS schedule), once per ``--tasks`` value
+   (default 16 and 32 tasks per meta-batch: a meta-iteration sends the same four rounds of
+   messages whatever its work, so the speed-up grows with the work per call). By default one
+   world of 2 processes alternates, iteration by iteration, the whole meta-batch on rank 0 (RPC
+   to itself; rank 1 idles) and the meta-batch split over both ranks, so both settings see the
+   same machine conditions; the table gives median times over ``--paired-iterations`` each.
+   ``--separate-worlds`` instead runs ``examples/distributed/maml.py --bench`` in a world of 1
+   and a world of 2, alternated over ``--rounds`` rounds (best median of each), and also times
+   the meta-iterations without RPC (``local``).
    The hardware ceiling line runs two independent processes (no RPC), each the MAML share of
    half the tasks, started at the same instant: ``2 * t_alone / t_together`` bounds the
    speed-up any 2-worker implementation can reach on the machine. A summary table ends the run.
@@ -96,6 +99,83 @@ def _overhead(repeat: int) -> None:
     todist.auto_init_rpc(init_timeout=60)(measure)()
 
 
+# --- worker side: 1 and 2 workers alternated in one world --------------------------------------
+
+
+def _rpc_options(transport: str) -> Any:
+    import torch.distributed.rpc as rpc
+
+    if transport == 'tcp':
+        return rpc.TensorPipeRpcBackendOptions(_transports=['uv'], _channels=['basic'])
+    return None
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def _paired(args: argparse.Namespace) -> None:
+    """Rank 0 of a world of 2 runs distributed-MAML meta-iterations, alternating between the
+    whole meta-batch on itself (1 worker, RPC to self; rank 1 idles) and the meta-batch split
+    over both ranks, so that both settings see the same machine conditions."""
+    sys.path[:0] = [str(EXAMPLE.parent), str(EXAMPLE.parent.parent)]
+    import torch
+
+    import torchopt
+    import torchopt.distributed as todist
+    from fewshot_digits import FewShotDigits  # examples/fewshot_digits.py
+    from maml import init_params, task_losses  # examples/distributed/maml.py
+
+    torch.set_num_threads(1)
+    num_tasks = args.tasks[0]
+
+    @todist.rank_zero_only
+    def measure() -> None:
+        data = FewShotDigits(n_way=5, k_shot=1, k_query=15, split='train', seed=0)
+        params = init_params([64, args.hidden, args.hidden, 5])
+        meta_opt = torchopt.Adam(params, lr=1e-3)
+        partitioners = {
+            1: todist.dim_partitioner(broadcast=(0, 5, 6), workers=[0]),
+            2: todist.dim_partitioner(broadcast=(0, 5, 6)),
+        }
+        times: dict[int, list[tuple[float, float, float]]] = {1: [], 2: []}
+        for it in range(args.warmup + args.iterations):
+            for workers in (1, 2) if it % 2 == 0 else (2, 1):
+                tasks = data.batch(num_tasks)
+                start = time.perf_counter()
+                meta_opt.zero_grad()  # the same meta-iteration as examples/distributed/maml.py
+                with todist.autograd.context() as context_id:
+                    out = todist.remote_sync_call(
+                        task_losses.__wrapped__, args=(params, *tasks, args.inner_steps, 0.4),
+                        partitioner=partitioners[workers], reducer=todist.sum_reducer,
+                    )  # fmt: skip
+                    loss = out[0] / num_tasks
+                    forward_done = time.perf_counter()
+                    todist.autograd.backward(context_id, loss)
+                    backward_done = time.perf_counter()
+                meta_opt.step()
+                if it >= args.warmup:
+                    total = time.perf_counter() - start
+                    times[workers].append(
+                        (total, forward_done - start, backward_done - forward_done)
+                    )
+        result = {
+            str(workers): {
+                'median_s': _median([t[0] for t in rows]),
+                'min_s': min(t[0] for t in rows),
+                'forward_s': _median([t[1] for t in rows]),
+                'backward_s': _median([t[2] for t in rows]),
+                'iterations': len(rows),
+            }
+            for workers, rows in times.items()
+        }
+        print('BENCH ' + json.dumps(result), flush=True)
+
+    todist.auto_init_rpc(rpc_backend_options=_rpc_options(args.rpc_transport), init_timeout=60)(
+        measure
+    )()
+
+
 # --- orchestrator -------------------------------------------------------------------------------
 
 
@@ -177,13 +257,10 @@ def _ms(seconds: float | None) -> str:
     return '-' if seconds is None else f'{1e3 * seconds:.1f}'
 
 
-def _maml_table(args: argparse.Namespace, tasks: int) -> tuple[float, float, float]:
-    """Time distributed MAML with ``tasks`` tasks per meta-batch on 1 and 2 workers; print the
-    table and the machine's 2-worker ceiling for the same work.
-
-    Returns:
-        The 1-worker and 2-worker median meta-iteration times (s) and the ceiling speed-up.
-    """
+def _separate_worlds(args: argparse.Namespace, tasks: int) -> tuple[dict, dict, tuple, str]:
+    """The example's ``--bench`` mode in a world of 1 and a world of 2, alternated over
+    ``--rounds`` rounds (best median of each); the world of 1 also times the meta-iterations
+    without RPC."""
     maml = [
         str(EXAMPLE), '--bench', '--iterations', str(args.iterations), '--warmup', '2',
         '--tasks', str(tasks), '--hidden', str(args.hidden), '--inner-steps',
@@ -197,24 +274,48 @@ def _maml_table(args: argparse.Namespace, tasks: int) -> tuple[float, float, flo
             if workers not in best or result['median_s'] < best[workers]['median_s']:
                 best[workers] = result
     one, two = best[1], best[2]
+    rows = (('local, no RPC', one['local']), ('1 worker (RPC to self)', one), ('2 workers', two))
+    method = (
+        f'separate worlds, best of {args.rounds} rounds, median of {one["iterations"]} '
+        'iterations'
+    )
+    return one, two, rows, method
+
+
+def _maml_table(args: argparse.Namespace, tasks: int) -> tuple[float, float, float]:
+    """Time distributed MAML with ``tasks`` tasks per meta-batch on 1 and 2 workers; print the
+    table and the machine's 2-worker ceiling for the same work.
+
+    Returns:
+        The 1-worker and 2-worker median meta-iteration times (s) and the ceiling speed-up.
+    """
+    if args.separate_worlds:
+        one, two, rows, method = _separate_worlds(args, tasks)
+    else:
+        result = _world(
+            [__file__, '--role', 'paired', '--tasks', str(tasks), '--iterations',
+             str(args.paired_iterations), '--warmup', '2', '--hidden', str(args.hidden),
+             '--inner-steps', str(args.inner_steps), '--rpc-transport', args.rpc_transport],
+            2, timeout=600, pin=args.pin,
+        )  # fmt: skip
+        one, two = result['1'], result['2']
+        rows = (('1 worker (RPC to self)', one), ('2 workers', two))
+        method = (
+            f'1 and 2 workers alternated in one world of 2, median of {one["iterations"]} '
+            'meta-iterations each'
+        )
     print(
         f'Distributed MAML meta-iteration ({tasks} tasks of 5-way 1-shot rotated digits, '
         f'MLP 64-{args.hidden}-{args.hidden}-5, {args.inner_steps} inner steps; '
         f'transport {args.rpc_transport}; {len(os.sched_getaffinity(0))} CPUs, '
-        f'{"one pinned per rank" if args.pin else "unpinned"}; best of {args.rounds} rounds, median of '
-        f'{one["iterations"]} iterations)'
+        f'{"one pinned per rank" if args.pin else "unpinned"}; {method})'
     )
     print(
         f'| {"setting":<28} | {"median (ms)":>11} | {"min (ms)":>9} | {"speed-up":>8} '
         f'| {"fwd (ms)":>8} | {"bwd (ms)":>8} |'
     )
     print(f'|{"-" * 30}|{"-" * 13}|{"-" * 11}|{"-" * 10}|{"-" * 10}|{"-" * 10}|')
-    local = one['local']
-    for name, row in (
-        ('local, no RPC', local),
-        ('1 worker (RPC to self)', one),
-        ('2 workers', two),
-    ):
+    for name, row in rows:
         print(
             f'| {name:<28} | {1e3 * row["median_s"]:>11.1f} | {1e3 * row["min_s"]:>9.1f} | '
             f'{one["median_s"] / row["median_s"]:>7.2f}x | '
@@ -246,7 +347,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
     parser.add_argument('--quick', action='store_true')
     parser.add_argument('--rounds', type=int, default=3)
-    parser.add_argument('--iterations', type=int, default=12)
+    parser.add_argument(
+        '--iterations', type=int, default=12, help='per world and round (--separate-worlds)'
+    )
+    parser.add_argument(
+        '--paired-iterations', type=int, default=40,
+        help='meta-iterations per setting when 1 and 2 workers alternate in one world',
+    )  # fmt: skip
+    parser.add_argument(
+        '--separate-worlds', action='store_true',
+        help='time 1 worker in a world of 1 and 2 workers in a world of 2 (separate runs, '
+        'alternated over --rounds) instead of alternating them in one world',
+    )  # fmt: skip
+    parser.add_argument('--warmup', type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument(
         '--tasks', type=int, nargs='+', default=[16, 32],
         help='tasks per meta-batch; one table per value (more tasks: more compute per RPC)',
@@ -260,18 +373,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--seconds', type=float, default=4.0, help=argparse.SUPPRESS)
     parser.add_argument(
         '--pin', action=argparse.BooleanOptionalAction, default=True,
-        help='pin rank r to CPU r (mod the CPUs this process may use); --no-pin lets the OS place them',
+        help='pin rank r to CPU r (mod the CPUs this process may use); --no-pin lets the OS '
+        'place them',
     )  # fmt: skip
     parser.add_argument('--skip-overhead', action='store_true', help='only the MAML table')
     args = parser.parse_args(argv)
     if args.role == 'overhead':
         _overhead(args.repeat)
         return
+    if args.role == 'paired':
+        _paired(args)
+        return
     if args.role == 'ceiling':
         _ceiling(args.start_at, args.seconds, args.tasks[0], args.hidden, args.inner_steps)
         return
     if args.quick:
-        args.rounds, args.iterations, args.repeat = 1, 6, 100
+        args.rounds, args.iterations, args.paired_iterations, args.repeat = 1, 6, 8, 100
         args.tasks = args.tasks[:1]
 
     rows = {tasks: _maml_table(args, tasks) for tasks in args.tasks}

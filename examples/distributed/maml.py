@@ -17,7 +17,7 @@ and the meta-gradient flows back to rank 0 through distributed autograd:
 (with ``--inner-steps`` steps instead of one). Rank 0 writes the plot ``outputs/maml.png`` (or
 ``--out DIR``): meta-train query loss and accuracy per meta-iteration, with the meta-test
 accuracy before and after. ``--bench`` prints one JSON line of timings instead (no plot), used by
-``benchmarks/distributed_bench.py``.
+``benchmarks/distributed_bench.py --separate-worlds``.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ TOP_PAD = 64 << 20
 
 
 def check_positive(value: int | None, name: str) -> int | None:
-    """Return ``value`` if it is ``None`` or a positive int; raise ``ValueError`` naming ``name``."""
+    """Return ``value`` when it is ``None`` or a positive int, else raise ``ValueError``."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
