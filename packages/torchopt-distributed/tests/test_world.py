@@ -206,35 +206,32 @@ libc.malloc_stats()  # one "Arena N:" block per arena, on stderr
 '''
 
 
-@pytest.mark.skipif(
+_GLIBC_ONLY = pytest.mark.skipif(
     not sys.platform.startswith('linux') or platform.libc_ver()[0] != 'glibc',
-    reason='mallopt(M_ARENA_MAX) is glibc-specific',
+    reason='mallopt() settings are glibc-specific',
 )
+
+
+def _python(code: str, *argv: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (malloc settings are per process)."""
+    return subprocess.run(
+        [sys.executable, '-c', code, *argv], env=env, capture_output=True, text=True,
+        timeout=120, check=True,
+    )  # fmt: skip
+
+
+def _env_without_malloc_variables() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}
+
+
+@_GLIBC_ONLY
 def test_limit_malloc_arenas_caps_new_threads():
-    env = {k: v for k, v in os.environ.items() if k != 'MALLOC_ARENA_MAX'}
     arenas = {}
     for mode in ('cap', 'free'):
-        out = subprocess.run(
-            [sys.executable, '-c', _ARENAS_SCRIPT, mode], env=env, capture_output=True, text=True,
-            timeout=120, check=True,
-        )  # fmt: skip
+        out = _python(_ARENAS_SCRIPT, mode, env=_env_without_malloc_variables())
         assert out.stdout.strip() == ('True' if mode == 'cap' else 'False')
         arenas[mode] = out.stderr.count('Arena ')
     assert arenas['cap'] == 1 < arenas['free'], arenas
-    # the user's environment variable wins
-    assert not subprocess.run(
-        [sys.executable, '-c', 'from torchopt_distributed.world import limit_malloc_arenas as f; '
-         'raise SystemExit(f(1))'],
-        env={**env, 'MALLOC_ARENA_MAX': '4'}, timeout=120,
-    ).returncode  # fmt: skip
-
-
-@pytest.mark.parametrize('bad', [0, -1, 1.5, True, '2'])
-def test_malloc_arena_max_is_validated(bad):
-    with pytest.raises(ValueError, match='malloc_arena_max must be a positive int or None'):
-        world.auto_init_rpc(malloc_arena_max=bad)
-    with pytest.raises(ValueError, match='malloc_arena_max'):
-        world.limit_malloc_arenas(bad)
 
 
 _TRIM_SCRIPT = '''
@@ -251,34 +248,39 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 '''
 
 
-@pytest.mark.skipif(
-    not sys.platform.startswith('linux') or platform.libc_ver()[0] != 'glibc',
-    reason='mallopt(M_TRIM_THRESHOLD) is glibc-specific',
-)
+@_GLIBC_ONLY
 def test_retain_freed_memory_stops_refaulting_each_iteration():
-    env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}
     faults = {}
     for mode in ('keep', 'free'):
-        out = subprocess.run(
-            [sys.executable, '-c', _TRIM_SCRIPT, mode], env=env, capture_output=True, text=True,
-            timeout=120, check=True,
-        )  # fmt: skip
+        out = _python(_TRIM_SCRIPT, mode, env=_env_without_malloc_variables())
         applied, count = out.stdout.split()
         assert applied == ('True' if mode == 'keep' else 'False')
         faults[mode] = int(count)
     # 64 MiB is 16,384 pages: glibc returns them to the OS after each iteration by default
     assert faults['keep'] < 2_000 < 8_000 < faults['free'], faults
-    # the user's environment variable wins
-    assert not subprocess.run(
-        [sys.executable, '-c', 'from torchopt_distributed.world import retain_freed_memory as f; '
-         'raise SystemExit(f(1 << 30))'],
-        env={**env, 'MALLOC_TRIM_THRESHOLD_': '131072'}, timeout=120,
-    ).returncode  # fmt: skip
+
+
+@_GLIBC_ONLY
+@pytest.mark.parametrize(
+    ('call', 'variable', 'value'),
+    [('limit_malloc_arenas(1)', 'MALLOC_ARENA_MAX', '4'),
+     ('retain_freed_memory(1 << 30)', 'MALLOC_TRIM_THRESHOLD_', '131072')],
+)  # fmt: skip
+def test_malloc_environment_variable_wins(call, variable, value):
+    code = f'from torchopt_distributed import world; print(world.{call})'
+    env = _env_without_malloc_variables()
+    assert _python(code, env=env).stdout.strip() == 'True'
+    assert _python(code, env={**env, variable: value}).stdout.strip() == 'False'
 
 
 @pytest.mark.parametrize('bad', [0, -1, 1.5, True, '2'])
-def test_malloc_trim_threshold_is_validated(bad):
-    with pytest.raises(ValueError, match='malloc_trim_threshold must be a positive int or None'):
-        world.auto_init_rpc(malloc_trim_threshold=bad)
-    with pytest.raises(ValueError, match='malloc_trim_threshold'):
-        world.retain_freed_memory(bad)
+@pytest.mark.parametrize(
+    ('argument', 'function'),
+    [('malloc_arena_max', 'limit_malloc_arenas'),
+     ('malloc_trim_threshold', 'retain_freed_memory')],
+)  # fmt: skip
+def test_malloc_arguments_are_validated(bad, argument, function):
+    with pytest.raises(ValueError, match=f'{argument} must be a positive int or None'):
+        world.auto_init_rpc(**{argument: bad})
+    with pytest.raises(ValueError, match=argument):
+        getattr(world, function)(bad)
