@@ -6,9 +6,10 @@ frees them, and allocates them again. Two glibc defaults make it pay page faults
 * every thread of the RPC pool gets its own *arena*, and a request lands on whichever thread is
   free, often on an arena whose memory was returned to the OS since it was last used
   (:func:`limit_malloc_arenas`);
-* freed memory at the top of the heap beyond ``M_TRIM_THRESHOLD`` (a few MiB at most by default)
-  goes back to the OS, and blocks above ``M_MMAP_THRESHOLD`` are unmapped on free, so the next
-  iteration touches fresh pages again (:func:`retain_freed_memory`).
+* freed memory at the top of the heap beyond ``M_TRIM_THRESHOLD`` (128 KiB by default, raised
+  to twice the largest mapped block freed so far, at most 64 MiB) goes back to the OS, and blocks
+  above ``M_MMAP_THRESHOLD`` are unmapped on free, so the next iteration touches fresh pages
+  again (:func:`retain_freed_memory`).
 
 Each setting is skipped when its ``MALLOC_*`` environment variable is set (the user's choice wins),
 off Linux, and when the C library has no ``mallopt``.
