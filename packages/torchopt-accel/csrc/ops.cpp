@@ -173,6 +173,15 @@ TensorVec empty_like_all(at::TensorList ts) {
   return out;
 }
 
+// An empty plan for `leaves` leaves of the dtype and device of `first`.
+Plan make_plan(const at::Tensor& first, size_t leaves) {
+  Plan plan;
+  plan.dtype = first.scalar_type();
+  plan.device = first.device();
+  plan.spans.reserve(leaves);
+  return plan;
+}
+
 }  // namespace
 
 void adam_step_impl(at::TensorList updates, at::TensorList mu, at::TensorList nu, double b1,
@@ -180,10 +189,7 @@ void adam_step_impl(at::TensorList updates, at::TensorList mu, at::TensorList nu
   const auto s = make_scalars(b1, b2, eps, eps_root, count);
   check_lists("torchopt_accel.adam_step_", {updates, mu, nu}, {"updates", "mu", "nu"});
   if (updates.empty()) return;
-  Plan plan;
-  plan.dtype = updates[0].scalar_type();
-  plan.device = updates[0].device();
-  plan.spans.reserve(updates.size());
+  Plan plan = make_plan(updates[0], updates.size());
   for (size_t i = 0; i < updates.size(); ++i) {
     add_leaf(plan, {updates[i], mu[i], nu[i]}, {updates[i], mu[i], nu[i]});
   }
@@ -198,10 +204,7 @@ Triple adam_forward_impl(at::TensorList updates, at::TensorList mu, at::TensorLi
   Triple result{empty_like_all(updates), empty_like_all(mu), empty_like_all(nu)};
   if (updates.empty()) return result;
   auto& [u, m, v] = result;
-  Plan plan;
-  plan.dtype = updates[0].scalar_type();
-  plan.device = updates[0].device();
-  plan.spans.reserve(updates.size());
+  Plan plan = make_plan(updates[0], updates.size());
   for (size_t i = 0; i < updates.size(); ++i) {
     add_leaf(plan, {updates[i], mu[i], nu[i]}, {u[i], m[i], v[i]});
   }
@@ -230,10 +233,7 @@ Triple adam_backward_impl(at::TensorList grad_updates, at::TensorList grad_mu,
   Triple result{empty_like_all(updates), empty_like_all(mu), empty_like_all(nu)};
   if (updates.empty()) return result;
   auto& [dg, dm, dv] = result;
-  Plan plan;
-  plan.dtype = updates[0].scalar_type();
-  plan.device = updates[0].device();
-  plan.spans.reserve(updates.size());
+  Plan plan = make_plan(updates[0], updates.size());
   for (size_t i = 0; i < updates.size(); ++i) {
     add_leaf(plan,
              {grad_updates[i], grad_mu.empty() ? at::Tensor() : grad_mu[i],
@@ -254,10 +254,7 @@ void adam_apply_impl(at::TensorList params, at::TensorList grads, at::TensorList
       make_apply_scalars(lr, b1, b2, eps, eps_root, count, weight_decay, decoupled, maximize);
   check_lists(op, {params, grads, mu, nu}, {"params", "grads", "mu", "nu"});
   if (params.empty()) return;
-  Plan plan;
-  plan.dtype = params[0].scalar_type();
-  plan.device = params[0].device();
-  plan.spans.reserve(params.size());
+  Plan plan = make_plan(params[0], params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     // Written first (params, mu, nu), then the read-only gradient.
     check_writable(op, i, {params[i], mu[i], nu[i], grads[i]}, {"params", "mu", "nu", "grads"},
