@@ -102,14 +102,6 @@ def _overhead(repeat: int) -> None:
 # --- worker side: 1 and 2 workers alternated in one world --------------------------------------
 
 
-def _rpc_options(transport: str) -> Any:
-    import torch.distributed.rpc as rpc
-
-    if transport == 'tcp':
-        return rpc.TensorPipeRpcBackendOptions(_transports=['uv'], _channels=['basic'])
-    return None
-
-
 def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
@@ -119,59 +111,48 @@ def _paired(args: argparse.Namespace) -> None:
     whole meta-batch on itself (1 worker, RPC to self; rank 1 idles) and the meta-batch split
     over both ranks, so that both settings see the same machine conditions."""
     sys.path[:0] = [str(EXAMPLE.parent), str(EXAMPLE.parent.parent)]
+    from types import SimpleNamespace
+
     import torch
 
     import torchopt
     import torchopt.distributed as todist
     from fewshot_digits import FewShotDigits  # examples/fewshot_digits.py
-    from maml import init_params, task_losses  # examples/distributed/maml.py
+    from maml import init_params, meta_step, rpc_options  # examples/distributed/maml.py
 
     torch.set_num_threads(1)
     num_tasks = args.tasks[0]
+    settings = SimpleNamespace(inner_steps=args.inner_steps, inner_lr=0.4)
 
     @todist.rank_zero_only
     def measure() -> None:
         data = FewShotDigits(n_way=5, k_shot=1, k_query=15, split='train', seed=0)
         params = init_params([64, args.hidden, args.hidden, 5])
         meta_opt = torchopt.Adam(params, lr=1e-3)
-        partitioners = {
-            1: todist.dim_partitioner(broadcast=(0, 5, 6), workers=[0]),
-            2: todist.dim_partitioner(broadcast=(0, 5, 6)),
-        }
-        times: dict[int, list[tuple[float, float, float]]] = {1: [], 2: []}
+        totals: dict[int, list[float]] = {1: [], 2: []}
+        parts: dict[int, list[tuple[float, float]]] = {1: [], 2: []}  # (forward, backward)
         for it in range(args.warmup + args.iterations):
             for workers in (1, 2) if it % 2 == 0 else (2, 1):
                 tasks = data.batch(num_tasks)
                 start = time.perf_counter()
-                meta_opt.zero_grad()  # the same meta-iteration as examples/distributed/maml.py
-                with todist.autograd.context() as context_id:
-                    out = todist.remote_sync_call(
-                        task_losses.__wrapped__, args=(params, *tasks, args.inner_steps, 0.4),
-                        partitioner=partitioners[workers], reducer=todist.sum_reducer,
-                    )  # fmt: skip
-                    loss = out[0] / num_tasks
-                    forward_done = time.perf_counter()
-                    todist.autograd.backward(context_id, loss)
-                    backward_done = time.perf_counter()
-                meta_opt.step()
-                if it >= args.warmup:
-                    total = time.perf_counter() - start
-                    times[workers].append(
-                        (total, forward_done - start, backward_done - forward_done)
-                    )
-        result = {
-            str(workers): {
-                'median_s': _median([t[0] for t in rows]),
-                'min_s': min(t[0] for t in rows),
-                'forward_s': _median([t[1] for t in rows]),
-                'backward_s': _median([t[2] for t in rows]),
-                'iterations': len(rows),
+                meta_step(
+                    params, meta_opt, tasks, settings, parts[workers],
+                    workers=[0] if workers == 1 else None,
+                )  # fmt: skip
+                totals[workers].append(time.perf_counter() - start)
+        result = {}
+        for workers, total in totals.items():
+            total, part = total[args.warmup :], parts[workers][args.warmup :]
+            result[str(workers)] = {
+                'median_s': _median(total),
+                'min_s': min(total),
+                'forward_s': _median([f for f, _ in part]),
+                'backward_s': _median([b for _, b in part]),
+                'iterations': len(total),
             }
-            for workers, rows in times.items()
-        }
         print('BENCH ' + json.dumps(result), flush=True)
 
-    todist.auto_init_rpc(rpc_backend_options=_rpc_options(args.rpc_transport), init_timeout=60)(
+    todist.auto_init_rpc(rpc_backend_options=rpc_options(args.rpc_transport), init_timeout=60)(
         measure
     )()
 

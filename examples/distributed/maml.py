@@ -39,7 +39,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import add_common_args, output_dir, progress, pyplot  # noqa: E402  (examples/common.py)
 from fewshot_digits import FewShotDigits  # noqa: E402  (examples/fewshot_digits.py)
 
-__all__ = ['init_params', 'forward', 'adapt_and_evaluate', 'task_losses', 'main']
+__all__ = [
+    'init_params', 'forward', 'adapt_and_evaluate', 'task_losses', 'meta_step', 'rpc_options', 'main',
+]
 
 torch.set_num_threads(1)
 
@@ -85,7 +87,13 @@ def adapt_and_evaluate(
     return F.cross_entropy(logits, y_qry), accuracy
 
 
-@todist.parallelize(partitioner=todist.dim_partitioner(broadcast=(0, 5, 6)), reducer=todist.sum_reducer)
+# params, inner_steps and inner_lr go whole to every worker; the task tensors are split.
+_BROADCAST = (0, 5, 6)
+
+
+@todist.parallelize(
+    partitioner=todist.dim_partitioner(broadcast=_BROADCAST), reducer=todist.sum_reducer
+)
 def task_losses(
     params: list[torch.Tensor],
     x_spt: torch.Tensor,
@@ -106,13 +114,26 @@ def task_losses(
     return torch.stack([torch.stack(losses).sum(), torch.stack(accs).sum().detach()])
 
 
-def meta_step(params, meta_opt, tasks, args, timings: list | None = None) -> tuple[float, float]:
-    """One distributed meta-iteration; returns (mean query loss, mean query accuracy)."""
+def meta_step(
+    params, meta_opt, tasks, args, timings: list | None = None, workers: list[int] | None = None
+) -> tuple[float, float]:
+    """One distributed meta-iteration; returns (mean query loss, mean query accuracy).
+
+    ``workers`` limits the shares to these ranks (default: every rank of the world), e.g.
+    ``[0]`` for the whole meta-batch on rank 0 in a larger world (used by the benchmark).
+    """
     num_tasks = tasks.x_support.shape[0]
     start = time.perf_counter()
     meta_opt.zero_grad()
     with todist.autograd.context() as context_id:
-        out = task_losses(params, *tasks, args.inner_steps, args.inner_lr)
+        if workers is None:
+            out = task_losses(params, *tasks, args.inner_steps, args.inner_lr)
+        else:
+            out = todist.remote_sync_call(
+                task_losses.__wrapped__, args=(params, *tasks, args.inner_steps, args.inner_lr),
+                partitioner=todist.dim_partitioner(broadcast=_BROADCAST, workers=workers),
+                reducer=todist.sum_reducer,
+            )  # fmt: skip
         loss = out[0] / num_tasks
         forward_done = time.perf_counter()
         todist.autograd.backward(context_id, loss)
@@ -236,13 +257,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def rpc_options(transport: str) -> todist.rpc.TensorPipeRpcBackendOptions | None:
+    """TensorPipe options for ``--rpc-transport``: ``None`` (torch's default: shared memory on
+    one host) for ``'default'``, TCP with the basic channel for ``'tcp'``."""
+    if transport == 'tcp':
+        return todist.rpc.TensorPipeRpcBackendOptions(_transports=['uv'], _channels=['basic'])
+    return None
+
+
 def main(argv: list[str] | None = None) -> dict[str, float] | None:
     """Start RPC for the torchrun world and meta-train; rank 0 returns the headline numbers."""
     args = parse_args(argv)
-    options = None
-    if args.rpc_transport == 'tcp':
-        options = todist.rpc.TensorPipeRpcBackendOptions(_transports=['uv'], _channels=['basic'])
-    return todist.auto_init_rpc(rpc_backend_options=options)(train)(args)
+    return todist.auto_init_rpc(rpc_backend_options=rpc_options(args.rpc_transport))(train)(args)
 
 
 if __name__ == '__main__':
