@@ -235,29 +235,38 @@ def test_limit_malloc_arenas_caps_new_threads():
 
 
 _TRIM_SCRIPT = '''
-import resource, sys, torch
+import sys, torch
 from torchopt_distributed.world import retain_freed_memory
 applied = retain_freed_memory(1 << 30) if sys.argv[1] == 'keep' else False
-def iteration():  # 64 MiB in 1 MiB tensors, touched, then freed
-    tensors = [torch.empty(1 << 18).fill_(1.0) for _ in range(64)]
+def rss_mib():
+    with open('/proc/self/status') as status:
+        return next(int(l.split()[1]) for l in status if l.startswith('VmRSS:')) / 1024
+def iteration():  # 256 MiB in 1 MiB tensors, touched, then freed
+    tensors = [torch.empty(1 << 18).fill_(1.0) for _ in range(256)]
     del tensors
-iteration(); iteration()  # let glibc's moving mmap threshold settle
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-iteration()
-print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+baseline = rss_mib()
+for _ in range(3):  # the first ones also let glibc's moving mmap threshold settle
+    iteration()
+print(applied, round(rss_mib() - baseline))
 '''
 
 
 @_GLIBC_ONLY
-def test_retain_freed_memory_stops_refaulting_each_iteration():
-    faults = {}
-    for mode in ('keep', 'free'):
+def test_retain_freed_memory_keeps_freed_memory_resident():
+    def kept_mib(mode: str) -> int:
         out = _python(_TRIM_SCRIPT, mode, env=_env_without_malloc_variables())
-        applied, count = out.stdout.split()
+        applied, mib = out.stdout.split()
         assert applied == ('True' if mode == 'keep' else 'False')
-        faults[mode] = int(count)
-    # 64 MiB is 16,384 pages: glibc returns them to the OS after each iteration by default
-    assert faults['keep'] < 2_000 < 8_000 < faults['free'], faults
+        return int(mib)
+
+    # With the setting, the 256 MiB freed by each iteration stays resident for the next one.
+    assert kept_mib('keep') > 200
+    # By default glibc returns freed memory at the top of the heap beyond its trim threshold
+    # (which moves, but never past 64 MiB) to the OS, and the next iteration faults it back in.
+    # Not in every process, though: about 1 in 5 keeps it all (the main heap's layout varies),
+    # so look for a trimming process among a few. (Counting page faults instead is unreliable:
+    # with transparent huge pages, faulting 256 MiB back in can take 128 faults.)
+    assert any(kept_mib('free') < 100 for _ in range(6))
 
 
 @_GLIBC_ONLY
