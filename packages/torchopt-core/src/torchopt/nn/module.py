@@ -34,7 +34,7 @@ class MetaInputsContainer(NamedTuple):
 
     Attributes:
         meta_parameters: the tensors that require grad, and every parameter of the meta-modules.
-        meta_modules: the modules, and every submodule of them.
+        meta_modules: the modules in training mode, and every submodule of them.
 
     """
 
@@ -46,7 +46,7 @@ def _check_name(kind: str, name: Any) -> None:
     if not isinstance(name, str):
         raise TypeError(f'{kind} name should be a string. Got {torch.typename(name)}')
     if '.' in name:
-        suffix = f', got: {name}' if kind.endswith('module') else ''
+        suffix = f", got: '{name}'" if kind.endswith('module') else ''
         raise KeyError(f"{kind} name can't contain '.'{suffix}")
     if name == '':
         raise KeyError(f"{kind} name can't be empty string ''")
@@ -75,11 +75,12 @@ class MetaGradientModule(nn.Module):
 
     **Which objects are meta.** :meth:`__new__` flattens the constructor arguments (any pytree
     of them): every tensor with ``requires_grad=True`` is a meta-parameter candidate, and every
-    :class:`torch.nn.Module` is a meta-module candidate; the parameters of a meta-module are
-    meta-parameters and its submodules meta-modules. Meta-ness is decided by *identity* and
-    only by it: unlike upstream TorchOpt (issue #144), a module passed in ``.eval()`` mode is
-    still a meta-module; its training flag is a layer behaviour (dropout, batch norm), not a
-    statement about which loop optimizes it.
+    :class:`torch.nn.Module` *in training mode* is a meta-module candidate; the parameters of a
+    meta-module are meta-parameters and its submodules meta-modules. As in TorchOpt 0.7, a
+    module passed in ``.eval()`` mode is not a meta-input: assigned as an attribute it becomes
+    an ordinary child module, and its parameters become parameters of this module (upstream
+    issue #144). The base class itself takes the arguments, so ``MetaGradientModule(x, net)``
+    works as well as a subclass whose ``__init__`` calls ``super().__init__()``.
 
     **Attribute assignment** (``self.name = value``):
 
@@ -113,7 +114,7 @@ class MetaGradientModule(nn.Module):
         leaves = optree.tree_leaves((args, kwargs), none_is_leaf=True)
         meta_parameters = {x for x in leaves if isinstance(x, torch.Tensor) and x.requires_grad}
         meta_modules: set[nn.Module] = set()
-        for module in (x for x in leaves if isinstance(x, nn.Module)):
+        for module in (x for x in leaves if isinstance(x, nn.Module) and x.training):
             meta_modules.update(module.modules())
             meta_parameters.update(module.parameters())
         meta_inputs = MetaInputsContainer(meta_parameters, meta_modules)
@@ -121,6 +122,10 @@ class MetaGradientModule(nn.Module):
         object.__setattr__(instance, '_meta_parameters', OrderedDict())
         object.__setattr__(instance, '_meta_modules', OrderedDict())
         return instance
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Initialize :class:`torch.nn.Module`; ``args``/``kwargs`` were read by :meth:`__new__`."""
+        super().__init__()
 
     # ------------------------------------------------------------------------------------------
     # attribute protocol
@@ -174,7 +179,7 @@ class MetaGradientModule(nn.Module):
                 raise AttributeError('cannot assign module before Module.__init__() call')
             if meta_modules is None:
                 raise AttributeError(
-                    'cannot assign meta-module before MetaGradientModule.__init__() call'
+                    'cannot assign module before MetaGradientModule.__init__() call'
                 )
             if value in self._meta_inputs.meta_modules:
                 self._forget(name, keep='_meta_modules')
@@ -237,7 +242,7 @@ class MetaGradientModule(nn.Module):
 
         """
         if '_parameters' not in self.__dict__:
-            raise AttributeError('cannot assign parameters before Module.__init__() call')
+            raise AttributeError('cannot assign parameter before Module.__init__() call')
         _check_name('parameter', name)
         if hasattr(self, name) and name not in self._parameters:
             raise KeyError(f"attribute '{name}' already exists")
@@ -276,7 +281,7 @@ class MetaGradientModule(nn.Module):
         """
         if '_meta_parameters' not in self.__dict__ or '_parameters' not in self.__dict__:
             raise AttributeError(
-                'cannot assign meta-parameters before MetaGradientModule.__init__() call'
+                'cannot assign meta-parameter before MetaGradientModule.__init__() call'
             )
         _check_name('meta-parameter', name)
         if hasattr(self, name) and name not in self._meta_parameters:
