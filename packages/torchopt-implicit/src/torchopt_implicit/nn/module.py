@@ -75,6 +75,9 @@ def make_optimality_from_objective(
     The gradient is taken by :func:`torch.func.grad` with respect to the module parameters
     (not the meta-parameters).
 
+    The derived ``optimality()`` raises :class:`RuntimeError` ``'The module has no
+    parameters.'`` / ``'The module has no meta-parameters.'`` as upstream.
+
     Raises:
         TypeError: ``'The objective function is not defined.'`` if ``cls`` has no
             ``objective()`` of its own.
@@ -83,6 +86,7 @@ def make_optimality_from_objective(
         raise TypeError('The objective function is not defined.')
 
     def optimality(self: ImplicitMetaGradientModule, *input: Any, **kwargs: Any) -> TupleOfTensors:  # noqa: A002
+        _check_has_parameters(self)
         names, params = zip(*self.named_parameters())
 
         def objective_of(flat_params: TupleOfTensors) -> torch.Tensor:
@@ -96,6 +100,14 @@ def make_optimality_from_objective(
     return cls
 
 
+def _check_has_parameters(module: ImplicitMetaGradientModule) -> None:
+    """Raise upstream's RuntimeError when ``module`` has no parameters or no meta-parameters."""
+    if next(module.parameters(), None) is None:
+        raise RuntimeError('The module has no parameters.')
+    if next(module.meta_parameters(), None) is None:
+        raise RuntimeError('The module has no meta-parameters.')
+
+
 @functools.lru_cache(maxsize=None)
 def _implicit_solver(solve: LinearSolver | None) -> Callable[..., TupleOfTensors]:
     return custom_root(_stateless_optimality_fn, argnums=1, solve=solve)(_identity_solver_fn)
@@ -106,11 +118,16 @@ def enable_implicit_gradients(
 ) -> type[ImplicitMetaGradientModule]:
     """Wrap ``cls.solve`` so that the solved parameters carry implicit meta-gradients.
 
-    The wrapper runs the user's ``solve`` (with the caller's grad mode), detaches the resulting
-    parameters, routes them through :func:`~torchopt_implicit.custom_root` with the stateless
-    ``optimality()`` (differentiating with respect to the meta-parameters, solving the linear
-    system with ``cls.linear_solve``), swaps the differentiable solution back into the module
-    and returns what ``solve`` returned.
+    The wrapper runs the user's ``solve`` with gradient recording off, as upstream's
+    ``custom_root`` does (``solve`` may update the parameters in place; an inner loop that needs
+    autograd opens ``torch.enable_grad()``), detaches the resulting parameters, routes them
+    through :func:`~torchopt_implicit.custom_root` with the stateless ``optimality()``
+    (differentiating with respect to the meta-parameters, solving the linear system with
+    ``cls.linear_solve``), swaps the differentiable solution back into the module and returns
+    what ``solve`` returned.
+
+    The wrapped ``solve`` raises :class:`RuntimeError` ``'The module has no parameters.'`` or
+    ``'The module has no meta-parameters.'`` before running the user's ``solve``.
 
     Raises:
         TypeError: ``'Implicit gradients are already enabled for the `solve` method.'``
@@ -121,11 +138,9 @@ def enable_implicit_gradients(
 
     @functools.wraps(cls_solve)
     def wrapped(self: ImplicitMetaGradientModule, *input: Any, **kwargs: Any) -> Any:  # noqa: A002
-        if next(self.parameters(), None) is None:
-            raise RuntimeError('The module has no parameters.')
-        if next(self.meta_parameters(), None) is None:
-            raise RuntimeError('The module has no meta-parameters.')
-        output = cls_solve(self, *input, **kwargs)
+        _check_has_parameters(self)
+        with torch.no_grad():
+            output = cls_solve(self, *input, **kwargs)
         params_names, flat_params = zip(*self.named_parameters())
         meta_names, flat_meta_params = zip(*self.named_meta_parameters())
         flat_optimal = tuple(p.detach() for p in flat_params)
@@ -202,9 +217,11 @@ class ImplicitMetaGradientModule(MetaGradientModule, metaclass=abc.ABCMeta):
     def solve(self, *input: Any, **kwargs: Any) -> Any:  # noqa: A002
         """Solve the inner problem, leaving the solution in the module's parameters.
 
-        Use any optimizer; when it uses autograd, differentiate with respect to the parameters
-        only (``loss.backward(inputs=list(self.parameters()))`` or :func:`torch.autograd.grad`),
-        so that no gradient leaks into the meta-parameters.
+        It runs with gradient recording off (as in upstream TorchOpt), so it may update the
+        parameters in place; an optimizer loop that needs autograd opens
+        ``with torch.enable_grad():``. Differentiate with respect to the parameters only
+        (``loss.backward(inputs=list(self.parameters()))`` or :func:`torch.autograd.grad`), so
+        that no gradient leaks into the meta-parameters.
 
         Returns:
             Anything; it is returned by the wrapped :meth:`solve`.
