@@ -1,7 +1,8 @@
 """Learning-rate schedules: callables ``count -> value`` (upstream ``torchopt.schedule``).
 
-``count`` may be a Python number or an integer tensor; values are computed in Python floats
-(double precision) for numbers.
+``count`` may be a Python number or a tensor (integer or floating). Values are computed in
+double precision: Python floats for numbers; for a tensor count, float64 tensors cast at the
+end to the count's floating dtype (the default dtype for an integer count).
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def _result_dtype(count: torch.Tensor) -> torch.dtype:
+    """The dtype of a schedule's value for a tensor ``count``."""
+    return count.dtype if count.is_floating_point() else torch.get_default_dtype()
 
 
 def _clip(x: Numeric, lo: float, hi: float) -> Numeric:
@@ -58,8 +64,10 @@ def polynomial_schedule(
         transition_begin = 0
 
     def schedule(count: Numeric) -> Numeric:
-        frac = 1 - _clip(count - transition_begin, 0, transition_steps) / transition_steps
-        return (init_value - end_value) * (frac**power) + end_value
+        c = count.to(torch.float64) if isinstance(count, torch.Tensor) else count
+        frac = 1 - _clip(c - transition_begin, 0, transition_steps) / transition_steps
+        value = (init_value - end_value) * (frac**power) + end_value
+        return value.to(_result_dtype(count)) if isinstance(count, torch.Tensor) else value
 
     return schedule
 
@@ -79,38 +87,51 @@ def exponential_decay(
     staircase: bool = False,
     end_value: float | None = None,
 ) -> Schedule:
-    r"""Exponential decay: :math:`v(c) = v_0 \, r^{(c - c_0)/T}` (floored exponent if ``staircase``).
+    r"""Exponential decay :math:`v(c) = v_0 \, r^{(c - c_0)/T}`, exponent floored if ``staircase``.
 
-    The value is ``init_value`` while ``count <= transition_begin`` and is bounded by
-    ``end_value`` (a floor when ``decay_rate < 1``, a ceiling otherwise).
+    The decayed value is ``init_value`` while ``count <= transition_begin``. With ``end_value``
+    every value, those before ``transition_begin`` included, is clipped by it: a floor when
+    ``decay_rate < 1``, a ceiling otherwise (as TorchOpt 0.7 and optax do). A non-positive
+    ``transition_steps`` or a zero ``decay_rate`` gives the constant ``init_value``.
+
+    ``count`` may be a Python number (the value is a Python float) or a tensor (the value is
+    computed in float64 and returned in the count's floating dtype, or the default dtype for an
+    integer count).
     """
     if transition_steps <= 0 or decay_rate == 0.0:
-        logger.info('exponential_decay: constant schedule (transition_steps <= 0 or decay_rate == 0)')
+        logger.info(
+            'exponential_decay: constant schedule (transition_steps <= 0 or decay_rate == 0)'
+        )
         return lambda count: init_value
     if transition_begin < 0:
+        logger.info(
+            'An exponential schedule was set with a negative `transition_begin` value; this will '
+            'result in `transition_begin` falling back to `0`.'
+        )
         transition_begin = 0
-    clip_fn = None
-    if end_value is not None:
-        clip_fn = max if decay_rate < 1.0 else min
+    lower = end_value is not None and decay_rate < 1.0
 
     def schedule(count: Numeric) -> Numeric:
-        steps = count - transition_begin
-        if isinstance(steps, torch.Tensor):
+        if isinstance(count, torch.Tensor):
+            steps = count.to(torch.float64) - transition_begin
             exponent = steps / transition_steps
             if staircase:
                 exponent = torch.floor(exponent)
             value = torch.where(steps <= 0, init_value, init_value * decay_rate**exponent)
-            if clip_fn is not None:
-                bound = torch.as_tensor(end_value, dtype=value.dtype)
-                value = torch.maximum(value, bound) if clip_fn is max else torch.minimum(value, bound)
-            return value
+            if end_value is not None:
+                value = value.clamp(min=end_value) if lower else value.clamp(max=end_value)
+            return value.to(_result_dtype(count))
+        steps = count - transition_begin
         if steps <= 0:
-            return init_value
-        exponent = steps / transition_steps
-        if staircase:
-            exponent = math.floor(exponent)
-        value = init_value * decay_rate**exponent
-        return clip_fn(value, end_value) if clip_fn is not None else value
+            value = init_value
+        else:
+            exponent = steps / transition_steps
+            if staircase:
+                exponent = math.floor(exponent)
+            value = init_value * decay_rate**exponent
+        if end_value is not None:
+            value = max(value, end_value) if lower else min(value, end_value)
+        return value
 
     return schedule
 
@@ -126,11 +147,12 @@ def cosine_decay_schedule(
         raise ValueError(f'`decay_steps` must be positive, got {decay_steps!r}')
 
     def schedule(count: Numeric) -> Numeric:
-        c = _clip(count, 0, decay_steps)
-        if isinstance(c, torch.Tensor):
+        if isinstance(count, torch.Tensor):
+            c = _clip(count.to(torch.float64), 0, decay_steps)
             cosine = 0.5 * (1 + torch.cos(math.pi * c / decay_steps))
-        else:
-            cosine = 0.5 * (1 + math.cos(math.pi * c / decay_steps))
+            return (init_value * ((1 - alpha) * cosine**exponent + alpha)).to(_result_dtype(count))
+        c = _clip(count, 0, decay_steps)
+        cosine = 0.5 * (1 + math.cos(math.pi * c / decay_steps))
         return init_value * ((1 - alpha) * cosine**exponent + alpha)
 
     return schedule
