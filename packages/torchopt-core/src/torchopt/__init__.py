@@ -87,14 +87,12 @@ from torchopt.utils import (  # noqa: E402
     stop_gradient,
 )
 from torchopt.version import __version__  # noqa: E402
+from torchopt import _states  # noqa: E402
 
-# Optimizer states are NamedTuples of tensors and numbers: allow them in torch.load's default
-# ``weights_only=True`` mode so that ``torch.save(opt.state_dict())`` round-trips.
-_torch_serialization = __import__('torch').serialization
-_torch_serialization.add_safe_globals(
-    [*transform.STATES, base.EmptyState, base.UninitializedState]
-)
-del _torch_serialization
+# Optimizer states are NamedTuples of tensors: allow every state class of the core in torch.load's
+# default ``weights_only=True`` mode so that ``torch.save(opt.state_dict())`` round-trips. The
+# classes are found, not listed, so a new transformation's state cannot be forgotten.
+_states.register_safe_globals()
 
 __all__ = [
     'accelerated_op_available',

@@ -1,7 +1,7 @@
 """Multi-tensor ops that also work under ``torch.func`` transforms and save little for backward.
 
 ``torch._foreach_*`` ops are the fast path (one call per list). The same op runs per tensor
-instead in two cases:
+instead (the rule is :func:`torchopt._dispatch.per_tensor`) in two cases:
 
 * inside ``torch.func.vmap``/``grad`` (detected once per call from functorch's interpreter
   stack): foreach ops have no batching rules;
@@ -17,57 +17,23 @@ from typing import Any, Callable
 
 import torch
 
+from torchopt import _dispatch
+from torchopt._dispatch import functorch_active
+
 __all__ = [
     'abs', 'add', 'add_', 'addcmul', 'addcmul_', 'copy_', 'div', 'div_', 'lerp', 'lerp_',
     'maximum', 'maximum_', 'mul', 'mul_', 'neg', 'neg_', 'norm', 'sign', 'sqrt', 'sqrt_',
-    'functorch_active', 'fusable',
+    'functorch_active',
 ]
-
-_peek = torch._C._functorch.peek_interpreter_stack
-_FUSED_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
-
-
-def functorch_active() -> bool:
-    """Whether we run inside a ``torch.func`` transform (vmap, grad, jvp, ...)."""
-    return _peek() is not None
-
-
-def fusable(*lists: list) -> bool:
-    """Whether torch's fused optimizer kernels may run in place on these tensor lists.
-
-    True when not under a ``torch.func`` transform and every tensor is dense, contiguous and
-    on the same CPU or CUDA device with the same floating dtype as the first one.
-    """
-    if _peek() is not None or not lists or not lists[0]:
-        return False
-    first = lists[0][0]
-    device, dtype = first.device, first.dtype
-    if device.type not in ('cpu', 'cuda') or dtype not in _FUSED_DTYPES:
-        return False
-    return all(
-        t.device == device and t.dtype == dtype and t.layout == torch.strided and t.is_contiguous()
-        for lst in lists
-        for t in lst
-    )
-
-
-def _tracked(args: tuple) -> bool:
-    """Whether autograd would record the op (checks the first tensor of each list argument)."""
-    for a in args:
-        if isinstance(a, (list, tuple)):
-            if a and a[0] is not None and a[0].requires_grad:
-                return True
-        elif isinstance(a, torch.Tensor) and a.requires_grad:
-            return True
-    return False
 
 
 def _make(name: str, per_tensor: Callable[..., Any], inplace: bool) -> Callable[..., Any]:
     fast = getattr(torch, f'_foreach_{name}')
 
     def op(*args: Any, **kwargs: Any) -> Any:
-        if _peek() is None and (inplace or not (torch.is_grad_enabled() and _tracked(args))):
-            return fast(*args, **kwargs)
+        if not _dispatch.per_tensor(args, inplace):
+            out = fast(*args, **kwargs)
+            return None if inplace else list(out)
         n = len(args[0])
         out = [
             per_tensor(*(a[i] if isinstance(a, (list, tuple)) else a for a in args), **kwargs)

@@ -8,8 +8,7 @@ import torch
 
 from torchopt import _foreach as _fe
 
-from torchopt.base import EmptyState
-from torchopt.transform._flat import FlatTransformation, present_indices, put, take
+from torchopt.transform._flat import FlatTransformation, stateless
 
 __all__ = ['clip_grad_norm']
 
@@ -27,17 +26,7 @@ def clip_grad_norm(
         raise ValueError(f'`max_norm` must be non-negative, got {max_norm!r}')
     norm_type = float(norm_type)
 
-    def init_fn(params: list, treespec: Any) -> EmptyState:
-        return EmptyState()
-
-    def update_fn(
-        updates: list, state: EmptyState, *, params: Any = None, inplace: bool = True,
-        treespec: Any = None,
-    ) -> tuple[list, EmptyState]:
-        idx = present_indices(updates)
-        g = take(updates, idx)
-        if not g:
-            return updates, state
+    def step(g: list, params: Any, inplace: bool) -> list:
         with torch.no_grad():
             norms = torch.stack(_fe.norm(g, norm_type))
             total = norms.max() if norm_type == float('inf') else torch.linalg.vector_norm(norms, norm_type)
@@ -50,10 +39,10 @@ def clip_grad_norm(
             )
         coef = min(max_norm / (total + 1e-6), 1.0)
         if coef == 1.0:
-            return updates, state
+            return g
         if inplace:
             _fe.mul_(g, coef)
-            return updates, state
-        return put(updates, idx, _fe.mul(g, coef)), state
+            return g
+        return _fe.mul(g, coef)
 
-    return FlatTransformation(init_fn, update_fn, f'clip_grad_norm({max_norm!r})')
+    return stateless(f'clip_grad_norm({max_norm!r})', step)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
+from torchopt._dispatch import FusedStep
 from torchopt.base import ChainedGradientTransformation, GradientTransformation, identity
 from torchopt.transform._flat import FlatTransformation, as_flat
 
@@ -25,16 +26,15 @@ def chain(*transformations: GradientTransformation) -> GradientTransformation:
 class FlatChain(FlatTransformation):
     """A chain that flattens the pytrees once and runs its members on the flat lists.
 
-    ``apply_fused`` (set by some optimizer aliases) is the fused path of the torch-like
-    :class:`~torchopt.Optimizer`: ``apply_fused(params, grads, state)`` updates the parameters
-    in place with one of torch's fused kernels and returns the new state, or returns ``None``
-    when the tensors are not eligible (the composed transformations then run).
+    ``fused`` (declared by the optimizer aliases that have one) says which fused kernel computes
+    the whole in-place step; :mod:`torchopt._dispatch` runs it for the torch-like
+    :class:`~torchopt.Optimizer` when the tensors are eligible.
     """
 
     transformations: tuple[GradientTransformation, ...]
-    apply_fused: Callable[[tuple, tuple, tuple], tuple | None] | None = None
+    fused: FusedStep | None
 
-    def __new__(cls, *transformations: GradientTransformation) -> Any:
+    def __new__(cls, *transformations: GradientTransformation, fused: FusedStep | None = None) -> Any:
         members = ChainedGradientTransformation(*transformations).transformations
         flat_fns = [as_flat(t) for t in members]
         inits = tuple(f[0] for f in flat_fns)
@@ -60,6 +60,7 @@ class FlatChain(FlatTransformation):
 
         instance = super().__new__(cls, init_fn, update_fn, 'chain_flat')
         instance.transformations = members
+        instance.fused = None if fused is None else _locate(fused, members)
         return instance
 
     def __repr__(self) -> str:
@@ -73,18 +74,34 @@ class FlatChain(FlatTransformation):
         return hash(self.transformations)
 
     def __reduce__(self) -> Any:
-        return FlatChain, self.transformations
+        return _flat_chain, (self.fused, *self.transformations)
 
 
-def chain_flat(*transformations: GradientTransformation) -> GradientTransformation:
+def _flat_chain(fused: FusedStep | None, *transformations: GradientTransformation) -> FlatChain:
+    return FlatChain(*transformations, fused=fused)
+
+
+def _locate(fused: FusedStep, members: tuple) -> FusedStep:
+    """``fused`` with ``at`` set to the position of the member that holds the kernel's buffers."""
+    names = ('scale_by_adam', 'scale_by_accelerated_adam') if fused.kind != 'sgd' else ('trace',)
+    for i, t in enumerate(members):
+        if getattr(t, 'name', None) in names:
+            return fused._replace(at=i)
+    return fused._replace(at=-1)
+
+
+def chain_flat(
+    *transformations: GradientTransformation, fused: FusedStep | None = None
+) -> GradientTransformation:
     """Like :func:`chain`, but flatten the pytrees once and run every member on flat lists.
 
     The members see (and their states hold) flat lists of leaves. Every optimizer alias is
-    built this way.
+    built this way; ``fused`` declares the fused kernel that computes the chain's whole
+    in-place step (see :class:`~torchopt._dispatch.FusedStep`).
     """
     if len(transformations) == 0:
         return identity()
-    return FlatChain(*transformations)
+    return FlatChain(*transformations, fused=fused)
 
 
 chain.flat = chain_flat  # type: ignore[attr-defined]  # upstream spelling

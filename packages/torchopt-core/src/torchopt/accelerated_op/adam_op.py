@@ -42,8 +42,9 @@ class AdamOp:
         us, ms, ns = ([updates], [mu], [nu]) if single else (list(updates), list(mu), list(nu))
         count = int(count)
         impl = scale_by_accelerated_adam(self.b1, self.b2, self.eps, self.eps_root)
+        counts = [torch.full((), float(count - 1)) for _ in us]  # one step count per leaf
         new_u, state = impl.flat_update(
-            us, ScaleByAdamState(ms, ns, count - 1), inplace=self.inplace, treespec=None
+            us, ScaleByAdamState(ms, ns, counts), inplace=self.inplace, treespec=None
         )
         if single:
             return state.mu[0], state.nu[0], new_u[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from torchopt import _checks
-from torchopt.alias import _fused
+from torchopt._dispatch import FusedStep
 from torchopt.alias.utils import flip_sign_and_add_weight_decay, scale_by_neg_lr
 from torchopt.base import GradientTransformation
 from torchopt.combine import chain_flat
@@ -46,9 +46,16 @@ def _constant(lr: Any) -> bool:
     return isinstance(lr, (int, float)) and not isinstance(lr, bool)
 
 
-def _with_fused(chain: Any, apply: Any) -> Any:
-    chain.apply_fused = apply
-    return chain
+def _adam_fused(
+    kind: str, lr: Any, b1: float, b2: float, eps: float, eps_root: float, weight_decay: float,
+    maximize: bool, accel: bool,
+) -> FusedStep | None:
+    """The fused step of an Adam chain: torch's kernel, or accel's (which has ``eps_root``)."""
+    if not _constant(lr) or (eps_root != 0.0 and not accel):
+        return None
+    hyper = dict(lr=lr, b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay,
+                 maximize=maximize)  # fmt: skip
+    return FusedStep(kind, hyper, at=-1, accel=accel)
 
 
 def sgd(
@@ -90,16 +97,18 @@ def sgd(
     _checks.check_lr(lr)
     _checks.check_nonnegative('momentum value', momentum)
     _checks.check_nonnegative('weight_decay value', weight_decay)
-    chain = chain_flat(
+    fused = None
+    if _constant(lr):
+        fused = FusedStep('sgd', dict(
+            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+            nesterov=nesterov, maximize=maximize,
+        ), at=-1)  # fmt: skip
+    return chain_flat(
         flip_sign_and_add_weight_decay(weight_decay, maximize),
         trace(momentum, dampening, nesterov, moment_requires_grad),
         scale_by_neg_lr(lr),
+        fused=fused,
     )
-    if _constant(lr):
-        _with_fused(
-            chain, _fused.fused_sgd(lr, momentum, dampening, weight_decay, nesterov, maximize)
-        )
-    return chain
 
 
 def adam(
@@ -136,20 +145,13 @@ def adam(
     """
     b1, b2 = _checks.check_betas(betas)
     _checks.check_lr(lr)
-    chain = chain_flat(
+    return chain_flat(
         flip_sign_and_add_weight_decay(weight_decay, maximize),
         _adam_scaler(use_accelerated_op)(b1, b2, eps, eps_root, moment_requires_grad),
         scale_by_neg_lr(lr),
+        fused=_adam_fused('adam', lr, b1, b2, eps, eps_root, weight_decay, maximize,
+                          use_accelerated_op),  # fmt: skip
     )
-    if _constant(lr) and use_accelerated_op:
-        _with_fused(chain, _fused.accel_adam(
-            lr, b1, b2, eps, eps_root, weight_decay, maximize, decoupled=False
-        ))  # fmt: skip
-    elif _constant(lr) and eps_root == 0.0:
-        _with_fused(
-            chain, _fused.fused_adam(lr, b1, b2, eps, weight_decay, maximize, decoupled=False)
-        )
-    return chain
 
 
 def adamw(
@@ -179,21 +181,15 @@ def adamw(
     """
     b1, b2 = _checks.check_betas(betas)
     _checks.check_lr(lr)
-    chain = chain_flat(
+    return chain_flat(
         flip_sign_and_add_weight_decay(0.0, maximize),
         _adam_scaler(use_accelerated_op)(b1, b2, eps, eps_root, moment_requires_grad),
         add_decayed_weights(weight_decay, mask),
         scale_by_neg_lr(lr),
+        fused=None if mask is not None else _adam_fused(
+            'adamw', lr, b1, b2, eps, eps_root, weight_decay, maximize, use_accelerated_op
+        ),
     )
-    if _constant(lr) and mask is None and use_accelerated_op:
-        _with_fused(chain, _fused.accel_adam(
-            lr, b1, b2, eps, eps_root, weight_decay, maximize, decoupled=True
-        ))  # fmt: skip
-    elif _constant(lr) and eps_root == 0.0 and mask is None:
-        _with_fused(
-            chain, _fused.fused_adam(lr, b1, b2, eps, weight_decay, maximize, decoupled=True)
-        )
-    return chain
 
 
 def _adagrad_lr_schedule(decay_rate: float, transition_begin: int = 0) -> Any:

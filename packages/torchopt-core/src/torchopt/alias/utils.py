@@ -9,9 +9,9 @@ import torch
 from torchopt import _foreach as _fe
 
 from torchopt import _checks
-from torchopt.base import EmptyState, GradientTransformation, identity
+from torchopt.base import GradientTransformation, identity
 from torchopt.transform import scale, scale_by_schedule
-from torchopt.transform._flat import FlatTransformation, present_indices, put, take
+from torchopt.transform._flat import stateless
 from torchopt.typing import ScalarOrSchedule
 
 __all__ = ['flip_sign_and_add_weight_decay', 'scale_by_neg_lr']
@@ -28,39 +28,28 @@ def flip_sign_and_add_weight_decay(
     if weight_decay == 0.0 and not maximize:
         return identity()
 
-    def init_fn(params: list, treespec: Any) -> EmptyState:
-        return EmptyState()
-
-    def update_fn(
-        updates: list, state: EmptyState, *, params: list | None = None, inplace: bool = True,
-        treespec: Any = None,
-    ) -> tuple[list, EmptyState]:
-        idx = present_indices(updates)
-        g = take(updates, idx)
-        if not g:
-            return updates, state
-        if weight_decay != 0.0:
-            if params is None:
-                raise ValueError(
-                    'Parameters are required for weight decay. Call '
-                    '`update(updates, state, params=params)` instead.'
-                )
-            p = take(params, idx)
+    def step(g: list, p: list | None, inplace: bool) -> list:
+        if weight_decay != 0.0 and p is None:
+            raise ValueError(
+                'Parameters are required for weight decay. Call '
+                '`update(updates, state, params=params)` instead.'
+            )
         if inplace:
             with torch.no_grad():
                 if maximize:
                     _fe.neg_(g)
                 if weight_decay != 0.0:
                     _fe.add_(g, p, alpha=weight_decay)
-            return updates, state
+            return g
         if maximize:
             g = _fe.neg(g)
         if weight_decay != 0.0:
             g = _fe.add(g, p, alpha=weight_decay)
-        return put(updates, idx, g), state
+        return g
 
-    return FlatTransformation(
-        init_fn, update_fn, f'flip_sign_and_add_weight_decay({weight_decay!r}, maximize={maximize})'
+    return stateless(
+        f'flip_sign_and_add_weight_decay({weight_decay!r}, maximize={maximize})', step,
+        uses_params=weight_decay != 0.0,
     )
 
 

@@ -8,8 +8,8 @@ from typing import Any, Callable, Iterable, Sequence
 import optree
 import torch
 
+from torchopt import _dispatch
 from torchopt.base import GradientTransformation, UninitializedState
-from torchopt.update import apply_updates
 
 __all__ = ['Optimizer', 'flatten_params']
 
@@ -79,22 +79,15 @@ class Optimizer:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        fused = getattr(self.impl, 'apply_fused', None)
         with torch.no_grad():
             for i, params in enumerate(self.param_groups):
                 state = self.state_groups[i]
                 if isinstance(state, UninitializedState):
                     state = self.impl.init(params)
                 grads = tuple(p.grad for p in params)
-                if fused is not None:  # torch's fused kernel when eligible (same math)
-                    new_state = fused(params, grads, state)
-                    if new_state is not None:
-                        self.state_groups[i] = new_state
-                        continue
-                updates, self.state_groups[i] = self.impl.update(
-                    grads, state, params=params, inplace=True
+                self.state_groups[i] = _dispatch.inplace_step(
+                    self.impl, params, grads, state, self.param_treespecs[i]
                 )
-                apply_updates(params, updates, inplace=True)
         return loss
 
     def state_dict(self) -> tuple[Any, ...]:

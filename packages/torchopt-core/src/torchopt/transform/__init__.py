@@ -55,19 +55,3 @@ __all__ = [
     'scale_by_lion',
     'scale_by_trust_ratio',
 ]
-
-STATES = (
-    ScaleByAdamState,
-    ScaleByAdamaxState,
-    ScaleByRAdamState,
-    ScaleByNAdamState,
-    ScaleByRmsState,
-    ScaleByRStdDevState,
-    ScaleByRssState,
-    ScaleByAdadeltaState,
-    ScaleByScheduleState,
-    ScaleByLionState,
-    TraceState,
-    MaskedState,
-    MaskedNode,
-)

@@ -1,8 +1,10 @@
 """Adam and its relatives: Adam, Adamax, RAdam, NAdam.
 
-Bias corrections are computed in Python floats (double precision) from an integer step count,
-so float64 results match ``torch.optim`` to round-off (upstream TorchOpt evaluated them in
-float32, upstream issue #235) and ``torch.compile`` sees no tensor-valued ``pow``.
+Step counts are per parameter (one 0-dim float32 CPU tensor each, ``torch.optim``'s ``step``): a
+parameter whose gradient is ``None`` is skipped and its count does not advance. Bias corrections
+are computed from them in double precision, so float64 results match ``torch.optim`` to
+round-off (upstream TorchOpt evaluated them in float32, upstream issue #235). Which kernel runs
+is decided by :func:`torchopt._dispatch.adam_path`.
 """
 
 from __future__ import annotations
@@ -12,18 +14,22 @@ from typing import Any, NamedTuple
 
 import torch
 
+from torchopt import _checks, _dispatch, _kernels
 from torchopt import _foreach as _fe
-
-from torchopt import _checks
 from torchopt.transform._adam_autograd import adam_update_diff
-from torchopt.transform._adam_kernels import (
-    adam_direction,
-    adam_direction_diff,
-    adam_step_untracked,
-    fused_adam_direction_,
+from torchopt.transform._adam_kernels import adam_direction, adam_step_untracked
+from torchopt.transform._flat import FlatTransformation, stateful
+from torchopt.transform.utils import (
+    advance,
+    bias_correction,
+    count_scalars,
+    counts_like,
+    ema,
+    ema_sq,
+    smap,
+    write_,
+    zeros_like,
 )
-from torchopt.transform._flat import FlatTransformation, present_indices, put, take
-from torchopt.transform.utils import ema, ema_sq, write_, zeros_like
 
 __all__ = [
     'ScaleByAdamState',
@@ -39,20 +45,77 @@ __all__ = [
 
 
 class ScaleByAdamState(NamedTuple):
-    """State of :func:`scale_by_adam`: first and second moments (flat lists) and step count."""
+    """State of :func:`scale_by_adam`: first and second moments and step counts (flat lists)."""
 
     mu: list
     nu: list
-    count: int
+    count: list
 
 
-def _check_state(name: str, updates: list, *moments: list) -> None:
-    for m in moments:
-        if len(m) != len(updates):
-            raise ValueError(
-                f'{name}: the state holds {len(m)} moment tensors but `updates` has '
-                f'{len(updates)} leaves; was the state initialised with these params?'
+def _adam(
+    name: str, b1: float, b2: float, eps: float, eps_root: float, moment_requires_grad: bool,
+    accel: bool,
+) -> FlatTransformation:
+    _checks.check_beta('beta parameter at index 0', b1)
+    _checks.check_beta('beta parameter at index 1', b2)
+    _checks.check_nonnegative('epsilon value', eps)
+    _checks.check_nonnegative('eps_root value', eps_root)
+
+    def init_fn(params: list, treespec: Any) -> ScaleByAdamState:
+        return ScaleByAdamState(
+            mu=zeros_like(params, moment_requires_grad),
+            nu=zeros_like(params, moment_requires_grad),
+            count=counts_like(params),
+        )
+
+    def step(
+        g: list, s: ScaleByAdamState, p: Any, inplace: bool
+    ) -> tuple[list, ScaleByAdamState]:
+        path = _dispatch.adam_path(inplace, eps_root, accel, g, s.mu, s.nu)
+        counts = advance(s.count, inplace)
+        if path == 'accel':
+            return _accel_step(g, s.mu, s.nu, counts, inplace, (b1, b2, eps, eps_root))
+        if path == 'fused':
+            _kernels.adam_direction_(g, s.mu, s.nu, counts, b1, b2, eps)
+            return g, s
+        t = count_scalars(counts)
+        bc1, bc2 = bias_correction(t, b1), bias_correction(t, b2)
+        if path == 'node':  # recorded: one autograd node with a hand-written backward
+            u, mu, nu = adam_update_diff(g, s.mu, s.nu, counts, bc1, bc2, b1, b2, eps, eps_root)
+        elif path == 'untracked':
+            u, mu, nu = adam_step_untracked(
+                g, s.mu, s.nu, counts, bc1, bc2, b1, b2, eps, eps_root
             )
+        else:
+            mu = ema(s.mu, g, b1, inplace=inplace)
+            nu = ema_sq(s.nu, g, b2, inplace=inplace)
+            u = adam_direction(mu, nu, bc1, bc2, eps, eps_root, recorded=not inplace)
+            u = write_(g, u, inplace=inplace)
+        return u, ScaleByAdamState(mu=mu, nu=nu, count=counts)
+
+    return stateful(name, init_fn, step, scalars=('count',))
+
+
+def _accel_step(
+    g: list, mu: list, nu: list, counts: list, inplace: bool, hyper: tuple
+) -> tuple[list, ScaleByAdamState]:
+    """``torchopt_accel``'s kernels, one call per group of equal step counts."""
+    kernels = _dispatch.accel_kernels(g)
+    values = count_scalars(counts)
+    groups: dict[float, list[int]] = {}
+    for i, v in enumerate(values if isinstance(values, list) else [values] * len(g)):
+        groups.setdefault(float(v), []).append(i)
+    u, new_mu, new_nu = list(g), list(mu), list(nu)
+    for value, members in groups.items():
+        sub = [[x[i] for i in members] for x in (g, mu, nu)]
+        if inplace:
+            kernels.adam_step_(*sub, *hyper, int(value))
+            continue
+        out = kernels.adam_forward(*sub, *hyper, int(value))
+        for lst, new in zip((u, new_mu, new_nu), out):
+            for i, x in zip(members, new):
+                lst[i] = x
+    return u, ScaleByAdamState(mu=new_mu, nu=new_nu, count=counts)
 
 
 def scale_by_adam(
@@ -80,49 +143,7 @@ def scale_by_adam(
 
     Reference: Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015.
     """
-    _checks.check_beta('beta parameter at index 0', b1)
-    _checks.check_beta('beta parameter at index 1', b2)
-    _checks.check_nonnegative('epsilon value', eps)
-    _checks.check_nonnegative('eps_root value', eps_root)
-
-    def init_fn(params: list, treespec: Any) -> ScaleByAdamState:
-        return ScaleByAdamState(
-            mu=zeros_like(params, moment_requires_grad),
-            nu=zeros_like(params, moment_requires_grad),
-            count=0,
-        )
-
-    def update_fn(
-        updates: list, state: ScaleByAdamState, *, params: Any = None, inplace: bool = True,
-        treespec: Any = None,
-    ) -> tuple[list, ScaleByAdamState]:
-        _check_state('scale_by_adam', updates, state.mu, state.nu)
-        idx = present_indices(updates)
-        g, mu, nu = take(updates, idx), take(state.mu, idx), take(state.nu, idx)
-        if not g:
-            return updates, state
-        count = state.count + 1
-        if inplace and eps_root == 0.0 and _fe.fusable(g, mu, nu):
-            fused_adam_direction_(g, mu, nu, count, b1, b2, eps)
-            return updates, ScaleByAdamState(mu=state.mu, nu=state.nu, count=count)
-        if not inplace and not _fe.functorch_active():
-            # Recorded: one autograd node with a hand-written backward; else no graph at all.
-            step = adam_update_diff if torch.is_grad_enabled() else adam_step_untracked
-            u, new_mu, new_nu = step(g, mu, nu, count, b1, b2, eps, eps_root)
-            return put(updates, idx, u), ScaleByAdamState(
-                mu=put(state.mu, idx, new_mu), nu=put(state.nu, idx, new_nu), count=count
-            )
-        new_mu = ema(mu, g, b1, inplace=inplace)
-        new_nu = ema_sq(nu, g, b2, inplace=inplace)
-        if inplace:
-            u = write_(g, adam_direction(new_mu, new_nu, count, b1, b2, eps, eps_root), inplace=True)
-        else:
-            u = adam_direction_diff(new_mu, new_nu, count, b1, b2, eps, eps_root)
-        return put(updates, idx, u), ScaleByAdamState(
-            mu=put(state.mu, idx, new_mu), nu=put(state.nu, idx, new_nu), count=count
-        )
-
-    return FlatTransformation(init_fn, update_fn, 'scale_by_adam')
+    return _adam('scale_by_adam', b1, b2, eps, eps_root, moment_requires_grad, accel=False)
 
 
 def scale_by_accelerated_adam(
@@ -134,38 +155,13 @@ def scale_by_accelerated_adam(
 ) -> FlatTransformation:
     """:func:`scale_by_adam` computed by the fused kernels of ``torchopt-accel``.
 
-    Without the plugin this warns once and runs :func:`scale_by_adam`'s code (never silently).
-    The state is the same :class:`ScaleByAdamState`, so the two are interchangeable.
+    Without the plugin (or without kernels for a device of the step) this warns once and runs
+    :func:`scale_by_adam`'s code (never silently). The state is the same
+    :class:`ScaleByAdamState`, so the two are interchangeable.
     """
-    from torchopt import accelerated_op  # local: the facade is light, the plugin is lazy
-
-    plain = scale_by_adam(b1, b2, eps, eps_root, moment_requires_grad)
-
-    def update_fn(
-        updates: list, state: ScaleByAdamState, *, params: Any = None, inplace: bool = True,
-        treespec: Any = None,
-    ) -> tuple[list, ScaleByAdamState]:
-        kernels = accelerated_op.kernels()
-        if kernels is None:
-            return plain.flat_update(
-                updates, state, params=params, inplace=inplace, treespec=treespec
-            )
-        _check_state('scale_by_accelerated_adam', updates, state.mu, state.nu)
-        idx = present_indices(updates)
-        g, mu, nu = take(updates, idx), take(state.mu, idx), take(state.nu, idx)
-        if not g:
-            return updates, state
-        count = state.count + 1
-        if inplace:
-            kernels.adam_step_(g, mu, nu, b1, b2, eps, eps_root, count)
-            new_mu, new_nu, u = mu, nu, g
-        else:
-            u, new_mu, new_nu = kernels.adam_forward(g, mu, nu, b1, b2, eps, eps_root, count)
-        return put(updates, idx, list(u)), ScaleByAdamState(
-            mu=put(state.mu, idx, list(new_mu)), nu=put(state.nu, idx, list(new_nu)), count=count
-        )
-
-    return FlatTransformation(plain.flat_init, update_fn, 'scale_by_accelerated_adam')
+    return _adam(
+        'scale_by_accelerated_adam', b1, b2, eps, eps_root, moment_requires_grad, accel=True
+    )
 
 
 class ScaleByAdamaxState(NamedTuple):
@@ -173,7 +169,7 @@ class ScaleByAdamaxState(NamedTuple):
 
     mu: list
     nu: list
-    t: int
+    t: list
 
 
 def scale_by_adamax(
@@ -197,36 +193,29 @@ def scale_by_adamax(
         return ScaleByAdamaxState(
             mu=zeros_like(params, moment_requires_grad),
             nu=zeros_like(params, moment_requires_grad),
-            t=1,
+            t=counts_like(params, 1.0),
         )
 
-    def update_fn(
-        updates: list, state: ScaleByAdamaxState, *, params: Any = None, inplace: bool = True,
-        treespec: Any = None,
+    def step(
+        g: list, s: ScaleByAdamaxState, p: Any, inplace: bool
     ) -> tuple[list, ScaleByAdamaxState]:
-        _check_state('scale_by_adamax', updates, state.mu, state.nu)
-        idx = present_indices(updates)
-        g, mu, nu = take(updates, idx), take(state.mu, idx), take(state.nu, idx)
-        if not g:
-            return updates, state
-        new_mu = ema(mu, g, b1, inplace=inplace)
+        factor = smap(lambda c: 1.0 / c, bias_correction(count_scalars(s.t), b1))
+        new_mu = ema(s.mu, g, b1, inplace=inplace)
         abs_g = _fe.abs(g)
         _fe.add_(abs_g, eps)
         if inplace:
-            _fe.mul_(nu, b2)
-            _fe.maximum_(nu, abs_g)
-            new_nu = nu
+            _fe.mul_(s.nu, b2)
+            _fe.maximum_(s.nu, abs_g)
+            new_nu = s.nu
             u = _fe.div(new_mu, new_nu)
-            _fe.mul_(u, 1.0 / (1.0 - b1**state.t))
+            _fe.mul_(u, factor)
             u = write_(g, u, inplace=True)
         else:
-            new_nu = _fe.maximum(_fe.mul(nu, b2), abs_g)
-            u = _fe.div(_fe.div(new_mu, new_nu), 1.0 - b1**state.t)
-        return put(updates, idx, u), ScaleByAdamaxState(
-            mu=put(state.mu, idx, new_mu), nu=put(state.nu, idx, new_nu), t=state.t + 1
-        )
+            new_nu = _fe.maximum(_fe.mul(s.nu, b2), abs_g)
+            u = _fe.mul(_fe.div(new_mu, new_nu), factor)
+        return u, ScaleByAdamaxState(mu=new_mu, nu=new_nu, t=advance(s.t, inplace))
 
-    return FlatTransformation(init_fn, update_fn, 'scale_by_adamax')
+    return stateful('scale_by_adamax', init_fn, step, scalars=('t',))
 
 
 class ScaleByRAdamState(NamedTuple):
@@ -234,7 +223,7 @@ class ScaleByRAdamState(NamedTuple):
 
     mu: list
     nu: list
-    t: int
+    t: list
 
 
 def scale_by_radam(
@@ -259,56 +248,52 @@ def scale_by_radam(
         return ScaleByRAdamState(
             mu=zeros_like(params, moment_requires_grad),
             nu=zeros_like(params, moment_requires_grad),
-            t=1,
+            t=counts_like(params, 1.0),
         )
 
-    def update_fn(
-        updates: list, state: ScaleByRAdamState, *, params: Any = None, inplace: bool = True,
-        treespec: Any = None,
-    ) -> tuple[list, ScaleByRAdamState]:
-        _check_state('scale_by_radam', updates, state.mu, state.nu)
-        idx = present_indices(updates)
-        g, mu, nu = take(updates, idx), take(state.mu, idx), take(state.nu, idx)
-        if not g:
-            return updates, state
-        t = state.t
-        new_mu = ema(mu, g, b1, inplace=inplace)
-        new_nu = ema_sq(nu, g, b2, inplace=inplace)
-        bc1 = 1.0 - b1**t
-        bc2 = 1.0 - b2**t
+    def factors(t: Any) -> tuple[Any, Any]:
+        """(the factor on ``m / (sqrt(v) + eps)``, the factor on ``m``): one of them is 0."""
+        bc1, bc2 = 1.0 - b1**t, 1.0 - b2**t
         rho_t = rho_inf - 2.0 * t * b2**t / bc2
+        ratio = (rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
+        if isinstance(t, torch.Tensor):  # under a transform: select without a host read
+            rect = rho_t > 5.0
+            return (torch.where(rect, ratio.clamp(min=0.0).sqrt() * bc2.sqrt() / bc1, 0.0),
+                    torch.where(rect, 0.0, 1.0 / bc1))  # fmt: skip
         if rho_t > 5.0:
-            rect = math.sqrt(
-                (rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
-            )
-            denom = _fe.add(_fe.sqrt(new_nu), eps)
-            u = _fe.div(new_mu, denom)
-            factor = rect * math.sqrt(bc2) / bc1
-        else:
-            u = new_mu
-            factor = 1.0 / bc1
-        if inplace:
-            if u is new_mu:
-                u = _fe.mul(u, factor)
-            else:
-                _fe.mul_(u, factor)
-            u = write_(g, u, inplace=True)
-        else:
-            u = _fe.mul(u, factor)
-        return put(updates, idx, u), ScaleByRAdamState(
-            mu=put(state.mu, idx, new_mu), nu=put(state.nu, idx, new_nu), t=t + 1
-        )
+            return math.sqrt(ratio) * math.sqrt(bc2) / bc1, 0.0
+        return 0.0, 1.0 / bc1
 
-    return FlatTransformation(init_fn, update_fn, 'scale_by_radam')
+    def step(
+        g: list, s: ScaleByRAdamState, p: Any, inplace: bool
+    ) -> tuple[list, ScaleByRAdamState]:
+        t = count_scalars(s.t)
+        pairs = smap(factors, t)
+        rect, plain = (
+            ([a for a, _ in pairs], [b for _, b in pairs]) if isinstance(pairs, list) else pairs
+        )
+        new_mu = ema(s.mu, g, b1, inplace=inplace)
+        new_nu = ema_sq(s.nu, g, b2, inplace=inplace)
+        if rect == 0.0:
+            u = _fe.mul(new_mu, plain)
+        else:
+            u = _fe.div(new_mu, _fe.add(_fe.sqrt(new_nu), eps))
+            u = _fe.mul(u, rect) if plain == 0.0 else _fe.add(
+                _fe.mul(u, rect), _fe.mul(new_mu, plain)
+            )
+        u = write_(g, u, inplace=inplace)
+        return u, ScaleByRAdamState(mu=new_mu, nu=new_nu, t=advance(s.t, inplace))
+
+    return stateful('scale_by_radam', init_fn, step, scalars=('t',))
 
 
 class ScaleByNAdamState(NamedTuple):
-    """State of :func:`scale_by_nadam`: moments, step count and the running momentum product."""
+    """State of :func:`scale_by_nadam`: moments, step counts and the running momentum products."""
 
     mu: list
     nu: list
-    count: int
-    mu_product: float
+    count: list
+    mu_product: list
 
 
 def scale_by_nadam(
@@ -339,37 +324,38 @@ def scale_by_nadam(
         return ScaleByNAdamState(
             mu=zeros_like(params, moment_requires_grad),
             nu=zeros_like(params, moment_requires_grad),
-            count=0,
-            mu_product=1.0,
+            count=counts_like(params),
+            mu_product=[
+                None if x is None else torch.ones((), dtype=torch.float64) for x in params
+            ],
         )
 
-    def update_fn(
-        updates: list, state: ScaleByNAdamState, *, params: Any = None, inplace: bool = True,
-        treespec: Any = None,
-    ) -> tuple[list, ScaleByNAdamState]:
-        _check_state('scale_by_nadam', updates, state.mu, state.nu)
-        idx = present_indices(updates)
-        g, mu, nu = take(updates, idx), take(state.mu, idx), take(state.nu, idx)
-        if not g:
-            return updates, state
-        t = state.count + 1
+    def coefficients(t: Any, prod: Any) -> tuple:
         mu_t = b1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
         mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
-        mu_product = state.mu_product * mu_t
-        c_g = (1.0 - mu_t) / (1.0 - mu_product)
-        c_m = mu_next / (1.0 - mu_product * mu_next)
-        new_mu = ema(mu, g, b1, inplace=inplace)
-        new_nu = ema_sq(nu, g, b2, inplace=inplace)
-        denom = _fe.add(_fe.sqrt(_fe.div(new_nu, 1.0 - b2**t)), eps)
-        u = _fe.add(_fe.mul(g, c_g), _fe.mul(new_mu, c_m))
-        if inplace:
-            _fe.div_(u, denom)
-            u = write_(g, u, inplace=True)
-        else:
-            u = _fe.div(u, denom)
-        return put(updates, idx, u), ScaleByNAdamState(
-            mu=put(state.mu, idx, new_mu), nu=put(state.nu, idx, new_nu), count=t,
-            mu_product=mu_product,
-        )
+        new_prod = prod * mu_t
+        c_g = (1.0 - mu_t) / (1.0 - new_prod)
+        return mu_t, c_g, mu_next / (1.0 - new_prod * mu_next), 1.0 - b2**t
 
-    return FlatTransformation(init_fn, update_fn, 'scale_by_nadam')
+    def step(
+        g: list, s: ScaleByNAdamState, p: Any, inplace: bool
+    ) -> tuple[list, ScaleByNAdamState]:
+        counts = advance(s.count, inplace)
+        t = count_scalars(counts)
+        prod = count_scalars(s.mu_product)
+        coef = smap(coefficients, t, prod)
+        mu_t, c_g, c_m, bc2 = (
+            [list(x) for x in zip(*coef)] if isinstance(coef, list) else coef
+        )
+        new_prod = _fe.mul(s.mu_product, mu_t)
+        if inplace:
+            _fe.copy_(s.mu_product, new_prod)
+            new_prod = s.mu_product
+        new_mu = ema(s.mu, g, b1, inplace=inplace)
+        new_nu = ema_sq(s.nu, g, b2, inplace=inplace)
+        denom = _fe.add(_fe.sqrt(_fe.div(new_nu, bc2)), eps)
+        u = _fe.add(_fe.mul(g, c_g), _fe.mul(new_mu, c_m))
+        u = write_(g, _fe.div(u, denom), inplace=inplace)
+        return u, ScaleByNAdamState(mu=new_mu, nu=new_nu, count=counts, mu_product=new_prod)
+
+    return stateful('scale_by_nadam', init_fn, step, scalars=('count', 'mu_product'))

@@ -23,23 +23,24 @@ class _AdamUpdate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, hyper: tuple, n: int, *tensors: torch.Tensor) -> tuple:
-        b1, b2, eps, eps_root, count = hyper
+        b1, b2, eps, eps_root, counts, bc1, bc2 = hyper
         g, mu, nu = list(tensors[:n]), list(tensors[n : 2 * n]), list(tensors[2 * n :])
-        u, new_mu, new_nu = adam_step_untracked(g, mu, nu, count, b1, b2, eps, eps_root)
+        u, new_mu, new_nu = adam_step_untracked(g, mu, nu, counts, bc1, bc2, b1, b2, eps, eps_root)
         ctx.save_for_backward(*g, *new_mu, *new_nu)
         ctx.hyper, ctx.n = hyper, n
         return (*u, *new_mu, *new_nu)
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple:
-        b1, b2, eps, eps_root, count = ctx.hyper
+        b1, b2, eps, eps_root, _, bc1s, bc2s = ctx.hyper
         n = ctx.n
-        bc1, bc2 = 1.0 - b1**count, 1.0 - b2**count
         saved = ctx.saved_tensors
         g, new_mu, new_nu = saved[:n], saved[n : 2 * n], saved[2 * n :]
         gu, gmu, gnu = grads[:n], grads[n : 2 * n], grads[2 * n :]
         out_g, out_mu, out_nu = [], [], []
         for i in range(n):
+            bc1 = bc1s[i] if isinstance(bc1s, list) else bc1s
+            bc2 = bc2s[i] if isinstance(bc2s, list) else bc2s
             root = torch.sqrt(new_nu[i] / bc2 + eps_root)  # sqrt(nu_hat + eps_root)
             denom = (root + eps) * bc1
             d_mu = gmu[i] + gu[i] / denom
@@ -52,11 +53,16 @@ class _AdamUpdate(torch.autograd.Function):
 
 
 def adam_update_diff(
-    g: list, mu: list, nu: list, count: int, b1: float, b2: float, eps: float, eps_root: float
+    g: list, mu: list, nu: list, counts: list, bc1: Any, bc2: Any, b1: float, b2: float,
+    eps: float, eps_root: float,
 ) -> tuple[list, list, list]:
-    """Differentiable Adam step on flat lists: ``(direction, new_mu, new_nu)``."""
+    """Differentiable Adam step on flat lists: ``(direction, new_mu, new_nu)``.
+
+    ``counts`` are the new step counts, ``bc1``/``bc2`` the bias corrections (a float, or one per
+    leaf).
+    """
     n = len(g)
-    out = _AdamUpdate.apply((b1, b2, eps, eps_root, count), n, *g, *mu, *nu)
+    out = _AdamUpdate.apply((b1, b2, eps, eps_root, counts, bc1, bc2), n, *g, *mu, *nu)
     return list(out[:n]), list(out[n : 2 * n]), list(out[2 * n :])
 
 

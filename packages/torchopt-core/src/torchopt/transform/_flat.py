@@ -17,11 +17,13 @@ from typing import Any, Callable, Sequence
 import optree
 import torch
 
-from torchopt import _foreach as _fe
+from torchopt import _dispatch
+from torchopt.base import EmptyState, GradientTransformation
 
-from torchopt.base import GradientTransformation
-
-__all__ = ['FlatTransformation', 'flatten_updates', 'present_indices', 'take', 'put']
+__all__ = [
+    'FlatTransformation', 'flatten_updates', 'present_indices', 'put', 'stateful', 'stateless',
+    'take',
+]
 
 FlatInit = Callable[[list, optree.PyTreeSpec], Any]
 FlatUpdate = Callable[..., tuple[list, Any]]
@@ -116,3 +118,68 @@ def put(full: Sequence[Any], idx: list[int] | None, values: list) -> list:
     for i, v in zip(idx, values):
         out[i] = v
     return out
+
+
+FlatStep = Callable[[list, Any, 'list | None', bool], tuple[list, Any]]
+StatelessStep = Callable[[list, 'list | None', bool], list]
+
+
+def stateful(
+    name: str, init: FlatInit, step: FlatStep, *, scalars: tuple[str, ...] = ()
+) -> FlatTransformation:
+    """A transformation whose state is a NamedTuple of per-leaf lists, with the preamble done once.
+
+    ``init(params, treespec)`` returns the state. Every ``list`` field holds one entry per leaf:
+    a tensor shaped like the parameter, or, for the fields named in ``scalars``, a 0-dim tensor
+    (a step count). The update checks the state against the updates (lengths and shapes, a
+    ``ValueError`` naming the leaf), skips ``None`` leaves and returns early when none is left,
+    then calls ``step(g, state, params, inplace)`` with every list restricted to the present
+    leaves; ``step`` returns ``(new_updates, new_state)`` for those leaves only, and the absent
+    leaves keep their state untouched (their counts do not advance, as in ``torch.optim``).
+    """
+
+    def update_fn(
+        updates: list, state: Any, *, params: list | None = None, inplace: bool = True,
+        treespec: Any = None,
+    ) -> tuple[list, Any]:
+        fields = _dispatch.check_state(name, updates, state, scalars, treespec)
+        idx = present_indices(updates)
+        g = take(updates, idx)
+        if not g:
+            return updates, state
+        p = None if params is None else take(params, idx)
+        if idx is None:
+            return step(g, state, p, inplace)
+        sub = state._replace(**{f: take(getattr(state, f), idx) for f in fields})
+        u, new = step(g, sub, p, inplace)
+        merged = {f: put(getattr(state, f), idx, getattr(new, f)) for f in fields}
+        return put(updates, idx, u), new._replace(**merged)
+
+    return FlatTransformation(init, update_fn, name)
+
+
+def stateless(name: str, step: StatelessStep, *, uses_params: bool = False) -> FlatTransformation:
+    """A transformation without state (:class:`~torchopt.base.EmptyState`), optax's ``stateless``.
+
+    ``step(g, params, inplace)`` gets the present (non-``None``) updates and the matching
+    parameters (``None`` when not given) and returns the new updates for them. With
+    ``uses_params`` the parameters are checked against the updates (shapes, per leaf) first.
+    """
+
+    def init_fn(params: list, treespec: Any) -> EmptyState:
+        return EmptyState()
+
+    def update_fn(
+        updates: list, state: Any, *, params: list | None = None, inplace: bool = True,
+        treespec: Any = None,
+    ) -> tuple[list, Any]:
+        idx = present_indices(updates)
+        g = take(updates, idx)
+        if not g:
+            return updates, state
+        if uses_params and params is not None:
+            _dispatch.check_like(name, 'params', updates, params, treespec=treespec)
+        p = None if params is None else take(params, idx)
+        return put(updates, idx, step(g, p, inplace)), state
+
+    return FlatTransformation(init_fn, update_fn, name)

@@ -11,7 +11,7 @@ from torchopt import _foreach as _fe
 
 from torchopt import _checks
 from torchopt.base import EmptyState, GradientTransformation, identity
-from torchopt.transform._flat import FlatTransformation, as_flat, present_indices, put, take
+from torchopt.transform._flat import FlatTransformation, as_flat, put, stateless
 
 __all__ = ['MaskedNode', 'MaskedState', 'masked', 'add_decayed_weights']
 
@@ -84,23 +84,15 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Any = None) -> Gradient
     if weight_decay == 0.0 and mask is None:
         return identity()
 
-    def init_fn(params: list, treespec: Any) -> EmptyState:
-        return EmptyState()
-
-    def update_fn(
-        updates: list, state: EmptyState, *, params: list | None = None, inplace: bool = True,
-        treespec: Any = None,
-    ) -> tuple[list, EmptyState]:
-        assert params is not None, _PARAMS_REQUIRED
-        idx = present_indices(updates)
-        g, p = take(updates, idx), take(params, idx)
-        if not g or weight_decay == 0.0:
-            return updates, state
+    def step(g: list, p: list | None, inplace: bool) -> list:
+        assert p is not None, _PARAMS_REQUIRED
+        if weight_decay == 0.0:
+            return g
         if inplace:
             with torch.no_grad():
                 _fe.add_(g, p, alpha=weight_decay)
-            return updates, state
-        return put(updates, idx, _fe.add(g, p, alpha=weight_decay)), state
+            return g
+        return _fe.add(g, p, alpha=weight_decay)
 
-    plain = FlatTransformation(init_fn, update_fn, f'add_decayed_weights({weight_decay!r})')
+    plain = stateless(f'add_decayed_weights({weight_decay!r})', step, uses_params=True)
     return plain if mask is None else masked(plain, mask)

@@ -9,9 +9,7 @@ import torch
 from torchopt import _foreach as _fe
 
 from torchopt import _checks
-from torchopt.base import EmptyState
-from torchopt.transform._adam import _check_state
-from torchopt.transform._flat import FlatTransformation, present_indices, put, take
+from torchopt.transform._flat import FlatTransformation, stateful, stateless
 from torchopt.transform.utils import write_, zeros_like
 
 __all__ = ['nan_to_num', 'ScaleByLionState', 'scale_by_lion', 'scale_by_trust_ratio']
@@ -22,24 +20,14 @@ def nan_to_num(
 ) -> FlatTransformation:
     """Replace NaN and infinities in the updates (``torch.nan_to_num``)."""
 
-    def init_fn(params: list, treespec: Any) -> EmptyState:
-        return EmptyState()
-
-    def update_fn(
-        updates: list, state: EmptyState, *, params: Any = None, inplace: bool = True,
-        treespec: Any = None,
-    ) -> tuple[list, EmptyState]:
+    def step(g: list, params: Any, inplace: bool) -> list:
         if inplace:
-            for g in updates:
-                if g is not None:
-                    g.nan_to_num_(nan=nan, posinf=posinf, neginf=neginf)
-            return updates, state
-        return [
-            None if g is None else g.nan_to_num(nan=nan, posinf=posinf, neginf=neginf)
-            for g in updates
-        ], state
+            for x in g:
+                x.nan_to_num_(nan=nan, posinf=posinf, neginf=neginf)
+            return g
+        return [x.nan_to_num(nan=nan, posinf=posinf, neginf=neginf) for x in g]
 
-    return FlatTransformation(init_fn, update_fn, 'nan_to_num')
+    return stateless('nan_to_num', step)
 
 
 class ScaleByLionState(NamedTuple):
@@ -63,14 +51,9 @@ def scale_by_lion(
         return ScaleByLionState(mu=zeros_like(params, moment_requires_grad))
 
     def update_fn(
-        updates: list, state: ScaleByLionState, *, params: Any = None, inplace: bool = True,
-        treespec: Any = None,
+        g: list, state: ScaleByLionState, params: Any, inplace: bool
     ) -> tuple[list, ScaleByLionState]:
-        _check_state('scale_by_lion', updates, state.mu)
-        idx = present_indices(updates)
-        g, mu = take(updates, idx), take(state.mu, idx)
-        if not g:
-            return updates, state
+        mu = state.mu
         u = _fe.sign(_fe.lerp(mu, g, 1.0 - b1))
         if inplace:
             _fe.lerp_(mu, g, 1.0 - b2)
@@ -78,9 +61,9 @@ def scale_by_lion(
             u = write_(g, u, inplace=True)
         else:
             new_mu = _fe.lerp(mu, g, 1.0 - b2)
-        return put(updates, idx, u), ScaleByLionState(mu=put(state.mu, idx, new_mu))
+        return u, ScaleByLionState(mu=new_mu)
 
-    return FlatTransformation(init_fn, update_fn, 'scale_by_lion')
+    return stateful('scale_by_lion', init_fn, update_fn)
 
 
 def scale_by_trust_ratio() -> FlatTransformation:
@@ -89,26 +72,16 @@ def scale_by_trust_ratio() -> FlatTransformation:
     Reference: You et al., *Large Batch Optimization for Deep Learning*, ICLR 2020.
     """
 
-    def init_fn(params: list, treespec: Any) -> EmptyState:
-        return EmptyState()
-
-    def update_fn(
-        updates: list, state: EmptyState, *, params: list | None = None, inplace: bool = True,
-        treespec: Any = None,
-    ) -> tuple[list, EmptyState]:
-        if params is None:
+    def step(g: list, p: list | None, inplace: bool) -> list:
+        if p is None:
             raise ValueError('scale_by_trust_ratio needs `params`: call update(..., params=params)')
-        idx = present_indices(updates)
-        g, p = take(updates, idx), take(params, idx)
-        if not g:
-            return updates, state
         p_norm = torch.stack(_fe.norm(p if not inplace else [x.detach() for x in p]))
         u_norm = torch.stack(_fe.norm(g))
         ratio = torch.where((p_norm > 0) & (u_norm > 0), p_norm / u_norm, torch.ones_like(p_norm))
         factors = list(ratio.unbind())
         if inplace:
             _fe.mul_(g, factors)
-            return updates, state
-        return put(updates, idx, _fe.mul(g, factors)), state
+            return g
+        return _fe.mul(g, factors)
 
-    return FlatTransformation(init_fn, update_fn, 'scale_by_trust_ratio')
+    return stateless('scale_by_trust_ratio', step, uses_params=True)

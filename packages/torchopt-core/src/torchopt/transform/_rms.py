@@ -9,8 +9,7 @@ import torch
 from torchopt import _foreach as _fe
 
 from torchopt import _checks
-from torchopt.transform._adam import _check_state
-from torchopt.transform._flat import FlatTransformation, present_indices, put, take
+from torchopt.transform._flat import FlatTransformation, stateful
 from torchopt.transform.utils import ema, ema_sq, write_, zeros_like
 
 __all__ = [
@@ -48,14 +47,9 @@ def scale_by_rms(alpha: float = 0.9, eps: float = 1e-8, initial_scale: float = 0
         return ScaleByRmsState(nu=zeros_like(params, fill=initial_scale))
 
     def update_fn(
-        updates: list, state: ScaleByRmsState, *, params: Any = None, inplace: bool = True,
-        treespec: Any = None,
+        g: list, state: ScaleByRmsState, params: Any, inplace: bool
     ) -> tuple[list, ScaleByRmsState]:
-        _check_state('scale_by_rms', updates, state.nu)
-        idx = present_indices(updates)
-        g, nu = take(updates, idx), take(state.nu, idx)
-        if not g:
-            return updates, state
+        nu = state.nu
         new_nu = ema_sq(nu, g, alpha, inplace=inplace)
         denom = _fe.sqrt(new_nu)
         if inplace:
@@ -64,9 +58,9 @@ def scale_by_rms(alpha: float = 0.9, eps: float = 1e-8, initial_scale: float = 0
             u = g
         else:
             u = _fe.div(g, _fe.add(denom, eps))
-        return put(updates, idx, u), ScaleByRmsState(nu=put(state.nu, idx, new_nu))
+        return u, ScaleByRmsState(nu=new_nu)
 
-    return FlatTransformation(init_fn, update_fn, 'scale_by_rms')
+    return stateful('scale_by_rms', init_fn, update_fn)
 
 
 class ScaleByRStdDevState(NamedTuple):
@@ -90,14 +84,10 @@ def scale_by_stddev(
         return ScaleByRStdDevState(mu=zeros_like(params), nu=zeros_like(params, fill=initial_scale))
 
     def update_fn(
-        updates: list, state: ScaleByRStdDevState, *, params: Any = None, inplace: bool = True,
-        treespec: Any = None,
+        g: list, state: ScaleByRStdDevState, params: Any, inplace: bool
     ) -> tuple[list, ScaleByRStdDevState]:
-        _check_state('scale_by_stddev', updates, state.mu, state.nu)
-        idx = present_indices(updates)
-        g, mu, nu = take(updates, idx), take(state.mu, idx), take(state.nu, idx)
-        if not g:
-            return updates, state
+        mu = state.mu
+        nu = state.nu
         new_nu = ema_sq(nu, g, alpha, inplace=inplace)
         new_mu = ema(mu, g, alpha, inplace=inplace)
         denom = _fe.addcmul(new_nu, new_mu, new_mu, value=-1)
@@ -108,11 +98,11 @@ def scale_by_stddev(
             u = g
         else:
             u = _fe.div(g, _fe.add(_fe.sqrt(denom), eps))
-        return put(updates, idx, u), ScaleByRStdDevState(
-            mu=put(state.mu, idx, new_mu), nu=put(state.nu, idx, new_nu)
+        return u, ScaleByRStdDevState(
+            mu=new_mu, nu=new_nu
         )
 
-    return FlatTransformation(init_fn, update_fn, 'scale_by_stddev')
+    return stateful('scale_by_stddev', init_fn, update_fn)
 
 
 class ScaleByRssState(NamedTuple):
@@ -133,14 +123,9 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: float = 1e-10) -> 
         return ScaleByRssState(sum_of_squares=zeros_like(params, fill=initial_accumulator_value))
 
     def update_fn(
-        updates: list, state: ScaleByRssState, *, params: Any = None, inplace: bool = True,
-        treespec: Any = None,
+        g: list, state: ScaleByRssState, params: Any, inplace: bool
     ) -> tuple[list, ScaleByRssState]:
-        _check_state('scale_by_rss', updates, state.sum_of_squares)
-        idx = present_indices(updates)
-        g, sos = take(updates, idx), take(state.sum_of_squares, idx)
-        if not g:
-            return updates, state
+        sos = state.sum_of_squares
         new_sos = ema_sq(sos, g, 1, inplace=inplace)
         denom = _fe.sqrt(new_sos)
         if inplace:
@@ -149,9 +134,9 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: float = 1e-10) -> 
             u = g
         else:
             u = _fe.div(g, _fe.add(denom, eps))
-        return put(updates, idx, u), ScaleByRssState(sum_of_squares=put(state.sum_of_squares, idx, new_sos))
+        return u, ScaleByRssState(sum_of_squares=new_sos)
 
-    return FlatTransformation(init_fn, update_fn, 'scale_by_rss')
+    return stateful('scale_by_rss', init_fn, update_fn)
 
 
 class ScaleByAdadeltaState(NamedTuple):
@@ -183,14 +168,10 @@ def scale_by_adadelta(
         )
 
     def update_fn(
-        updates: list, state: ScaleByAdadeltaState, *, params: Any = None, inplace: bool = True,
-        treespec: Any = None,
+        g: list, state: ScaleByAdadeltaState, params: Any, inplace: bool
     ) -> tuple[list, ScaleByAdadeltaState]:
-        _check_state('scale_by_adadelta', updates, state.mu, state.nu)
-        idx = present_indices(updates)
-        g, mu, nu = take(updates, idx), take(state.mu, idx), take(state.nu, idx)
-        if not g:
-            return updates, state
+        mu = state.mu
+        nu = state.nu
         new_mu = ema_sq(mu, g, rho, inplace=inplace)
         std = _fe.sqrt(_fe.add(new_mu, eps))
         delta = _fe.sqrt(_fe.add(nu, eps))
@@ -202,8 +183,8 @@ def scale_by_adadelta(
         else:
             u = _fe.mul(_fe.div(delta, std), g)
             new_nu = ema_sq(nu, u, rho, inplace=False)
-        return put(updates, idx, u), ScaleByAdadeltaState(
-            mu=put(state.mu, idx, new_mu), nu=put(state.nu, idx, new_nu)
+        return u, ScaleByAdadeltaState(
+            mu=new_mu, nu=new_nu
         )
 
-    return FlatTransformation(init_fn, update_fn, 'scale_by_adadelta')
+    return stateful('scale_by_adadelta', init_fn, update_fn)

@@ -10,22 +10,24 @@ from torchopt import _foreach as _fe
 
 from torchopt import _checks
 from torchopt.base import GradientTransformation, identity
-from torchopt.transform._adam import _check_state
-from torchopt.transform._flat import FlatTransformation, present_indices, put, take
-from torchopt.transform.utils import zeros_like
+from torchopt.transform._flat import stateful
+from torchopt.transform.utils import advance, count_scalars, counts_like, smap, zeros_like
 
 __all__ = ['TraceState', 'trace']
 
 
 class TraceState(NamedTuple):
-    """State of :func:`trace`: the momentum buffers and whether a step was taken.
+    """State of :func:`trace`: the momentum buffers, and step counts when there is dampening.
 
-    ``started`` lives in the state (not in the transformation, as upstream), so a freshly
-    initialised state always starts with ``trace = g``.
+    Buffers start at zero, so without dampening the first step gives exactly ``b = g`` (as
+    ``torch.optim.SGD``) with no flag at all. With dampening the first step must skip it, so the
+    state also holds one step count per parameter (``None`` otherwise). Upstream kept a "first
+    step done" flag on the transformation object instead, so a fresh state of a used
+    transformation started wrong.
     """
 
     trace: list
-    started: bool = False
+    count: list | None = None
 
 
 def trace(
@@ -51,45 +53,39 @@ def trace(
         return identity()
 
     def init_fn(params: list, treespec: Any) -> TraceState:
-        return TraceState(trace=zeros_like(params, moment_requires_grad), started=False)
+        counts = counts_like(params) if dampening != 0.0 else None
+        return TraceState(trace=zeros_like(params, moment_requires_grad), count=counts)
 
-    def update_fn(
-        updates: list, state: TraceState, *, params: Any = None, inplace: bool = True,
-        treespec: Any = None,
-    ) -> tuple[list, TraceState]:
-        _check_state('trace', updates, state.trace)
-        idx = present_indices(updates)
-        g, buf = take(updates, idx), take(state.trace, idx)
-        if not g:
-            return updates, state
-        if inplace:
-            if nesterov:
-                if state.started:
-                    _fe.mul_(buf, momentum)
-                    _fe.add_(buf, g, alpha=1.0 - dampening)
-                else:
-                    _fe.copy_(buf, g)
-                _fe.add_(g, buf, alpha=momentum)
-            else:
+    def weights(c: Any) -> tuple[Any, Any]:
+        """(the factor on the buffer, the factor on the gradient) at step count ``c``."""
+        if isinstance(c, torch.Tensor):
+            first = c == 0
+            return torch.where(first, 0.0, momentum), torch.where(first, 1.0, 1.0 - dampening)
+        return (0.0, 1.0) if c == 0 else (momentum, 1.0 - dampening)
+
+    def step(g: list, s: TraceState, p: Any, inplace: bool) -> tuple[list, TraceState]:
+        if s.count is None:  # no dampening: b = g + momentum * b, exact from a zero buffer
+            if inplace and nesterov:
+                _fe.mul_(s.trace, momentum)
+                _fe.add_(s.trace, g)
+                _fe.add_(g, s.trace, alpha=momentum)
+                return g, s
+            if inplace:
                 # Build the new buffer in g (it is the update) and copy it to the state:
                 # 7 memory passes instead of 9 for updating the buffer, then copying it out.
-                if state.started:
-                    if dampening != 0.0:
-                        _fe.mul_(g, 1.0 - dampening)
-                    _fe.add_(g, buf, alpha=momentum)
-                _fe.copy_(buf, g)
-            new_buf, u = buf, g
-        else:
-            if state.started and dampening == 0.0:
-                new_buf = _fe.add(g, buf, alpha=momentum)  # one pass: g + momentum * buf
-            elif state.started:
-                new_buf = _fe.add(_fe.mul(buf, momentum), g, alpha=1.0 - dampening)
-            else:
-                # A fresh buffer equals g; keep it connected to the (grad-requiring) initial state.
-                new_buf = _fe.add(_fe.mul(buf, 0.0), g) if any(
-                    b.requires_grad for b in buf
-                ) else [x.clone() for x in g]
+                _fe.add_(g, s.trace, alpha=momentum)
+                _fe.copy_(s.trace, g)
+                return g, s
+            new_buf = _fe.add(g, s.trace, alpha=momentum)  # one pass: g + momentum * buf
             u = _fe.add(g, new_buf, alpha=momentum) if nesterov else new_buf
-        return put(updates, idx, u), TraceState(trace=put(state.trace, idx, new_buf), started=True)
-
-    return FlatTransformation(init_fn, update_fn, 'trace')
+            return u, TraceState(trace=new_buf, count=None)
+        w = smap(weights, count_scalars(s.count))
+        w_buf, w_g = ([a for a, _ in w], [b for _, b in w]) if isinstance(w, list) else w
+        new_buf = _fe.add(_fe.mul(s.trace, w_buf), _fe.mul(g, w_g))
+        counts = advance(s.count, inplace)
+        if not inplace:
+            return new_buf, TraceState(trace=new_buf, count=counts)
+        _fe.copy_(s.trace, new_buf)
+        _fe.copy_(g, new_buf)
+        return g, s
+    return stateful('trace', init_fn, step, scalars=('count',))

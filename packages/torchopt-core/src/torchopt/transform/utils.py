@@ -1,8 +1,13 @@
 """Helpers shared by the transformations (upstream ``torchopt.transform.utils``).
 
-The private ``ema``/``ema_sq``/``scale_`` functions run one ``torch._foreach_*`` op per call on
-flat lists; with ``inplace=False`` they use the out-of-place foreach ops, which carry autograd
-(double backward included), so the same code serves the differentiable path.
+The private ``ema``/``ema_sq``/``scale_`` functions run one multi-tensor op per call on flat
+lists (:mod:`torchopt._foreach`): a ``torch._foreach_*`` call when nothing is recorded, and per
+tensor ops when autograd records an out-of-place op (foreach backward formulas save every input)
+or inside ``torch.func`` transforms. So the differentiable path runs per tensor; the in-place
+path runs foreach.
+
+Step counts are one 0-dim float32 CPU tensor per parameter (``torch.optim``'s ``step``);
+:func:`bias_correction` turns them into double-precision scalars (upstream issue #235).
 """
 
 from __future__ import annotations
@@ -12,9 +17,9 @@ from typing import Any, Callable, Sequence
 import optree
 import torch
 
-from torchopt._foreach import functorch_active
-
+from torchopt import _dispatch
 from torchopt import _foreach as _fe
+from torchopt._dispatch import functorch_active
 
 __all__ = ['inc_count', 'tree_map_flat', 'tree_map_flat_', 'update_moment']
 
@@ -40,11 +45,18 @@ def tree_map_flat_(
     return flat_arg
 
 
-def inc_count(updates: Any, count: int) -> int:
-    """Return ``count + 1`` when ``updates`` holds at least one tensor, else ``count``."""
-    if any(leaf is not None for leaf in optree.tree_leaves(updates, none_is_leaf=True)):
-        return count + 1
-    return count
+def inc_count(updates: Any, count: Any) -> Any:
+    """Advance the per-leaf step counts where ``updates`` has a tensor (upstream semantics).
+
+    ``count`` is a tree (or list) of 0-dim tensors shaped like ``updates``; a leaf whose update is
+    ``None`` keeps its count. A plain number is advanced when any update is present.
+    """
+    leaves, treespec = optree.tree_flatten(updates, none_is_leaf=True)
+    if not isinstance(count, (list, tuple, dict)) and not optree.is_namedtuple(count):
+        return count + 1 if any(u is not None for u in leaves) else count
+    counts = treespec.flatten_up_to(count)
+    new = [c if u is None else c + 1 for u, c in zip(leaves, counts)]
+    return treespec.unflatten(new)
 
 
 def update_moment(
@@ -133,3 +145,42 @@ def zeros_like(params: Sequence[Any], requires_grad: bool = False, fill: float =
         else torch.full_like(p, fill, memory_format=torch.preserve_format, requires_grad=requires_grad)
         for p in params
     ]
+
+
+# --- step counts and the scalars derived from them ----------------------------------------------
+
+Scalars = Any  # a float, a list of floats, or a list of 0-dim tensors (one per leaf)
+
+
+def counts_like(params: Sequence[Any], start: float = 0.0) -> list:
+    """One 0-dim float32 CPU step count per parameter (``None`` stays ``None``)."""
+    return [None if p is None else torch.full((), start, dtype=torch.float32) for p in params]
+
+
+def advance(counts: list, inplace: bool) -> list:
+    """``counts + 1``: in place, or as new tensors."""
+    if inplace:
+        _fe.add_(counts, 1.0)
+        return counts
+    return _fe.add(counts, 1.0)
+
+
+def count_scalars(counts: list) -> Scalars:
+    """The counts as one float (all equal), a list of floats, or the tensors (under transforms)."""
+    values = _dispatch.host_values(counts)
+    if values is None:
+        return [c.to(torch.float64) for c in counts]
+    return _dispatch.uniform(values)
+
+
+def smap(fn: Callable[..., Any], *xs: Scalars) -> Scalars:
+    """Apply ``fn`` to scalars or, leaf by leaf, to lists of scalars (scalars broadcast)."""
+    n = next((len(x) for x in xs if isinstance(x, list)), None)
+    if n is None:
+        return fn(*xs)
+    return [fn(*(x[i] if isinstance(x, list) else x for x in xs)) for i in range(n)]
+
+
+def bias_correction(t: Scalars, decay: float) -> Scalars:
+    """``1 - decay ** t`` in double precision, for scalars from :func:`count_scalars`."""
+    return smap(lambda c: 1.0 - decay**c, t)

@@ -1,0 +1,323 @@
+"""The one place that decides which implementation of a step runs, and checks its inputs first.
+
+Every step of every optimizer goes through the functions of this module, like ``torch.optim``'s
+``_default_to_fused_or_foreach``. The paths, fastest first:
+
+* **torch fused kernel** (``torch._fused_adam_``, ``_fused_adamw_``, ``_fused_sgd_``): the
+  torch-like :class:`~torchopt.Optimizer` step of ``sgd``/``adam``/``adamw`` with a constant
+  learning rate, and the in-place functional Adam direction;
+* **accel kernel** (``torchopt_accel``, ``use_accelerated_op=True``), when the plugin has kernels
+  for every device of the step;
+* **foreach** (``torch._foreach_*``, one call per list): every other in-place step, and
+  out-of-place steps that autograd does not record;
+* **per tensor**: inside ``torch.func`` transforms (foreach ops have no batching rules) and for
+  out-of-place ops that autograd records (foreach backward formulas save every input; the
+  per-tensor ops save what their own backward needs);
+* **differentiable node**: Adam's recorded out-of-place step is one autograd node with an
+  exact hand-written backward (:mod:`torchopt.transform._adam_autograd`).
+
+A fused step is declared by the transformation (:class:`FusedStep`, given to
+:func:`~torchopt.combine.chain_flat`), never patched onto it; :func:`inplace_step` finds it, also
+when the optimizer is the last member of a longer :func:`~torchopt.combine.chain`.
+
+Fast paths never trust their inputs: torch's CPU fused kernels do not check shapes, so before any
+kernel writes, :func:`check_like` verifies per leaf that gradient, state buffers and parameter
+agree in shape, and raises a ``ValueError`` naming the leaf.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import torch
+
+__all__ = [
+    'FUSED_DTYPES',
+    'FusedStep',
+    'adam_path',
+    'check_like',
+    'check_state',
+    'compiling',
+    'find_fused',
+    'functorch_active',
+    'host_values',
+    'inplace_step',
+    'kernel_eligible',
+    'per_tensor',
+]
+
+FUSED_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
+_peek = torch._C._functorch.peek_interpreter_stack
+
+
+def functorch_active() -> bool:
+    """Whether we run inside a ``torch.func`` transform (vmap, grad, jvp, ...)."""
+    return _peek() is not None
+
+
+def compiling() -> bool:
+    """Whether ``torch.compile`` is tracing this code."""
+    return torch.compiler.is_compiling()
+
+
+# --- input checks ---------------------------------------------------------------------------------
+
+
+def _leaf(i: int, treespec: Any) -> str:
+    if treespec is not None:
+        try:
+            import optree
+
+            paths = optree.treespec_paths(treespec)
+            if i < len(paths):
+                return f'leaf {i} (path {paths[i]!r})'
+        except Exception:  # noqa: BLE001 - naming the leaf must never hide the real error
+            pass
+    return f'leaf {i}'
+
+
+def _shapes(xs: Sequence[Any]) -> list:
+    return [None if x is None else x.shape for x in xs]
+
+
+def check_like(
+    where: str,
+    what: str,
+    ref: Sequence[torch.Tensor | None],
+    values: Sequence[Any],
+    *,
+    ref_name: str = 'gradient',
+    treespec: Any = None,
+    ref_shapes: list | None = None,
+) -> None:
+    """Raise ``ValueError`` unless ``values[i]`` has the shape of ``ref[i]`` wherever ``ref[i]`` is set.
+
+    Args:
+        where: the transformation or optimizer, for the message.
+        what: what ``values`` are (``'state.mu'``, ``'params'``), for the message.
+        ref: the reference tensors (``None`` entries are skipped).
+        values: tensors that must match ``ref`` leaf by leaf.
+        ref_name: what ``ref`` is, for the message.
+        treespec: the params' treespec, to name the leaf by its tree path.
+        ref_shapes: ``[t.shape for t in ref]``, when the caller has it already.
+    """
+    if len(values) != len(ref):
+        raise ValueError(
+            f'{where}: {what} holds {len(values)} tensors but there are {len(ref)} '
+            f'{ref_name}s; was the state initialised (or loaded) for these parameters?'
+        )
+    shapes = _shapes(ref) if ref_shapes is None else ref_shapes
+    if shapes == _shapes(values):
+        return
+    for i, (r, v) in enumerate(zip(ref, values)):
+        if r is None:
+            continue
+        if not isinstance(v, torch.Tensor):
+            raise ValueError(
+                f'{where}: {_leaf(i, treespec)} has a {ref_name} of shape {tuple(r.shape)} but '
+                f'{what} holds {type(v).__name__} there; was the state initialised for a '
+                'parameter that had no value (None)?'
+            )
+        if v.shape != r.shape:
+            raise ValueError(
+                f'{where}: {_leaf(i, treespec)}: the {ref_name} has shape {tuple(r.shape)} but '
+                f'{what} has shape {tuple(v.shape)}; the state was probably initialised (or '
+                'loaded) for parameters of other shapes'
+            )
+
+
+def check_state(
+    where: str, updates: Sequence[Any], state: Any, scalars: tuple[str, ...] = (),
+    treespec: Any = None,
+) -> tuple[str, ...]:
+    """Check every per-leaf field (a ``list``) of the NamedTuple ``state`` against ``updates``.
+
+    Fields named in ``scalars`` hold one 0-dim tensor per leaf (step counts) and are checked for
+    length only; the others must match the updates' shapes leaf by leaf. Returns the names of
+    the per-leaf fields.
+    """
+    fields = tuple(f for f in state._fields if isinstance(getattr(state, f), list))
+    ref_shapes = None
+    for f in fields:
+        values = getattr(state, f)
+        if f in scalars:
+            if len(values) != len(updates):
+                check_like(where, f'state.{f}', updates, values, treespec=treespec)
+            continue
+        if ref_shapes is None:
+            ref_shapes = _shapes(updates)
+        check_like(
+            where, f'state.{f}', updates, values, treespec=treespec, ref_shapes=ref_shapes
+        )
+    return fields
+
+
+# --- which path -----------------------------------------------------------------------------------
+
+
+def per_tensor(args: tuple, inplace: bool) -> bool:
+    """Whether a multi-tensor op must run per tensor instead of as one ``torch._foreach_*`` call.
+
+    True inside ``torch.func`` transforms, and for an out-of-place op that autograd records
+    (checked on the first tensor of each list argument).
+    """
+    if _peek() is not None:
+        return True
+    if inplace or not torch.is_grad_enabled():
+        return False
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            if a and isinstance(a[0], torch.Tensor) and a[0].requires_grad:
+                return True
+        elif isinstance(a, torch.Tensor) and a.requires_grad:
+            return True
+    return False
+
+
+def kernel_eligible(*lists: Sequence[torch.Tensor]) -> bool:
+    """Whether torch's fused optimizer kernels may run on these tensor lists.
+
+    True when not under a ``torch.func`` transform and every tensor is dense, contiguous, and on
+    the same CPU or CUDA device with the same floating dtype as the first one. Shapes are checked
+    separately (:func:`check_like`) and raise instead of returning ``False``.
+    """
+    if _peek() is not None or not lists or not lists[0]:
+        return False
+    first = lists[0][0]
+    device, dtype = first.device, first.dtype
+    if device.type not in ('cpu', 'cuda') or dtype not in FUSED_DTYPES:
+        return False
+    return all(
+        t.device == device and t.dtype == dtype and t.layout == torch.strided and t.is_contiguous()
+        for lst in lists
+        for t in lst
+    )
+
+
+def adam_path(inplace: bool, eps_root: float, accel: bool, *lists: Sequence[torch.Tensor]) -> str:
+    """The implementation of one ``scale_by_adam`` update on present leaves.
+
+    Returns ``'accel'`` (``torchopt_accel`` kernels, when asked for and available for the
+    devices), ``'fused'`` (torch's fused kernel computes the direction in place),
+    ``'node'`` (recorded out of place: the autograd node), ``'untracked'`` (out of place, not
+    recorded: copies plus the fused kernel or foreach ops) or ``'foreach'`` (every other case;
+    per tensor under ``torch.func``).
+    """
+    if accel and not functorch_active() and accel_kernels(lists[0]) is not None:
+        return 'accel'
+    if inplace:
+        return 'fused' if eps_root == 0.0 and kernel_eligible(*lists) else 'foreach'
+    if functorch_active():
+        return 'foreach'
+    return 'node' if torch.is_grad_enabled() else 'untracked'
+
+
+def accel_kernels(tensors: Sequence[torch.Tensor]) -> Any | None:
+    """The ``torchopt_accel`` module if it has kernels for the devices of ``tensors``, else ``None``.
+
+    Without the plugin this warns once (never a silent fallback), as does a device the build has
+    no kernels for.
+    """
+    from torchopt import accelerated_op  # the facade is light; the plugin loads lazily
+
+    return accelerated_op.kernels({t.device for t in tensors})
+
+
+# --- step counts ----------------------------------------------------------------------------------
+
+
+def host_values(counts: Sequence[torch.Tensor]) -> list[float] | None:
+    """The per-leaf step counts as Python floats, or ``None`` where they must stay tensors.
+
+    Counts live on the CPU (as ``torch.optim``'s non-fused ``step``), so reading them is cheap
+    and never synchronises a GPU. Inside ``torch.func`` transforms and under ``torch.compile``
+    they are not read: the callers compute bias corrections with float64 tensor ops instead.
+    """
+    if _peek() is not None or compiling():
+        return None
+    if len(counts) > 8:
+        return torch.stack(list(counts)).tolist()
+    return [c.item() for c in counts]
+
+
+def uniform(values: list) -> Any:
+    """``values[0]`` when every entry is equal (one scalar op), else ``values`` (a scalar list)."""
+    first = values[0]
+    for v in values:
+        if v != first:
+            return values
+    return first
+
+
+# --- declared fused steps -------------------------------------------------------------------------
+
+
+class FusedStep(NamedTuple):
+    """A transformation's declaration that one fused kernel computes its whole in-place step.
+
+    ``kind`` is ``'sgd'``, ``'adam'`` or ``'adamw'``; ``hyper`` the kernel's hyper-parameters;
+    ``accel`` asks for ``torchopt_accel``'s kernel. The state index ``at`` is where the
+    transformation keeps the kernel's buffers in its chain state.
+    """
+
+    kind: str
+    hyper: dict
+    at: int
+    accel: bool = False
+
+
+def find_fused(impl: Any) -> tuple[tuple | None, FusedStep | None]:
+    """``(prefix, fused)``: the fused step declared by ``impl`` or by the last member of its chain.
+
+    ``prefix`` is ``None`` when ``impl`` itself declares the step, else the chain members that run
+    before it.
+    """
+    from torchopt.base import ChainedGradientTransformation
+
+    fused = getattr(impl, 'fused', None)
+    if isinstance(fused, FusedStep):
+        return None, fused
+    if isinstance(impl, ChainedGradientTransformation) and len(impl.transformations) > 1:
+        fused = getattr(impl.transformations[-1], 'fused', None)
+        if isinstance(fused, FusedStep):
+            return impl.transformations[:-1], fused
+    return None, None
+
+
+def inplace_step(impl: Any, params: tuple, grads: tuple, state: Any, treespec: Any = None) -> Any:
+    """One in-place step of the torch-like optimizer: update ``params`` and return the new state.
+
+    Runs the declared fused kernel when the tensors are eligible (gradients may be ``None``: those
+    parameters are skipped and their step counts do not advance, as in ``torch.optim``);
+    otherwise ``impl.update`` and :func:`~torchopt.apply_updates`. In a chain that ends with an
+    optimizer alias, the members before it run first, then the alias's fused step.
+    """
+    from torchopt import _kernels
+    from torchopt.update import apply_updates
+
+    prefix, fused = find_fused(impl)
+    if fused is not None and prefix is None:
+        new_state = _kernels.run_fused(fused, params, grads, state, treespec)
+        if new_state is not None:
+            return new_state
+    elif fused is not None and prefix is not None:
+        if not isinstance(state, tuple) or len(state) != len(prefix) + 1:
+            raise ValueError(
+                'The number of updates and states has to be the same in chain! Make sure you '
+                'have called init first!'
+            )
+        head = []
+        for t, s in zip(prefix, state[:-1]):
+            grads, s = t.update(grads, s, params=params, inplace=True)
+            head.append(s)
+        grads = tuple(grads)
+        last = _kernels.run_fused(fused, params, grads, state[-1], treespec)
+        if last is None:
+            updates, last = impl.transformations[-1].update(
+                grads, state[-1], params=params, inplace=True
+            )
+            apply_updates(params, updates, inplace=True)
+        return (*head, last)
+    updates, state = impl.update(grads, state, params=params, inplace=True)
+    apply_updates(params, updates, inplace=True)
+    return state

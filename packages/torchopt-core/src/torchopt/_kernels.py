@@ -1,0 +1,147 @@
+"""Runners for the fused kernels that :mod:`torchopt._dispatch` selects.
+
+Nothing here chooses a path: each runner is called by the dispatcher, checks shapes before any
+kernel writes (torch's CPU fused kernels do not), and returns ``None`` when the tensors are not
+eligible so that the composed transformations run instead.
+
+Step counts are 0-dim float32 CPU tensors, one per parameter (``torch.optim``'s ``step``). The
+fused kernels read them directly; on CUDA they get device copies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from torchopt import _dispatch
+from torchopt.transform._flat import present_indices, take
+
+__all__ = ['adam_direction_', 'run_fused', 'steps_for']
+
+
+def steps_for(counts: list, device: torch.device) -> list:
+    """The step tensors a fused kernel on ``device`` reads: the counts themselves on the CPU."""
+    if device.type == 'cpu':
+        return counts
+    return [c.to(device, non_blocking=True) for c in counts]
+
+
+def _groups(counts: list) -> dict[float, list[int]]:
+    """Indices grouped by their (host) step count, in first-seen order."""
+    values = _dispatch.host_values(counts)
+    groups: dict[float, list[int]] = {}
+    for i, v in enumerate(values or ()):
+        groups.setdefault(v, []).append(i)
+    return groups
+
+
+def run_fused(fused: Any, params: tuple, grads: tuple, state: tuple, treespec: Any) -> Any:
+    """Run the declared fused step on the chain state ``state``; ``None`` when not eligible."""
+    plain_sgd = fused.kind == 'sgd' and fused.hyper['momentum'] == 0.0
+    if not isinstance(state, tuple) or not (plain_sgd or 0 <= fused.at < len(state)):
+        return None
+    idx = present_indices(grads)
+    g = take(grads, idx)
+    if not g:
+        return state
+    where = f'torchopt {fused.kind}'
+    _dispatch.check_like(where, 'params', grads, params, treespec=treespec)
+    sub = None if plain_sgd else state[fused.at]
+    if isinstance(sub, tuple) and hasattr(sub, '_fields'):
+        _dispatch.check_state(where, grads, sub, ('count',), treespec)
+    p = take(params, idx)
+    if fused.kind == 'sgd':
+        return _sgd(fused, p, g, sub, idx, state)
+    return _adam(fused, p, g, sub, idx, state)
+
+
+def _adam(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any:
+    from torchopt.transform._adam import ScaleByAdamState
+
+    if not isinstance(sub, ScaleByAdamState):
+        return None
+    mu, nu, counts = take(sub.mu, idx), take(sub.nu, idx), take(sub.count, idx)
+    h = fused.hyper
+    if fused.accel and not _dispatch.functorch_active():
+        kernels = _dispatch.accel_kernels(p)
+        if kernels is not None and hasattr(kernels, 'adam_apply_') and _accel_ok(p, g, mu, nu):
+            torch._foreach_add_(counts, 1.0)
+            for value, members in _groups(counts).items():
+                kernels.adam_apply_(
+                    take(p, members), take(g, members), take(mu, members), take(nu, members),
+                    h['lr'], h['b1'], h['b2'], h['eps'], h['eps_root'], int(value),
+                    weight_decay=h['weight_decay'], decoupled=fused.kind == 'adamw',
+                    maximize=h['maximize'],
+                )
+            return state
+    if h['eps_root'] != 0.0 or not _dispatch.kernel_eligible(p, g, mu, nu):
+        return None
+    kernel: Any = torch._fused_adamw_ if fused.kind == 'adamw' else torch._fused_adam_
+    torch._foreach_add_(counts, 1.0)
+    kernel(
+        p, g, mu, nu, [], steps_for(counts, p[0].device), lr=h['lr'], beta1=h['b1'],
+        beta2=h['b2'], weight_decay=h['weight_decay'], eps=h['eps'], amsgrad=False,
+        maximize=h['maximize'],
+    )
+    return state
+
+
+def _accel_ok(p: list, g: list, mu: list, nu: list) -> bool:
+    """Dense strided floating tensors, each gradient/moment of its parameter's dtype and device."""
+    for tensors in zip(p, g, mu, nu):
+        first = tensors[0]
+        if first.dtype not in _dispatch.FUSED_DTYPES:
+            return False
+        for t in tensors:
+            if t.layout != torch.strided or t.dtype != first.dtype or t.device != first.device:
+                return False
+    return True
+
+
+def _sgd(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any:
+    from torchopt.transform._trace import TraceState
+
+    h = fused.hyper
+    kwargs = dict(
+        weight_decay=h['weight_decay'], momentum=h['momentum'], lr=h['lr'],
+        dampening=h['dampening'], nesterov=h['nesterov'], maximize=h['maximize'],
+    )
+    if h['momentum'] == 0.0:
+        if not _dispatch.kernel_eligible(p, g):
+            return None
+        torch._fused_sgd_(p, g, [], is_first_step=False, **kwargs)
+        return state
+    if not isinstance(sub, TraceState):
+        return None
+    bufs = take(sub.trace, idx)
+    if not _dispatch.kernel_eligible(p, g, bufs):
+        return None
+    if sub.count is None:
+        # Zero-initialised buffers make the first step b = g exactly (no dampening).
+        torch._fused_sgd_(p, g, bufs, is_first_step=False, **kwargs)
+        return state
+    counts = take(sub.count, idx)
+    for value, members in _groups(counts).items():
+        torch._fused_sgd_(
+            take(p, members), take(g, members), take(bufs, members), is_first_step=value == 0,
+            **kwargs,
+        )
+    torch._foreach_add_(counts, 1.0)
+    return state
+
+
+def adam_direction_(g: list, mu: list, nu: list, counts: list, b1: float, b2: float, eps: float) -> None:
+    """One pass of torch's fused AdamW kernel that leaves the Adam direction in ``g``.
+
+    The kernel computes ``p = p * (1 - lr * wd) - lr * direction`` element by element, reading
+    the gradient before writing the parameter. With ``p`` aliased to ``g``, ``lr = -1`` and
+    ``wd = -1`` the first factor is exactly zero, so ``g`` becomes the direction while ``mu`` and
+    ``nu`` get their usual moving averages: 6 memory passes instead of ~19 for the foreach ops.
+    ``counts`` are the already incremented step counts.
+    """
+    with torch.no_grad():
+        torch._fused_adamw_(
+            g, g, mu, nu, [], steps_for(counts, g[0].device), lr=-1.0, beta1=b1, beta2=b2,
+            weight_decay=-1.0, eps=eps, amsgrad=False, maximize=False,
+        )
