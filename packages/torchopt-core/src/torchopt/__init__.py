@@ -164,3 +164,8 @@ def __getattr__(name: str) -> _Any:
 
 def __dir__() -> list:
     return sorted(set(globals()) | set(_PLUGIN_MODULES))
+
+
+from torchopt import _conflict  # noqa: E402
+
+_conflict.warn_if_conflicting()  # the original `torchopt` distribution beside torchopt-core

@@ -1,4 +1,4 @@
-"""``python -m torchopt``: versions, plugins and accelerated-op availability (for bug reports)."""
+"""``python -m torchopt``: versions, plugins, accelerated-op availability and install conflicts."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def report() -> str:
     import torch
 
     import torchopt
-    from torchopt import plugins
+    from torchopt import _conflict, plugins
 
     lines = [
         f'torchopt-core {torchopt.__version__}',
@@ -38,6 +38,9 @@ def report() -> str:
         if row.error:
             line += f' ({row.error})'
         lines.append(line)
+    conflict = _conflict.conflict_message()
+    if conflict is not None:  # right under the version line, where a bug report starts
+        lines.insert(1, f'WARNING: {conflict}')
     return '\n'.join(lines + accel_lines)
 
 
