@@ -100,7 +100,7 @@ def _accel_ok(p: list, g: list, mu: list, nu: list) -> bool:
 
 
 def _sgd(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any:
-    from torchopt.transform._trace import TraceState
+    from torchopt.transform._trace import DampenedTraceState, TraceState
 
     h = fused.hyper
     kwargs = dict(
@@ -112,12 +112,12 @@ def _sgd(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any:
             return None
         torch._fused_sgd_(p, g, [], is_first_step=False, **kwargs)
         return state
-    if not isinstance(sub, TraceState):
+    if not isinstance(sub, (TraceState, DampenedTraceState)):
         return None
     bufs = take(sub.trace, idx)
     if not _dispatch.kernel_eligible(p, g, bufs):
         return None
-    if sub.count is None:
+    if isinstance(sub, TraceState):
         # Zero-initialised buffers make the first step b = g exactly (no dampening).
         torch._fused_sgd_(p, g, bufs, is_first_step=False, **kwargs)
         return state

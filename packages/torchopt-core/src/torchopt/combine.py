@@ -38,7 +38,11 @@ class FlatChain(FlatTransformation):
         members = ChainedGradientTransformation(*transformations).transformations
         flat_fns = [as_flat(t) for t in members]
         inits = tuple(f[0] for f in flat_fns)
-        updates_fns = tuple(f[1] for f in flat_fns)
+        checks = tuple(getattr(t, 'flat_check', None) for t in members)
+        updates_fns = tuple(
+            getattr(t, 'flat_unchecked', None) or f[1] for t, f in zip(members, flat_fns)
+        )
+        checked = tuple(i for i, c in enumerate(checks) if c is not None)
 
         def init_fn(params: list, treespec: Any) -> tuple:
             return tuple(fn(params, treespec) for fn in inits)
@@ -52,6 +56,8 @@ class FlatChain(FlatTransformation):
                     'The number of updates and states has to be the same in chain! Make sure you '
                     'have called init first!'
                 )
+            for i in checked:  # every state is checked before any member writes
+                checks[i](updates, state[i], treespec)
             new_state = []
             for fn, s in zip(updates_fns, state):
                 updates, s = fn(updates, s, params=params, inplace=inplace, treespec=treespec)

@@ -192,9 +192,9 @@ def adamw(
     )
 
 
-def _adagrad_lr_schedule(decay_rate: float, transition_begin: int = 0) -> Any:
+def _adagrad_lr_schedule(decay_rate: float) -> Any:
     def schedule(count: Any) -> Any:
-        return 1.0 / (1.0 + decay_rate * max(count - transition_begin, 0))
+        return 1.0 / (1.0 + decay_rate * count)  # branch-free: also under vmap
 
     return schedule
 

@@ -33,7 +33,7 @@ from torchopt.transform._rms import (
     scale_by_stddev,
 )
 from torchopt.transform._scale import ScaleByScheduleState, scale, scale_by_schedule
-from torchopt.transform._trace import TraceState, trace
+from torchopt.transform._trace import DampenedTraceState, TraceState, trace
 
 __all__ = [
     'add_decayed_weights',

@@ -46,13 +46,24 @@ def flatten_updates(
 
 
 class FlatTransformation(GradientTransformation):
-    """A :class:`GradientTransformation` implemented on flat lists of leaves."""
+    """A :class:`GradientTransformation` implemented on flat lists of leaves.
+
+    ``flat_check(updates, state, treespec)`` (optional) validates a state against the updates
+    without touching anything, and ``flat_unchecked`` is ``flat_update`` without that check: a
+    chain checks every member first, so that a bad state raises before any member has written.
+    """
 
     flat_init: FlatInit
     flat_update: FlatUpdate
+    flat_check: Callable[[list, Any, Any], Any] | None
+    flat_unchecked: FlatUpdate | None
     name: str
 
-    def __new__(cls, flat_init: FlatInit, flat_update: FlatUpdate, name: str = '') -> Any:
+    def __new__(
+        cls, flat_init: FlatInit, flat_update: FlatUpdate, name: str = '', *,
+        check: Callable[[list, Any, Any], Any] | None = None,
+        unchecked: FlatUpdate | None = None,
+    ) -> Any:
         def init_fn(params: Any) -> Any:
             leaves, treespec = optree.tree_flatten(params, none_is_leaf=True)
             return flat_init(leaves, treespec)
@@ -69,6 +80,8 @@ class FlatTransformation(GradientTransformation):
         instance = super().__new__(cls, init_fn, update_fn)
         instance.flat_init = flat_init
         instance.flat_update = flat_update
+        instance.flat_check = check
+        instance.flat_unchecked = unchecked
         instance.name = name or getattr(flat_update, '__qualname__', 'transformation')
         return instance
 
@@ -138,11 +151,13 @@ def stateful(
     leaves keep their state untouched (their counts do not advance, as in ``torch.optim``).
     """
 
-    def update_fn(
+    def check(updates: list, state: Any, treespec: Any) -> tuple[str, ...]:
+        return _dispatch.check_state(name, updates, state, scalars, treespec)
+
+    def unchecked(
         updates: list, state: Any, *, params: list | None = None, inplace: bool = True,
         treespec: Any = None,
     ) -> tuple[list, Any]:
-        fields = _dispatch.check_state(name, updates, state, scalars, treespec)
         idx = present_indices(updates)
         g = take(updates, idx)
         if not g:
@@ -150,12 +165,20 @@ def stateful(
         p = None if params is None else take(params, idx)
         if idx is None:
             return step(g, state, p, inplace)
+        fields = [f for f in state._fields if isinstance(getattr(state, f), list)]
         sub = state._replace(**{f: take(getattr(state, f), idx) for f in fields})
         u, new = step(g, sub, p, inplace)
         merged = {f: put(getattr(state, f), idx, getattr(new, f)) for f in fields}
         return put(updates, idx, u), new._replace(**merged)
 
-    return FlatTransformation(init, update_fn, name)
+    def update_fn(
+        updates: list, state: Any, *, params: list | None = None, inplace: bool = True,
+        treespec: Any = None,
+    ) -> tuple[list, Any]:
+        check(updates, state, treespec)
+        return unchecked(updates, state, params=params, inplace=inplace, treespec=treespec)
+
+    return FlatTransformation(init, update_fn, name, check=check, unchecked=unchecked)
 
 
 def stateless(name: str, step: StatelessStep, *, uses_params: bool = False) -> FlatTransformation:

@@ -13,21 +13,29 @@ from torchopt.base import GradientTransformation, identity
 from torchopt.transform._flat import stateful
 from torchopt.transform.utils import advance, count_scalars, counts_like, smap, zeros_like
 
-__all__ = ['TraceState', 'trace']
+__all__ = ['DampenedTraceState', 'TraceState', 'trace']
 
 
 class TraceState(NamedTuple):
-    """State of :func:`trace`: the momentum buffers, and step counts when there is dampening.
+    """State of :func:`trace` without dampening: the momentum buffers (upstream's layout).
 
-    Buffers start at zero, so without dampening the first step gives exactly ``b = g`` (as
-    ``torch.optim.SGD``) with no flag at all. With dampening the first step must skip it, so the
-    state also holds one step count per parameter (``None`` otherwise). Upstream kept a "first
-    step done" flag on the transformation object instead, so a fresh state of a used
-    transformation started wrong.
+    Buffers start at zero, so the first step gives exactly ``b = g`` (as ``torch.optim.SGD``)
+    with no flag at all. Upstream kept a "first step done" flag on the transformation object, so
+    a fresh state of a used transformation started wrong.
     """
 
     trace: list
-    count: list | None = None
+
+
+class DampenedTraceState(NamedTuple):
+    """State of :func:`trace` with dampening: buffers and one step count per parameter.
+
+    The first step of a parameter skips the dampening (``b = g``, as ``torch.optim.SGD``), so
+    each parameter needs to know whether it has taken one.
+    """
+
+    trace: list
+    count: list
 
 
 def trace(
@@ -52,9 +60,11 @@ def trace(
     if momentum == 0:
         return identity()
 
-    def init_fn(params: list, treespec: Any) -> TraceState:
-        counts = counts_like(params) if dampening != 0.0 else None
-        return TraceState(trace=zeros_like(params, moment_requires_grad), count=counts)
+    def init_fn(params: list, treespec: Any) -> TraceState | DampenedTraceState:
+        buffers = zeros_like(params, moment_requires_grad)
+        if dampening == 0.0:
+            return TraceState(trace=buffers)
+        return DampenedTraceState(trace=buffers, count=counts_like(params))
 
     def weights(c: Any) -> tuple[Any, Any]:
         """(the factor on the buffer, the factor on the gradient) at step count ``c``."""
@@ -63,8 +73,8 @@ def trace(
             return torch.where(first, 0.0, momentum), torch.where(first, 1.0, 1.0 - dampening)
         return (0.0, 1.0) if c == 0 else (momentum, 1.0 - dampening)
 
-    def step(g: list, s: TraceState, p: Any, inplace: bool) -> tuple[list, TraceState]:
-        if s.count is None:  # no dampening: b = g + momentum * b, exact from a zero buffer
+    def step(g: list, s: Any, p: Any, inplace: bool) -> tuple[list, Any]:
+        if isinstance(s, TraceState):  # no dampening: b = g + momentum * b, exact from a zero buffer
             if inplace and nesterov:
                 _fe.mul_(s.trace, momentum)
                 _fe.add_(s.trace, g)
@@ -78,13 +88,13 @@ def trace(
                 return g, s
             new_buf = _fe.add(g, s.trace, alpha=momentum)  # one pass: g + momentum * buf
             u = _fe.add(g, new_buf, alpha=momentum) if nesterov else new_buf
-            return u, TraceState(trace=new_buf, count=None)
+            return u, TraceState(trace=new_buf)
         w = smap(weights, count_scalars(s.count))
         w_buf, w_g = ([a for a, _ in w], [b for _, b in w]) if isinstance(w, list) else w
         new_buf = _fe.add(_fe.mul(s.trace, w_buf), _fe.mul(g, w_g))
         counts = advance(s.count, inplace)
         if not inplace:
-            return new_buf, TraceState(trace=new_buf, count=counts)
+            return new_buf, DampenedTraceState(trace=new_buf, count=counts)
         _fe.copy_(s.trace, new_buf)
         _fe.copy_(g, new_buf)
         return g, s

@@ -1,0 +1,253 @@
+"""The step engine's contract (issue #16): per-parameter tensor state, missing gradients, vmap,
+torch.compile, and one dispatcher.
+
+The shape-mismatch matrix (which runs each case in a subprocess) is in ``test_shape_checks.py``.
+"""
+
+from __future__ import annotations
+
+import optree
+import pytest
+import torch
+
+import torchopt
+from optimizer_table import ALL, ALL_IDS, CASES, IDS
+
+STEPS = 20
+TOL = 1e-12
+
+
+def _loss(params: list[torch.Tensor]) -> torch.Tensor:
+    return sum(
+        ((p - 0.3) ** 2 * (i + 1)).sum() + 0.05 * (p**3).sum() + 0.1 * p.sin().sum()
+        for i, p in enumerate(params)
+    )
+
+
+def _init_params() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return [
+        torch.randn(5, 3, generator=g, dtype=torch.float64),
+        torch.randn(7, generator=g, dtype=torch.float64),
+        torch.randn(2, 2, 2, generator=g, dtype=torch.float64),
+        torch.randn(4, generator=g, dtype=torch.float64),
+    ]
+
+
+def _missing_schedule() -> list[set[int]]:
+    """For every step, the parameter indices whose gradient is ``None`` (a random subset)."""
+    g = torch.Generator().manual_seed(7)
+    out = []
+    for _ in range(STEPS):
+        mask = torch.rand(4, generator=g) < 0.35
+        out.append({i for i in range(4) if mask[i]})
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _float64_default():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _torch_reference(torch_cls, kwargs, missing):
+    params = [p.clone().requires_grad_() for p in _init_params()]
+    opt = torch_cls(params, foreach=False, **kwargs)
+    for skip in missing:
+        opt.zero_grad(set_to_none=True)
+        _loss(params).backward()
+        for i in skip:
+            params[i].grad = None
+        opt.step()
+    return [p.detach() for p in params]
+
+
+def _max_err(a, b):
+    return max((x - y).abs().max().item() for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize(('name', 'cls', 'fn', 'torch_cls', 'kwargs'), CASES, ids=IDS)
+def test_class_skips_missing_gradients_like_torch_optim(name, cls, fn, torch_cls, kwargs):
+    """A parameter whose gradient is None is skipped and its own step count does not advance."""
+    missing = _missing_schedule()
+    expected = _torch_reference(torch_cls, kwargs, missing)
+    params = [p.clone().requires_grad_() for p in _init_params()]
+    opt = cls(params, **kwargs)
+    for skip in missing:
+        opt.zero_grad(set_to_none=True)
+        _loss(params).backward()
+        for i in skip:
+            params[i].grad = None
+        opt.step()
+    assert _max_err(params, expected) <= TOL
+
+
+@pytest.mark.parametrize(('name', 'cls', 'fn', 'torch_cls', 'kwargs'), CASES, ids=IDS)
+@pytest.mark.parametrize('inplace', [True, False])
+def test_functional_skips_missing_gradients_like_torch_optim(
+    name, cls, fn, torch_cls, kwargs, inplace
+):
+    missing = _missing_schedule()
+    expected = _torch_reference(torch_cls, kwargs, missing)
+    params = {f'p{i}': p.clone().requires_grad_() for i, p in enumerate(_init_params())}
+    opt = fn(**kwargs)
+    state = opt.init(params)
+    for skip in missing:
+        loss = _loss(list(params.values()))
+        grads = list(torch.autograd.grad(loss, list(params.values())))
+        for i in skip:
+            grads[i] = None
+        updates, state = opt.update(dict(zip(params, grads)), state, params=params,
+                                    inplace=inplace)  # fmt: skip
+        params = torchopt.apply_updates(params, updates, inplace=inplace)
+        if not inplace:
+            params = {k: v.detach().requires_grad_() for k, v in params.items()}
+    assert _max_err(list(params.values()), expected) <= TOL
+
+
+def test_step_counts_are_per_parameter_tensors():
+    params = (torch.zeros(3), torch.zeros(2))
+    state = torchopt.adam(1e-2).init(params)
+    for grads in [(torch.ones(3), torch.ones(2)), (torch.ones(3), None), (torch.ones(3), None)]:
+        _, state = torchopt.adam(1e-2).update(grads, state)
+    counts = state[0].count
+    assert all(isinstance(c, torch.Tensor) and c.dim() == 0 for c in counts)
+    assert [c.item() for c in counts] == [3.0, 1.0]
+
+
+@pytest.mark.parametrize(('name', 'cls', 'fn', 'torch_cls', 'kwargs'), ALL, ids=ALL_IDS)
+def test_states_are_pure_tensor_trees(name, cls, fn, torch_cls, kwargs):
+    params = _init_params()
+    state = fn(**kwargs).init(params)
+    leaves = optree.tree_leaves(state)
+    assert all(isinstance(x, torch.Tensor) for x in leaves)
+
+
+def _ensemble(n: int = 3) -> tuple[list, list]:
+    params = [torch.stack([p + k for k in range(n)]) for p in _init_params()]
+    grads = [torch.randn_like(p) for p in params]
+    return params, grads
+
+
+@pytest.mark.parametrize(('name', 'cls', 'fn', 'torch_cls', 'kwargs'), ALL, ids=ALL_IDS)
+def test_vmap_over_init_and_update_matches_a_loop(name, cls, fn, torch_cls, kwargs):
+    """Upstream's functorch examples train an ensemble by vmapping init and update (#18 item 5).
+
+    As there, the update is functional (``inplace=False``): ``vmap(init)`` returns expanded
+    step counts, which in-place ops cannot write.
+    """
+    inplace = False
+    opt = fn(**kwargs)
+    params, grads = _ensemble()
+    state = torch.func.vmap(opt.init)(params)
+
+    def step(g, s, p):
+        updates, s = opt.update(g, s, params=p, inplace=inplace)
+        return torchopt.apply_updates(p, updates, inplace=False), s
+
+    new_params, state = torch.func.vmap(step)(grads, state, params)
+    new_params, state = torch.func.vmap(step)(grads, state, new_params)  # a second step
+    for k in range(params[0].shape[0]):
+        p_k = [p[k].clone() for p in params]
+        s_k = opt.init(p_k)
+        for _ in range(2):
+            u, s_k = opt.update([g[k] for g in grads], s_k, params=p_k, inplace=False)
+            p_k = torchopt.apply_updates(p_k, u, inplace=False)
+        for got, want in zip(new_params, p_k):
+            torch.testing.assert_close(got[k], want, rtol=1e-12, atol=1e-12)
+
+
+class _CountingBackend:
+    def __init__(self) -> None:
+        self.graphs = 0
+
+    def __call__(self, gm, example_inputs):
+        self.graphs += 1
+        return gm.forward
+
+
+@pytest.mark.parametrize('name', ['adam', 'adamw', 'sgd'])
+def test_compiled_inplace_step_compiles_once(name):
+    """Tensor step counts: a compiled in-place step does not recompile as the count grows."""
+    torch._dynamo.reset()
+    make = {
+        'adam': lambda: torchopt.adam(1e-2),
+        'adamw': lambda: torchopt.adamw(1e-2),
+        'sgd': lambda: torchopt.sgd(1e-2, momentum=0.9),
+    }[name]
+    opt = make()
+    params = [p.clone() for p in _init_params()]
+    state = opt.init(params)
+    backend = _CountingBackend()
+
+    @torch.compile(backend=backend)
+    def step(grads, state):
+        updates, state = opt.update(grads, state, params=params, inplace=True)
+        torchopt.apply_updates(params, updates, inplace=True)
+        return state
+
+    ref_params = [p.clone() for p in params]
+    ref_state = make().init(ref_params)
+    graphs_after_first = None
+    for k in range(STEPS):
+        grads = [torch.full_like(p, 0.1 * (k + 1)) for p in params]
+        state = step([g.clone() for g in grads], state)
+        u, ref_state = make().update(grads, ref_state, params=ref_params, inplace=True)
+        torchopt.apply_updates(ref_params, u, inplace=True)
+        if k == 0:
+            graphs_after_first = backend.graphs
+    assert graphs_after_first >= 1
+    assert backend.graphs == graphs_after_first
+    for a, b in zip(params, ref_params):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch._dynamo.reset()
+
+
+def test_fused_step_survives_wrapping_in_a_chain():
+    """The fused step is declared by the alias: chain(clip, adam) still runs it in step()."""
+    from torchopt import _dispatch
+
+    impl = torchopt.chain(torchopt.clip_grad_norm(1.0), torchopt.adam(1e-2))
+    prefix, fused = _dispatch.find_fused(impl)
+    assert fused is not None and fused.kind == 'adam' and len(prefix) == 1
+    params = [p.clone().requires_grad_() for p in _init_params()]
+    ref = [p.clone().requires_grad_() for p in _init_params()]
+    ours = torchopt.Optimizer(params, impl)
+    theirs = torch.optim.Adam(ref, lr=1e-2, foreach=False)
+    for _ in range(5):
+        for ps in (params, ref):
+            for p in ps:
+                p.grad = None
+            _loss(ps).backward()
+        torch.nn.utils.clip_grad_norm_(ref, 1.0)
+        ours.step()
+        theirs.step()
+    assert _max_err(params, ref) <= 1e-10  # clip's 1e-6 in the denominator differs from torch's
+
+
+def test_the_fused_paths_run_and_match_the_composed_chain(monkeypatch):
+    """The class step of sgd/adam/adamw runs torch's fused kernel; the composed chain agrees."""
+    calls = []
+    for kernel in ('_fused_adam_', '_fused_adamw_', '_fused_sgd_'):
+        original = getattr(torch, kernel)
+
+        def spy(*args, _original=original, _name=kernel, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(torch, kernel, spy)
+    for cls, kwargs, kernel in [
+        (torchopt.Adam, dict(lr=1e-2, weight_decay=0.1), '_fused_adam_'),
+        (torchopt.AdamW, dict(lr=1e-2), '_fused_adamw_'),
+        (torchopt.SGD, dict(lr=1e-2, momentum=0.9, dampening=0.3), '_fused_sgd_'),
+    ]:
+        calls.clear()
+        params = [p.clone().requires_grad_() for p in _init_params()]
+        opt = cls(params, **kwargs)
+        for _ in range(4):
+            opt.zero_grad()
+            _loss(params).backward()
+            opt.step()
+        assert kernel in calls

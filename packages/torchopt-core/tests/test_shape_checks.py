@@ -1,0 +1,121 @@
+"""A state that belongs to parameters of other shapes raises a ValueError naming the leaf (#16).
+
+torch's CPU fused kernels do not check shapes: before the checks, ``adam(0.1)`` initialised on a
+2-element tensor and updated with a 100,000-element gradient read and wrote past the state's
+memory (wrong numbers, ``munmap_chunk(): invalid pointer``, or a segfault). Every optimizer is
+run through every entry point with the shapes differing at one leaf — functional ``update``
+(in place and not), the torch-like class after ``load_state_dict``, and the Meta class after
+``load_state_dict`` — each optimizer in its own subprocess, so that a crash fails the test
+instead of the test run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from optimizer_table import ALL, ALL_IDS
+
+BIG = 100_000  # the size that segfaulted before the checks
+
+_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch, torchopt
+    from torch import nn
+
+    name, kwargs, big = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    fn = getattr(torchopt, name.lower())
+    cls = getattr(torchopt, name)
+    meta = getattr(torchopt, 'Meta' + name, None)
+    results = {}
+
+    def expect_value_error(mode, run, untouched):
+        before = [t.clone() for t in untouched]
+        try:
+            run()
+        except ValueError as ex:
+            msg = str(ex)
+            ok = 'leaf 1' in msg and 'shape' in msg
+            same = all(torch.equal(a, b) for a, b in zip(before, untouched))
+            results[mode] = 'ok' if ok and same else f'bad: {msg!r} unchanged={same}'
+        except Exception as ex:  # noqa: BLE001
+            results[mode] = f'{type(ex).__name__}: {ex}'
+        else:
+            results[mode] = 'no error'
+        print(json.dumps(results), flush=True)
+
+    small = [torch.ones(2), torch.ones(3)]
+    large = [torch.ones(2), torch.ones(big)]
+    if not any(isinstance(x, torch.Tensor) and x.dim() > 0
+               for x in torch.utils._pytree.tree_leaves(fn(**kwargs).init(small))):
+        print(json.dumps({'stateless': 'ok'}))  # no per-leaf state: nothing can disagree
+        sys.exit(0)
+    for inplace in (True, False):
+        opt = fn(**kwargs)
+        state = opt.init([t.clone() for t in small])
+        grads = [t.clone() for t in large]
+        params = [t.clone() for t in large]
+        expect_value_error(
+            f'functional inplace={inplace}',
+            lambda: opt.update(grads, state, params=params, inplace=inplace),
+            params + grads,
+        )
+
+    a = [t.clone().requires_grad_() for t in small]
+    opt_a = cls(a, **kwargs)
+    for p in a:
+        p.grad = torch.ones_like(p)
+    opt_a.step()
+    b = [t.clone().requires_grad_() for t in large]
+    opt_b = cls(b, **kwargs)
+    opt_b.load_state_dict(opt_a.state_dict())
+    for p in b:
+        p.grad = torch.ones_like(p)
+    expect_value_error('class after load_state_dict', opt_b.step, [p.detach() for p in b])
+
+    if meta is not None:
+        class Net(nn.Module):
+            def __init__(self, n):
+                super().__init__()
+                self.a = nn.Parameter(torch.ones(2))
+                self.b = nn.Parameter(torch.ones(n))
+
+            def forward(self):
+                return (self.a ** 2).sum() + (self.b ** 2).sum()
+
+        meta_kwargs = {k: v for k, v in kwargs.items() if k != 'maximize'}
+        net_a, net_b = Net(3), Net(big)
+        opt_a = meta(net_a, **meta_kwargs)
+        opt_a.step(net_a())
+        opt_b = meta(net_b, **meta_kwargs)
+        opt_b.load_state_dict(opt_a.state_dict())
+        expect_value_error(
+            'meta after load_state_dict', lambda: opt_b.step(net_b()),
+            [net_b.a.detach(), net_b.b.detach()],
+        )
+    print(json.dumps(results), flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize(('name', 'cls', 'fn', 'torch_cls', 'kwargs'), ALL, ids=ALL_IDS)
+def test_shape_mismatch_raises_naming_the_leaf_in_every_entry_point(
+    name, cls, fn, torch_cls, kwargs
+):
+    res = subprocess.run(
+        [sys.executable, '-c', _SCRIPT, cls.__name__, json.dumps(kwargs), str(BIG)],
+        capture_output=True, text=True, timeout=300,
+    )
+    lines = [line for line in res.stdout.splitlines() if line.startswith('{')]
+    assert res.returncode == 0, (
+        f'the process died (exit {res.returncode}) after {lines[-1] if lines else "nothing"}:\n'
+        f'{res.stderr[-2000:]}'
+    )
+    results = json.loads(lines[-1])
+    assert len(results) >= 3 or results == {'stateless': 'ok'}
+    assert all(v == 'ok' for v in results.values()), results
