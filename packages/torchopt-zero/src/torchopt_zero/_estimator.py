@@ -1,9 +1,10 @@
 r"""Batched evaluation of the evolution-strategy (ES) gradient estimators.
 
 This module holds the numerical core of :func:`torchopt_zero.zero_order`: it draws the noise,
-evaluates the objective at all perturbed parameters (one :func:`torch.func.vmap` call per chunk,
-or a Python loop for functions that cannot be vmapped), and reduces the function values into the
-gradient estimate with one matrix-vector product per (device, dtype) group of parameters.
+evaluates the objective at all perturbed parameters (one batched call per chunk, see
+:mod:`torchopt_zero._batching`, or a Python loop for functions that cannot be vmapped), and
+reduces the function values into the gradient estimate with one matrix-vector product per
+(device, dtype) group of parameters.
 
 With :math:`u_i \sim p` drawn independently for :math:`i = 1, \dots, N`, the three estimators
 of :math:`\bar{g} \, \nabla_\theta f(\theta)` (:math:`\bar{g}` the incoming output gradient) are
@@ -19,31 +20,37 @@ of :math:`\bar{g} \, \nabla_\theta f(\theta)` (:math:`\bar{g}` the incoming outp
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
+from torchopt_zero._batching import check_scalar, vmap_call
+
 __all__ = [
     'METHODS',
     'DEFAULT_CHUNK_ELEMENTS',
+    'Estimator',
     'EstimatorConfig',
-    'VmapState',
     'check_scalar',
-    'estimate',
+    'make_sampler',
 ]
 
 _logger = logging.getLogger(__name__)
 
-#: The estimators :func:`estimate` implements.
+#: The estimators :class:`Estimator` implements.
 METHODS = ('naive', 'forward', 'antithetic')
 
 #: Default bound on the number of perturbed parameter elements held at once (chunking).
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
 
-# Up to this many evaluations run as direct calls: vmap's fixed overhead exceeds their cost.
+# Up to this many evaluations run as direct calls: a batched call costs more than they do.
 _LOOP_MAX = 2
+
+#: A noise source: ``sample(sample_shape)``, as :meth:`torchopt.typing.Samplable.sample`.
+Sampler = Callable[[torch.Size], Any]
 
 
 class EstimatorConfig(NamedTuple):
@@ -66,24 +73,50 @@ class EstimatorConfig(NamedTuple):
     vectorize: bool | None
 
 
-class VmapState:
-    """Remembers how a function can be evaluated in a batch, so failing modes are tried once.
+def _sample(distribution: Any, sample_shape: torch.Size) -> Any:
+    return distribution.sample(sample_shape)
 
-    ``mode`` is ``None`` (not known yet), ``'error'`` (plain :func:`torch.func.vmap`),
-    ``'different'`` (``vmap`` with ``randomness='different'``: the function draws random numbers,
-    each perturbation gets its own) or ``'loop'`` (it cannot be vmapped).
+
+def _sample_normal(distribution: torch.distributions.Normal, sample_shape: torch.Size) -> Any:
+    """``distribution.sample(sample_shape)`` for a scalar normal, the same numbers 2-3x faster.
+
+    :meth:`torch.distributions.Normal.sample` calls ``torch.normal(loc.expand(shape),
+    scale.expand(shape))``, which fills its output with standard normal numbers and then
+    multiplies by ``scale`` and adds ``loc``; the broadcasting makes those two steps slow.
+    ``torch.randn`` draws the same standard normal numbers from the generator.
     """
+    loc, scale = distribution.loc, distribution.scale
+    if (
+        loc.ndim
+        or scale.ndim
+        or loc.dtype != scale.dtype
+        or loc.device != scale.device
+        or 'sample' in vars(distribution)
+    ):
+        return distribution.sample(sample_shape)  # a batch shape (then rejected), a patch, ...
+    noise = torch.randn(sample_shape, dtype=loc.dtype, device=loc.device)
+    # x * 1 + 0 == x: skip both passes for the standard normal (read without a device sync)
+    if not loc.is_cpu or float(scale) != 1.0 or float(loc) != 0.0:
+        noise.mul_(scale).add_(loc)
+    return noise
 
-    __slots__ = ('mode',)
 
-    def __init__(self) -> None:
-        self.mode: str | None = None
+def make_sampler(distribution: Any) -> Sampler:
+    """The function :class:`Estimator` draws noise with: ``distribution.sample(shape)``.
+
+    For a plain :class:`torch.distributions.Normal` (not a subclass) with scalar ``loc`` and
+    ``scale``, a faster function that returns exactly the same numbers and leaves the random
+    number generator in the same state.
+    """
+    if type(distribution) is torch.distributions.Normal:  # pylint: disable=unidiomatic-typecheck
+        return functools.partial(_sample_normal, distribution)
+    return functools.partial(_sample, distribution)
 
 
-def _sample_noise(distribution: Any, num: int, dim: int, like: Tensor) -> Tensor:
+def _sample_noise(sample: Sampler, num: int, dim: int, like: Tensor) -> Tensor:
     """Draw ``num`` noise vectors of ``dim`` elements, shape ``(num, dim)``, cast like ``like``."""
     shape = torch.Size((num, dim))
-    noise = distribution.sample(shape)
+    noise = sample(shape)
     if not isinstance(noise, Tensor):
         noise = torch.as_tensor(noise)
     if noise.shape != shape:
@@ -92,82 +125,30 @@ def _sample_noise(distribution: Any, num: int, dim: int, like: Tensor) -> Tensor
             f'asked for {tuple(shape)}, got {tuple(noise.shape)}. Use a distribution with '
             f'scalar batch and event shapes, e.g. torch.distributions.Normal(0.0, 1.0).'
         )
-    return noise.to(device=like.device, dtype=like.dtype)
+    if noise.dtype != like.dtype or noise.device != like.device:
+        noise = noise.to(like)  # like's device and dtype
+    return noise
 
 
-def check_scalar(value: Any) -> Tensor:
-    """Return ``value`` if it is a 0-dim tensor, else raise the reference's errors."""
-    if not isinstance(value, Tensor):
-        raise TypeError('`output` must be a tensor.')
-    if value.ndim != 0:
-        raise RuntimeError('`output` must be a scalar tensor.')
-    return value
+class _Group(NamedTuple):
+    """Perturbed leaves sharing a (device, dtype): they share one noise draw per chunk."""
+
+    members: list[int]  # positions in the list of leaves
+    sizes: list[int]  # their numbers of elements
+    dim: int  # the sum of sizes
+    like: Tensor  # a member, for the device and dtype
 
 
-def _check_values(values: Any, num: int) -> Tensor:
-    if not isinstance(values, Tensor):
-        raise TypeError('`output` must be a tensor.')
-    if values.shape != (num,):
-        raise RuntimeError('`output` must be a scalar tensor.')
-    return values
-
-
-def _evaluate(
-    fn: Callable[..., Tensor],
-    base: Sequence[Tensor],
-    batched: dict[int, Tensor],
-    num: int,
-    config: EstimatorConfig,
-    vmap_state: VmapState,
-) -> Tensor:
-    """Evaluate ``fn(*leaves)`` for ``num`` perturbations; returns the values, shape ``(num,)``.
-
-    ``base`` holds every differentiable leaf; ``batched`` maps the positions of the perturbed
-    leaves to their ``num`` stacked perturbed values.
-    """
-
-    def at(i: int) -> list[Tensor]:
-        return [batched[j][i] if j in batched else leaf for j, leaf in enumerate(base)]
-
-    if config.vectorize is False or (num <= _LOOP_MAX and config.vectorize is None):
-        mode = 'loop'
-    elif vmap_state.mode is None:
-        mode = 'error'
-    else:
-        mode = vmap_state.mode
-    if mode != 'loop':
-        positions = list(batched)
-
-        def batched_fn(*perturbed: Tensor) -> Tensor:
-            # the unperturbed leaves come from the closure: vmap's in_dims stay the default
-            # (cheaper to process than a tuple of 0/None)
-            full = list(base)
-            for j, value in zip(positions, perturbed):
-                full[j] = value
-            return fn(*full)
-
-        inputs = [batched[j] for j in positions]
-        # 'error' is much faster than 'different' (which adds overhead to every op), so it
-        # is tried first; a function that draws random numbers then gets 'different'.
-        for randomness in ('error', 'different') if mode == 'error' else (mode,):
-            try:
-                values = torch.func.vmap(batched_fn, randomness=randomness)(*inputs)
-            except Exception as ex:  # noqa: BLE001 - any failure means "evaluate in a loop"
-                error = ex
-                continue
-            vmap_state.mode = randomness
-            return _check_values(values, num)
-        if config.vectorize:
-            raise error
-        _logger.info(
-            'zero_order: %r cannot be vmapped (%s: %s); evaluating the perturbations in a loop.',
-            getattr(fn, '__qualname__', fn),
-            type(error).__name__,
-            error,
-        )
-        vmap_state.mode = 'loop'
-
-    return torch.stack([check_scalar(fn(*at(i))) for i in range(num)])
+def _groups(leaves: Sequence[Tensor], perturb: Sequence[bool]) -> list[_Group]:
+    by_key: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for j, flag in enumerate(perturb):
+        if flag:
+            by_key.setdefault((leaves[j].device, leaves[j].dtype), []).append(j)
+    groups = []
+    for members in by_key.values():
+        sizes = [leaves[j].numel() for j in members]
+        groups.append(_Group(members, sizes, sum(sizes), leaves[members[0]]))
+    return groups
 
 
 def _chunk_size(config: EstimatorConfig, dim: int) -> int:
@@ -177,93 +158,218 @@ def _chunk_size(config: EstimatorConfig, dim: int) -> int:
     return max(1, min(config.num_samples, DEFAULT_CHUNK_ELEMENTS // per_sample))
 
 
-class _Group(NamedTuple):
-    """Perturbed leaves sharing a (device, dtype): they share one noise draw per chunk."""
+def _perturbed(leaf: Tensor, noise: Tensor, sigma: float, signs: Tensor | None) -> Tensor:
+    """``leaf + sigma * noise`` per row (then ``leaf - sigma * noise`` rows for ``signs``).
 
-    members: list[int]  # positions in the list of leaves
-    sizes: list[int]  # their numbers of elements
-    like: Tensor  # a member, for the device and dtype
-
-
-def _groups(leaves: Sequence[Tensor], perturb: Sequence[bool]) -> list[_Group]:
-    by_key: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for j, flag in enumerate(perturb):
-        if flag:
-            by_key.setdefault((leaves[j].device, leaves[j].dtype), []).append(j)
-    return [
-        _Group(members, [leaves[j].numel() for j in members], leaves[members[0]])
-        for members in by_key.values()
-    ]
-
-
-def estimate(
-    fn: Callable[..., Tensor],
-    distribution: Any,
-    leaves: Sequence[Tensor],
-    perturb: Sequence[bool],
-    f0: Tensor,
-    grad_output: Tensor,
-    config: EstimatorConfig,
-    vmap_state: VmapState,
-) -> list[Tensor | None]:
-    """Zero-order estimate of ``grad_output * d fn(*leaves) / d leaves`` (call under no_grad).
-
-    The perturbed leaves are grouped by (device, dtype); per chunk of ``num`` samples, each group
-    draws its noise as one ``distribution.sample((num, dim))`` call (``dim`` the group's total
-    number of elements, leaves in order), cast to the group's device and dtype.
-
-    Args:
-        fn: The objective as a function of the flat list of differentiable leaves; it must
-            return a 0-dim tensor.
-        distribution: The noise distribution (anything with ``sample(sample_shape)``).
-        leaves: The differentiable leaves :math:`\theta` (unperturbed values).
-        perturb: For each leaf, whether it is perturbed and gets a gradient estimate.
-        f0: :math:`f(\theta)`, the forward value (used by ``method='forward'``).
-        grad_output: :math:`\bar{g}`, the gradient flowing into the output.
-        config: The estimator's hyper-parameters.
-        vmap_state: How ``fn`` can be batched (updated in place).
-
-    Returns:
-        One estimate per leaf (``None`` where ``perturb`` is ``False``).
+    ``noise`` has shape ``(num, leaf.numel())``; ``signs`` is ``None`` or the tensor
+    ``[[[sigma]], [[-sigma]]]`` (antithetic). The result is contiguous (fast batched kernels),
+    shape ``(num or 2 num, *leaf.shape)``, written by one kernel.
     """
-    method, num_samples, sigma = config.method, config.num_samples, config.sigma
-    grads: list[Tensor | None] = [None] * len(leaves)
-    groups = _groups(leaves, perturb)
-    if not groups:
-        return grads
-    dims = [sum(group.sizes) for group in groups]
-    sums = [group.like.new_zeros(dim) for group, dim in zip(groups, dims)]
-    chunk = _chunk_size(config, sum(dims))
+    theta = leaf if leaf.ndim == 1 else leaf.reshape(-1)
+    if signs is None:
+        out = torch.add(theta, noise, alpha=sigma)  # (num, numel)
+        return out if leaf.ndim == 1 else out.view(-1, *leaf.shape)
+    return torch.addcmul(theta, signs, noise).view(-1, *leaf.shape)  # from (2, num, numel)
 
-    done = 0
-    while done < num_samples:
-        num = min(chunk, num_samples - done)
-        noises = [_sample_noise(distribution, num, dim, g.like) for g, dim in zip(groups, dims)]
-        batched: dict[int, Tensor] = {}
-        for group, noise in zip(groups, noises):
-            steps = (noise * sigma).split(group.sizes, dim=1)
-            for j, step in zip(group.members, steps):
-                # per leaf, so that each batched leaf is contiguous (fast batched kernels)
-                theta = leaves[j].reshape(-1)
-                if method == 'antithetic':
-                    perturbed = torch.cat((theta + step, theta - step))
+
+def _of_perturbed(
+    fn: Callable[..., Tensor], leaves: Sequence[Tensor], positions: list[int]
+) -> Callable[..., Tensor]:
+    """``fn`` as a function of the perturbed leaves (at ``positions``, in that order) only."""
+    if positions == list(range(len(leaves))):
+        return fn  # every leaf is perturbed, in order
+
+    def fn_of_perturbed(*perturbed: Tensor) -> Tensor:
+        # the unperturbed leaves come from the closure: they are not batched
+        full = list(leaves)
+        for j, value in zip(positions, perturbed):
+            full[j] = value
+        return fn(*full)
+
+    return fn_of_perturbed
+
+
+class Estimator:
+    """The zero-order estimator of one decorated function (or module class).
+
+    It holds the validated hyper-parameters and what the calls learn on the way: ``mode``, how
+    the function is evaluated in a batch, so that failing modes are tried once (``None``: not
+    known yet; ``'error'``: plain :func:`torch.func.vmap`; ``'different'``: ``vmap`` with
+    ``randomness='different'``, the function draws random numbers and each perturbation gets
+    its own; ``'loop'``: it cannot be vmapped), and the ``[sigma, -sigma]`` tensors of the
+    antithetic perturbation per (dtype, device).
+
+    Calling it (under no_grad) returns the estimate of ``grad_output * d fn(*leaves) / d leaves``.
+    The perturbed leaves are grouped by (device, dtype); per chunk of ``num`` samples, each group
+    draws its noise as one ``sample((num, dim))`` call (``dim`` the group's total number of
+    elements, leaves in order), cast to the group's device and dtype.
+    """
+
+    __slots__ = ('config', 'mode', '_signs', '_antithetic', '_forward', '_scale')
+
+    def __init__(self, config: EstimatorConfig) -> None:
+        """Start an estimator with validated hyper-parameters (see ``check_config``)."""
+        self.config = config
+        self.mode: str | None = None
+        self._signs: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        self._antithetic = config.method == 'antithetic'
+        self._forward = config.method == 'forward'
+        self._scale = 1.0 / (config.num_samples * config.sigma * (2 if self._antithetic else 1))
+
+    def __call__(
+        self,
+        fn: Callable[..., Tensor],
+        sample: Sampler,
+        leaves: Sequence[Tensor],
+        perturb: Sequence[bool],
+        f0: Tensor | None,
+        grad_output: Tensor,
+    ) -> list[Tensor | None]:
+        """Estimate the gradient of ``fn`` at ``leaves``, times ``grad_output``.
+
+        Args:
+            fn: The objective as a function of the flat list of differentiable leaves; it must
+                return a 0-dim tensor.
+            sample: Draws the noise: ``distribution.sample`` or :func:`make_sampler`'s
+                equivalent.
+            leaves: The differentiable leaves :math:`\theta` (unperturbed values).
+            perturb: For each leaf, whether it is perturbed and gets a gradient estimate.
+            f0: :math:`f(\theta)`, the forward value (``method='forward'`` only).
+            grad_output: :math:`\bar{g}`, the gradient flowing into the output.
+
+        Returns:
+            One estimate per leaf (``None`` where ``perturb`` is ``False``).
+        """
+        if grad_output.is_cpu:  # a host float: folded into the matrix-vector products
+            alpha, post = float(grad_output) * self._scale, None
+        else:  # no device synchronisation
+            alpha, post = 1.0, grad_output * self._scale
+        if len(leaves) == 1:  # the common case, kept lean: its overhead matters most
+            if not perturb[0]:
+                return [None]
+            total = self._sum(fn, sample, leaves[0], f0, alpha)
+            if post is not None:
+                total.mul_(post.to(total.dtype))
+            return [total if total.shape == leaves[0].shape else total.view(leaves[0].shape)]
+        return self._estimate_groups(fn, sample, leaves, perturb, f0, alpha, post)
+
+    def _sum(
+        self, fn: Callable[..., Tensor], sample: Sampler, leaf: Tensor, f0: Tensor | None,
+        alpha: float,
+    ) -> Tensor:
+        """``alpha * sum_i w_i u_i`` for a single leaf (flat, ``leaf.numel()`` elements)."""
+        num_samples, sigma = self.config.num_samples, self.config.sigma
+        dim = leaf.numel()
+        signs = self._signs_like(leaf) if self._antithetic else None
+        chunk = _chunk_size(self.config, dim)
+        total = None
+        done = 0
+        while done < num_samples:
+            num = min(chunk, num_samples - done)
+            noise = _sample_noise(sample, num, dim, leaf)
+            values = self._evaluate(fn, [_perturbed(leaf, noise, sigma, signs)])
+            weights = self._weights(values, num, f0)
+            if weights.dtype != noise.dtype or weights.device != noise.device:
+                weights = weights.to(noise)
+            if total is None:  # beta=0: the uninitialised input is ignored
+                total = torch.addmv(noise.new_empty(dim), noise.T, weights, beta=0, alpha=alpha)
+            else:
+                total.addmv_(noise.T, weights, alpha=alpha)
+            done += num
+        return total
+
+    def _estimate_groups(
+        self,
+        fn: Callable[..., Tensor],
+        sample: Sampler,
+        leaves: Sequence[Tensor],
+        perturb: Sequence[bool],
+        f0: Tensor | None,
+        alpha: float,
+        post: Tensor | None,
+    ) -> list[Tensor | None]:
+        """The estimate for several leaves, noise drawn per (device, dtype) group."""
+        num_samples, sigma = self.config.num_samples, self.config.sigma
+        grads: list[Tensor | None] = [None] * len(leaves)
+        groups = _groups(leaves, perturb)
+        if not groups:
+            return grads
+        batched_fn = _of_perturbed(fn, leaves, [j for group in groups for j in group.members])
+        signs = [self._signs_like(g.like) if self._antithetic else None for g in groups]
+        chunk = _chunk_size(self.config, sum(group.dim for group in groups))
+        totals: list[Tensor] = []
+        done = 0
+        while done < num_samples:
+            num = min(chunk, num_samples - done)
+            noises = [_sample_noise(sample, num, group.dim, group.like) for group in groups]
+            inputs = []
+            for group, noise, sign in zip(groups, noises, signs):
+                parts = (noise,) if len(group.members) == 1 else noise.split(group.sizes, dim=1)
+                for j, part in zip(group.members, parts):
+                    inputs.append(_perturbed(leaves[j], part, sigma, sign))
+            weights = self._weights(self._evaluate(batched_fn, inputs), num, f0)
+            for k, noise in enumerate(noises):
+                weight = weights.to(noise)
+                if done == 0:  # beta=0: the uninitialised input is ignored
+                    total = noise.new_empty(noise.shape[1])
+                    totals.append(torch.addmv(total, noise.T, weight, beta=0, alpha=alpha))
                 else:
-                    perturbed = theta + step
-                batched[j] = perturbed.view(-1, *leaves[j].shape)
-        if method == 'antithetic':
-            values = _evaluate(fn, leaves, batched, 2 * num, config, vmap_state)
-            weights = values[:num] - values[num:]
-        else:
-            weights = _evaluate(fn, leaves, batched, num, config, vmap_state)
-            if method == 'forward':
-                weights = weights - f0
-        for total, noise in zip(sums, noises):
-            total.addmv_(noise.T, weights.to(total.dtype))
-        done += num
+                    totals[k].addmv_(noise.T, weight, alpha=alpha)
+            done += num
 
-    scale = 1.0 / (num_samples * sigma * (2.0 if method == 'antithetic' else 1.0))
-    for group, total in zip(groups, sums):
-        total.mul_(grad_output.to(total.dtype) * scale)
-        for j, grad in zip(group.members, total.split(group.sizes)):
-            grads[j] = grad.view_as(leaves[j])
-    return grads
+        for group, total in zip(groups, totals):
+            if post is not None:
+                total.mul_(post.to(total.dtype))
+            for j, grad in zip(group.members, total.split(group.sizes)):
+                grads[j] = grad.view(leaves[j].shape)
+        return grads
+
+    def _weights(self, values: Tensor, num: int, f0: Tensor | None) -> Tensor:
+        """The function-value factor of each noise vector (before the common scale)."""
+        if self._antithetic:
+            return values[:num] - values[num:]
+        if self._forward:
+            return values - f0
+        return values
+
+    def _signs_like(self, like: Tensor) -> Tensor:
+        key = (like.dtype, like.device)
+        signs = self._signs.get(key)
+        if signs is None:
+            sigma = self.config.sigma
+            signs = torch.tensor([sigma, -sigma], dtype=like.dtype, device=like.device)
+            signs = self._signs[key] = signs.view(2, 1, 1)
+        return signs
+
+    def _evaluate(self, fn: Callable[..., Tensor], inputs: list[Tensor]) -> Tensor:
+        """``fn`` at the rows of ``inputs`` (stacked perturbed leaves): one batched call or a loop.
+
+        Returns the values, shape ``(rows,)``.
+        """
+        num = inputs[0].shape[0]
+        mode, vectorize = self.mode, self.config.vectorize
+        if vectorize is False or (num <= _LOOP_MAX and vectorize is None):
+            mode = 'loop'
+        if mode != 'loop':
+            first = mode is None
+            # 'error' is much faster than 'different' (which adds overhead to every op), so it
+            # is tried first; a function that draws random numbers then gets 'different'.
+            for randomness in ('error', 'different') if first else (mode,):
+                try:
+                    values = vmap_call(fn, inputs, randomness, first)
+                except Exception as ex:  # noqa: BLE001 - any failure: "evaluate in a loop"
+                    error = ex
+                    continue
+                self.mode = randomness
+                return values
+            if vectorize:
+                raise error
+            _logger.info(
+                'zero_order: %r cannot be vmapped (%s: %s); evaluating the perturbations in a '
+                'loop.',
+                getattr(fn, '__qualname__', fn),
+                type(error).__name__,
+                error,
+            )
+            self.mode = 'loop'
+        return torch.stack([check_scalar(fn(*[x[i] for x in inputs])) for i in range(num)])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -21,10 +21,10 @@ from torchopt import pytree
 from torchopt.typing import Samplable, SampleFunc, Size
 from torchopt_zero._estimator import (
     METHODS,
+    Estimator,
     EstimatorConfig,
-    VmapState,
     check_scalar,
-    estimate,
+    make_sampler,
 )
 
 __all__ = ['WrappedSamplable', 'check_config', 'check_distribution', 'zero_order']
@@ -42,48 +42,47 @@ class WrappedSamplable(Samplable):  # pylint: disable=too-few-public-methods
         return self.__sample_fn(sample_shape)
 
 
-class _Call(NamedTuple):
-    """Everything the backward pass needs about one call of a decorated function."""
-
-    fn: Callable[..., Tensor]  # the function of the flat differentiable leaves
-    distribution: Samplable
-    config: EstimatorConfig
-    vmap_state: VmapState
-
-
 class _ZeroOrderFunction(torch.autograd.Function):  # pylint: disable=abstract-method
     """Forward: ``f(theta)``; backward: the ES estimate of the gradient (first order only)."""
 
     @staticmethod
-    def forward(ctx: Any, call: _Call, *leaves: Tensor) -> Tensor:  # type: ignore[override]
-        output = check_scalar(call.fn(*leaves))
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        estimator: Estimator,
+        sample: Callable[[Size], Any],
+        fn: Callable[..., Tensor],
+        *leaves: Tensor,
+    ) -> Tensor:
+        output = check_scalar(fn(*leaves))
         if not output.is_floating_point():
             raise TypeError(
                 f'`output` must be a floating-point tensor to be differentiated, got dtype '
                 f'{output.dtype}; e.g. use `(x > 0).float().sum()` instead of `(x > 0).sum()`.'
             )
-        ctx.call = call
-        ctx.f0 = output.detach()
+        ctx.estimator = estimator
+        ctx.sample = sample
+        ctx.fn = fn
+        ctx.f0 = output.detach() if estimator.config.method == 'forward' else None
         ctx.save_for_backward(*leaves)
         return output
 
     @staticmethod
-    @once_differentiable
     def backward(  # type: ignore[override]
         ctx: Any, grad_output: Tensor
     ) -> tuple[Tensor | None, ...]:
-        call: _Call = ctx.call
-        grads = estimate(
-            call.fn,
-            call.distribution,
-            ctx.saved_tensors,
-            ctx.needs_input_grad[1:],
-            ctx.f0,
-            grad_output,
-            call.config,
-            call.vmap_state,
-        )
-        return (None, *grads)
+        if torch.is_grad_enabled():  # create_graph=True: make the estimate a graph constant
+            return _backward_once(ctx, grad_output)
+        return _backward(ctx, grad_output)  # grad mode is off already: no no_grad() (3 us)
+
+
+def _backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+    grads = ctx.estimator(
+        ctx.fn, ctx.sample, ctx.saved_tensors, ctx.needs_input_grad[3:], ctx.f0, grad_output
+    )
+    return (None, None, None, *grads)
+
+
+_backward_once = once_differentiable(_backward)
 
 
 def _normalize_argnums(argnums: int | Sequence[int]) -> tuple[int, ...]:
@@ -145,6 +144,32 @@ def check_distribution(distribution: Any) -> Samplable:
     )
 
 
+@functools.lru_cache(maxsize=256)
+def _positions(argnums: tuple[int, ...], num_args: int) -> tuple[int, ...]:
+    """``argnums`` as non-negative positions in a call with ``num_args`` positional arguments."""
+    positions = []
+    for argnum in argnums:
+        if not -num_args <= argnum < num_args:
+            raise ValueError(
+                f'`argnums` entry {argnum} is out of range for a call with {num_args} '
+                'positional argument(s); zero_order differentiates positional arguments only.'
+            )
+        positions.append(argnum % num_args)
+    if len(set(positions)) != len(positions):
+        raise ValueError(f'`argnums` must not repeat an argument, got {argnums!r}.')
+    return tuple(positions)
+
+
+def _check_leaf(leaf: Any, position: int) -> None:
+    if not isinstance(leaf, Tensor) or not leaf.is_floating_point():
+        raise TypeError(
+            f'argument {position} (in `argnums`) must be a floating-point tensor or a '
+            f'pytree of them, found a leaf of type {type(leaf).__name__}'
+            + (f' with dtype {leaf.dtype}' if isinstance(leaf, Tensor) else '')
+            + '.'
+        )
+
+
 def _flat_function(
     fn: Callable[..., Tensor],
     args: tuple[Any, ...],
@@ -152,57 +177,51 @@ def _flat_function(
     argnums: tuple[int, ...],
 ) -> tuple[Callable[..., Tensor], list[Tensor]]:
     """Rewrite ``fn(*args, **kwargs)`` as a function of the flat leaves of ``args[argnums]``."""
-    positions = []
-    for argnum in argnums:
-        if not -len(args) <= argnum < len(args):
-            raise ValueError(
-                f'`argnums` entry {argnum} is out of range for a call with {len(args)} '
-                'positional argument(s); zero_order differentiates positional arguments only.'
-            )
-        positions.append(argnum % len(args))
-    if len(set(positions)) != len(positions):
-        raise ValueError(f'`argnums` must not repeat an argument, got {argnums!r}.')
-
+    positions = _positions(argnums, len(args))
     leaves: list[Tensor] = []
-    layout = []
+    layout = []  # (position, treespec or None for a bare tensor, first leaf, end)
     for position in positions:
-        flat, spec = pytree.tree_flatten(args[position])
+        arg = args[position]
+        if isinstance(arg, Tensor):  # the common case: no pytree round trip
+            _check_leaf(arg, position)
+            layout.append((position, None, len(leaves), len(leaves) + 1))
+            leaves.append(arg)
+            continue
+        flat, spec = pytree.tree_flatten(arg)
         for leaf in flat:
-            if not isinstance(leaf, Tensor) or not leaf.is_floating_point():
-                raise TypeError(
-                    f'argument {position} (in `argnums`) must be a floating-point tensor or a '
-                    f'pytree of them, found a leaf of type {type(leaf).__name__}'
-                    + (f' with dtype {leaf.dtype}' if isinstance(leaf, Tensor) else '')
-                    + '.'
-                )
+            _check_leaf(leaf, position)
         layout.append((position, spec, len(leaves), len(leaves) + len(flat)))
         leaves.extend(flat)
+
+    if not kwargs and len(args) == len(leaves) and all(
+        spec is None and position == start for position, spec, start, _ in layout
+    ):
+        return fn, leaves  # fn(x, y) differentiated in every argument: fn is its own flat form
 
     def flat_fn(*flat_leaves: Tensor) -> Tensor:
         new_args = list(args)
         for position, spec, start, stop in layout:
-            new_args[position] = pytree.tree_unflatten(spec, flat_leaves[start:stop])
+            new_args[position] = (
+                flat_leaves[start]
+                if spec is None
+                else pytree.tree_unflatten(spec, flat_leaves[start:stop])
+            )
         return fn(*new_args, **kwargs)
 
     return flat_fn, leaves
 
 
-def _run(
-    fn: Callable[..., Tensor],
-    distribution: Samplable,
-    argnums: tuple[int, ...],
-    config: EstimatorConfig,
-    vmap_state: VmapState,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+def run_flat(
+    estimator: Estimator,
+    sample: Callable[[Size], Any],
+    flat_fn: Callable[..., Tensor],
+    leaves: Sequence[Tensor],
 ) -> Tensor:
-    """Call ``fn`` so that its backward pass is the zero-order estimate."""
-    flat_fn, leaves = _flat_function(fn, args, kwargs, argnums)
+    """``flat_fn(*leaves)``, with the zero-order estimate as its backward pass."""
     if not (torch.is_grad_enabled() and any(leaf.requires_grad for leaf in leaves)):
         with torch.no_grad():  # nothing to differentiate: only the non-argnum inputs are left
             return check_scalar(flat_fn(*leaves))
-    call = _Call(flat_fn, distribution, config, vmap_state)
-    return _ZeroOrderFunction.apply(call, *leaves)
+    return _ZeroOrderFunction.apply(estimator, sample, flat_fn, *leaves)
 
 
 def zero_order(
@@ -276,17 +295,19 @@ def zero_order(
         >>> loss(theta, torch.ones(3)).backward()   # theta.grad: ES estimate
     """
     distribution = check_distribution(distribution)
+    sample = make_sampler(distribution)
     argnums = _normalize_argnums(argnums)
     config = check_config(method, num_samples, sigma, chunk_size, vectorize)
 
     def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if not callable(fn):
             raise TypeError(f'zero_order decorates a callable, got {type(fn).__name__}.')
-        vmap_state = VmapState()
+        estimator = Estimator(config)
 
         @functools.wraps(fn)
         def apply(*args: Any, **kwargs: Any) -> Tensor:
-            return _run(fn, distribution, argnums, config, vmap_state, args, kwargs)
+            flat_fn, leaves = _flat_function(fn, args, kwargs, argnums)
+            return run_flat(estimator, sample, flat_fn, leaves)
 
         return apply
 

@@ -14,8 +14,8 @@ from torch import Tensor, nn
 
 from torchopt.nn.stateless import reparametrize
 from torchopt.typing import Samplable, Size
-from torchopt_zero._estimator import VmapState
-from torchopt_zero.decorator import _run, check_config
+from torchopt_zero._estimator import Estimator
+from torchopt_zero.decorator import check_config, run_flat
 
 __all__ = ['ZeroOrderGradientModule', 'enable_zero_order_gradients']
 
@@ -67,8 +67,7 @@ def enable_zero_order_gradients(
         raise TypeError(
             'Zero-order gradient estimation is already enabled for the `forward` method.'
         )
-    config = check_config(method, num_samples, sigma, chunk_size, vectorize)
-    vmap_state = VmapState()
+    estimator = Estimator(check_config(method, num_samples, sigma, chunk_size, vectorize))
     cls_forward = cls.forward
 
     @functools.wraps(cls_forward)
@@ -82,15 +81,12 @@ def enable_zero_order_gradients(
         if not groups:
             raise RuntimeError('The module has no parameters.')
 
-        def forward_fn(flat_params: tuple[Tensor, ...], *args: Any, **kwargs: Any) -> Tensor:
-            named = {
-                name: value for (_, names), value in zip(groups, flat_params) for name in names
-            }
+        def forward_fn(*params: Tensor) -> Tensor:
+            named = {name: value for (_, names), value in zip(groups, params) for name in names}
             with reparametrize(self, named):  # tied names get the same perturbed tensor
                 return cls_forward(self, *args, **kwargs)
 
-        params = tuple(param for param, _ in groups)
-        return _run(forward_fn, self, (0,), config, vmap_state, (params, *args), kwargs)
+        return run_flat(estimator, self.sample, forward_fn, [param for param, _ in groups])
 
     setattr(wrapped, _ENABLED, True)
     cls.forward = wrapped
