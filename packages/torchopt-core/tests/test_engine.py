@@ -251,3 +251,30 @@ def test_the_fused_paths_run_and_match_the_composed_chain(monkeypatch):
             _loss(params).backward()
             opt.step()
         assert kernel in calls
+
+
+@pytest.mark.parametrize('kwargs', [dict(), dict(weight_decay=0.1), dict(maximize=True)])
+@pytest.mark.parametrize('fn', [torchopt.adam, torchopt.adamw])
+def test_functional_inplace_update_is_one_kernel_pass(monkeypatch, fn, kwargs):
+    """In place, the whole Adam update (-lr included) is one fused kernel call per step."""
+    calls = []
+    original = torch._fused_adamw_
+
+    def spy(*args, **kw):
+        calls.append(kw['lr'])
+        return original(*args, **kw)
+
+    monkeypatch.setattr(torch, '_fused_adamw_', spy)
+    params = [p.clone() for p in _init_params()]
+    ref = [p.clone() for p in params]
+    opt, ref_opt = fn(1e-2, **kwargs), fn(1e-2, **kwargs)
+    state, ref_state = opt.init(params), ref_opt.init(ref)
+    for k in range(4):
+        grads = [torch.randn_like(p) for p in params]
+        updates, state = opt.update([g.clone() for g in grads], state, params=params)
+        torchopt.apply_updates(params, updates)
+        # the reference: the same chain out of place (the composed transformations)
+        ref_updates, ref_state = ref_opt.update(grads, ref_state, params=ref, inplace=False)
+        ref = torchopt.apply_updates(ref, ref_updates, inplace=False)
+    assert calls == [1e-2] * 4
+    assert _max_err(params, ref) <= 1e-13

@@ -7,7 +7,10 @@ Every step of every optimizer goes through the functions of this module, like ``
   torch-like :class:`~torchopt.Optimizer` step of ``sgd``/``adam``/``adamw`` with a constant
   learning rate, and the in-place functional Adam direction;
 * **accel kernel** (``torchopt_accel``, ``use_accelerated_op=True``), when the plugin has kernels
-  for every device of the step;
+  for every device of the step — except the in-place functional update on the CPU, where
+  torch's fused kernel computes the whole update (learning rate included) in one pass, which
+  measured faster than accel's direction kernel plus the scaling (the accelerated path is never
+  slower than the one it replaces);
 * **foreach** (``torch._foreach_*``, one call per list): every other in-place step, and
   out-of-place steps that autograd does not record;
 * **per tensor**: inside ``torch.func`` transforms (foreach ops have no batching rules) and for
@@ -48,6 +51,7 @@ __all__ = [
 
 FUSED_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
 _peek = torch._C._functorch.peek_interpreter_stack
+_STRIDED = torch.strided
 
 
 def functorch_active() -> bool:
@@ -184,14 +188,19 @@ def kernel_eligible(*lists: Sequence[torch.Tensor]) -> bool:
     if _peek() is not None or not lists or not lists[0]:
         return False
     first = lists[0][0]
-    device, dtype = first.device, first.dtype
-    if device.type not in ('cpu', 'cuda') or dtype not in FUSED_DTYPES:
+    dtype = first.dtype
+    if dtype not in FUSED_DTYPES or first.device.type not in ('cpu', 'cuda'):
         return False
-    return all(
-        t.device == device and t.dtype == dtype and t.layout == torch.strided and t.is_contiguous()
-        for lst in lists
-        for t in lst
-    )
+    # List comprehensions over cheap attributes: this check runs on every fused step.
+    ts = [t for lst in lists for t in lst]
+    if not all([t.dtype is dtype for t in ts]) or not all([t.layout is _STRIDED for t in ts]):
+        return False
+    if first.is_cuda:
+        index = first.get_device()
+        same_device = all([t.is_cuda and t.get_device() == index for t in ts])
+    else:
+        same_device = all([not (t.is_cuda or t.is_meta) for t in ts])
+    return same_device and all([t.is_contiguous() for t in ts])
 
 
 def adam_path(inplace: bool, eps_root: float, accel: bool, *lists: Sequence[torch.Tensor]) -> str:

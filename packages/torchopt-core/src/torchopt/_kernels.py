@@ -10,6 +10,7 @@ fused kernels read them directly; on CUDA they get device copies.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ import torch
 from torchopt import _dispatch
 from torchopt.transform._flat import present_indices, take
 
-__all__ = ['adam_direction_', 'run_fused', 'steps_for']
+__all__ = ['adam_direction_', 'fused_update', 'run_fused', 'steps_for']
 
 
 def steps_for(counts: list, device: torch.device) -> list:
@@ -145,3 +146,68 @@ def adam_direction_(g: list, mu: list, nu: list, counts: list, b1: float, b2: fl
             g, g, mu, nu, [], steps_for(counts, g[0].device), lr=-1.0, beta1=b1, beta2=b2,
             weight_decay=-1.0, eps=eps, amsgrad=False, maximize=False,
         )
+
+
+def _unit_weight_decay(lr: float) -> float:
+    """A weight decay ``wd`` with ``lr * wd == 1.0`` exactly, so ``1 - lr * wd`` is exactly 0."""
+    wd = 1.0 / lr
+    for candidate in (wd, math.nextafter(wd, math.inf), math.nextafter(wd, -math.inf)):
+        if lr * candidate == 1.0:
+            return candidate
+    return wd
+
+
+def fused_update(
+    fused: Any, updates: list, state: tuple, params: list | None, treespec: Any
+) -> tuple[list, tuple] | None:
+    """The whole in-place ``update`` of an Adam chain in one fused kernel pass, or ``None``.
+
+    With ``p`` aliased to ``g``, ``lr`` and a weight decay ``wd = 1 / lr`` the AdamW kernel's
+    first factor ``1 - lr * wd`` is exactly 0, so it leaves ``-lr * direction`` (the final
+    update, learning rate included) in ``g``: read g, m, v and write g, m, v — with
+    :func:`~torchopt.apply_updates` 36 bytes per float32 parameter against the fused step's 28.
+    Weight decay, when set, costs one more pass over the parameters.
+    """
+    if fused.kind == 'sgd' or fused.hyper['eps_root'] != 0.0 or not (0 <= fused.at < len(state)):
+        return None
+    if fused.accel:
+        # Measured on CPU (1 thread): this one pass beats accel's adam_step_ plus the -lr
+        # scaling (121 tensors / 10M: 11.5 vs 15.1 ms; 20 / 101k: 0.10 vs 0.20 ms), so it is
+        # taken there; on CUDA the accel kernels keep the step. Still warn if accel is missing.
+        present = [u for u in updates if u is not None]
+        if any(u.is_cuda for u in present):
+            return None
+        _dispatch.accel_kernels(present)
+    h = fused.hyper
+    wd, lr = h['weight_decay'], h['lr']
+    if lr == 0.0 or (wd != 0.0 and params is None):
+        return None
+    where = f'torchopt {fused.kind}'
+    sub = state[fused.at]
+    _dispatch.check_state(where, updates, sub, ('count',), treespec)
+    if params is not None:
+        _dispatch.check_like(where, 'params', updates, params, treespec=treespec)
+    idx = present_indices(updates)
+    g = take(updates, idx)
+    if not g:
+        return updates, state
+    mu, nu, counts = take(sub.mu, idx), take(sub.nu, idx), take(sub.count, idx)
+    p = take(params, idx) if wd != 0.0 else []
+    if not _dispatch.kernel_eligible(g, mu, nu, *([p] if p else [])):
+        return None
+    maximize = h['maximize']
+    with torch.no_grad():
+        if wd != 0.0 and fused.kind == 'adam':  # L2: g' = -g + wd p (maximize) or g + wd p
+            if maximize:
+                torch._foreach_neg_(g)
+                maximize = False
+            torch._foreach_add_(g, p, alpha=wd)
+        torch._foreach_add_(counts, 1.0)
+        torch._fused_adamw_(
+            g, g, mu, nu, [], steps_for(counts, g[0].device), lr=lr, beta1=h['b1'],
+            beta2=h['b2'], weight_decay=_unit_weight_decay(lr), eps=h['eps'], amsgrad=False,
+            maximize=maximize,
+        )
+        if wd != 0.0 and fused.kind == 'adamw':  # decoupled: u = -lr (direction + wd p)
+            torch._foreach_add_(g, p, alpha=-lr * wd)
+    return updates, state

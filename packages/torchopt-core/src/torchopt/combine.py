@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from torchopt import _kernels
 from torchopt._dispatch import FusedStep
 from torchopt.base import ChainedGradientTransformation, GradientTransformation, identity
 from torchopt.transform._flat import FlatTransformation, as_flat
@@ -56,6 +57,10 @@ class FlatChain(FlatTransformation):
                     'The number of updates and states has to be the same in chain! Make sure you '
                     'have called init first!'
                 )
+            if inplace and fused is not None:  # one kernel pass for the whole update
+                done = _kernels.fused_update(fused, updates, state, params, treespec)
+                if done is not None:
+                    return done
             for i in checked:  # every state is checked before any member writes
                 checks[i](updates, state[i], treespec)
             new_state = []
@@ -64,9 +69,10 @@ class FlatChain(FlatTransformation):
                 new_state.append(s)
             return updates, tuple(new_state)
 
+        fused = None if fused is None else _locate(fused, members)
         instance = super().__new__(cls, init_fn, update_fn, 'chain_flat')
         instance.transformations = members
-        instance.fused = None if fused is None else _locate(fused, members)
+        instance.fused = fused
         return instance
 
     def __repr__(self) -> str:
