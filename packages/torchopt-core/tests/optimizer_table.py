@@ -63,3 +63,20 @@ EXTRA = [
 ALL = CASES + EXTRA
 IDS = [c[0] for c in CASES]
 ALL_IDS = [c[0] for c in ALL]
+
+
+def loss(params: list[torch.Tensor]) -> torch.Tensor:
+    """A smooth, non-quadratic objective over a list of parameters (each leaf weighted)."""
+    return sum(
+        ((p - 0.3) ** 2 * (i + 1)).sum() + 0.05 * (p**3).sum() + 0.1 * p.sin().sum()
+        for i, p in enumerate(params)
+    )
+
+
+_SHAPES = [(5, 3), (7,), (2, 2, 2), (4,)]
+
+
+def init_params(seed: int, n: int = 3) -> list[torch.Tensor]:
+    """``n`` float64 tensors of varied shapes (deterministic for a seed)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=g, dtype=torch.float64) for shape in _SHAPES[:n]]

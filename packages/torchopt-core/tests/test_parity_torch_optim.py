@@ -6,27 +6,15 @@ import pytest
 import torch
 
 import torchopt
+from optimizer_table import CASES, init_params
+from optimizer_table import loss as _loss
 
 STEPS = 20
 TOL = 1e-12
 
-from optimizer_table import CASES  # noqa: E402
-
-
-def _loss(params: list[torch.Tensor]) -> torch.Tensor:
-    return sum(
-        ((p - 0.3) ** 2 * (i + 1)).sum() + 0.05 * (p**3).sum() + 0.1 * p.sin().sum()
-        for i, p in enumerate(params)
-    )
-
 
 def _init_params() -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return [
-        torch.randn(5, 3, generator=g, dtype=torch.float64),
-        torch.randn(7, generator=g, dtype=torch.float64),
-        torch.randn(2, 2, 2, generator=g, dtype=torch.float64),
-    ]
+    return init_params(1)
 
 
 def _run_torch(torch_cls, kwargs):

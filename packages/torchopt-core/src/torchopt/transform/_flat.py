@@ -133,6 +133,13 @@ def put(full: Sequence[Any], idx: list[int] | None, values: list) -> list:
     return out
 
 
+def _present(updates: list, params: list | None) -> tuple[list[int] | None, list, list | None]:
+    """``(idx, g, p)``: the indices of the present leaves and the updates and params there."""
+    idx = present_indices(updates)
+    g = take(updates, idx)
+    return idx, g, None if params is None or not g else take(params, idx)
+
+
 FlatStep = Callable[[list, Any, 'list | None', bool], tuple[list, Any]]
 StatelessStep = Callable[[list, 'list | None', bool], list]
 
@@ -158,11 +165,9 @@ def stateful(
         updates: list, state: Any, *, params: list | None = None, inplace: bool = True,
         treespec: Any = None,
     ) -> tuple[list, Any]:
-        idx = present_indices(updates)
-        g = take(updates, idx)
+        idx, g, p = _present(updates, params)
         if not g:
             return updates, state
-        p = None if params is None else take(params, idx)
         if idx is None:
             return step(g, state, p, inplace)
         fields = [f for f in state._fields if isinstance(getattr(state, f), list)]
@@ -196,13 +201,11 @@ def stateless(name: str, step: StatelessStep, *, uses_params: bool = False) -> F
         updates: list, state: Any, *, params: list | None = None, inplace: bool = True,
         treespec: Any = None,
     ) -> tuple[list, Any]:
-        idx = present_indices(updates)
-        g = take(updates, idx)
+        idx, g, p = _present(updates, params)
         if not g:
             return updates, state
         if uses_params and params is not None:
             _dispatch.check_like(name, 'params', updates, params, treespec=treespec)
-        p = None if params is None else take(params, idx)
         return put(updates, idx, step(g, p, inplace)), state
 
     return FlatTransformation(init_fn, update_fn, name)
