@@ -16,6 +16,8 @@ Plugin contract (module ``torchopt_accel``)::
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from typing import Any, Iterable
 
@@ -26,12 +28,44 @@ from torchopt import plugins
 __all__ = ['is_available', 'kernels', 'AdamOp']
 
 _warned: set[str] = set()
+# Frames from files under these directories are library internals: torchopt's, and torch's
+# (torch.optim.Optimizer wraps the torch-like optimizers' step in its hooks).
+_INTERNAL_DIRS = tuple(
+    os.path.dirname(os.path.abspath(path)) + os.sep
+    for path in (os.path.dirname(os.path.abspath(__file__)), torch.__file__)
+)
+
+
+def _is_import_machinery(filename: str) -> bool:
+    # The frames that warnings.warn itself skips when it counts a stacklevel.
+    return 'importlib' in filename and '_bootstrap' in filename
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that makes its caller's ``warnings.warn`` name the user's line.
+
+    Walks out from the caller's caller to the first frame whose file is outside the torchopt
+    package directory (and torch's, whose optimizer hooks wrap ``step``), counting frames the way :func:`warnings.warn` does (it skips the import
+    machinery's frames). The warning then points at the user's call wherever it came from (an
+    optimizer's ``step``, a transformation's ``update``, ``AdamOp``), however deep in torchopt
+    the warning is raised.
+    """
+    caller = sys._getframe(1)  # the function that calls warnings.warn: stacklevel 1
+    frame, level = caller.f_back, 1
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not _is_import_machinery(filename):
+            level += 1
+            if not os.path.abspath(filename).startswith(_INTERNAL_DIRS):
+                break
+        frame = frame.f_back
+    return level
 
 
 def _warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(message, UserWarning, stacklevel=4)
+        warnings.warn(message, UserWarning, stacklevel=_user_stacklevel())
 
 
 def _plugin() -> Any | None:
