@@ -1,5 +1,9 @@
 """torchopt.linalg: cg, minres, gmres, bicgstab, ns, ns_inv and utils against dense references."""
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -245,3 +249,30 @@ def test_minres_check_residual_confirms_on_the_true_residual(gen, spd) -> None:
         warn=False,
     )  # fmt: skip
     assert status != 'converged'
+
+
+def test_host_scalars_do_not_warn_under_func_grad_or_a_recorded_graph() -> None:
+    # torch warns once per process when a tensor that requires grad is converted to a Python
+    # scalar; the solvers read their stopping tests and scalar recurrences off the graph on
+    # purpose. A fresh interpreter, since an earlier test may have used up the one warning.
+    code = textwrap.dedent(
+        """
+        import warnings
+        import torch
+        from torchopt_implicit import linalg
+        warnings.simplefilter('error')
+        g = torch.Generator().manual_seed(0)
+        m = torch.randn(6, 6, generator=g, dtype=torch.float64)
+        a = m @ m.T + 6 * torch.eye(6, dtype=torch.float64)
+        b = torch.randn(6, generator=g, dtype=torch.float64)
+        for solver in (linalg.cg, linalg.minres, linalg.gmres, linalg.bicgstab):
+            def loss(rhs, solver=solver):
+                return solver(lambda v: a @ v, rhs, rtol=1e-10).square().sum()
+            torch.func.grad(loss)(b)
+            loss(b.clone().requires_grad_()).backward()
+        print('ok')
+        """
+    )
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == 'ok'

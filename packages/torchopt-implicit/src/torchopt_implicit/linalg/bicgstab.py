@@ -12,6 +12,7 @@ from torchopt_implicit.linalg.utils import (
     MatvecLike,
     all_true,
     axpy,
+    host_float,
     scalar_div,
     vdot_real,
 )
@@ -73,14 +74,14 @@ def bicgstab(
     r_hat = r
     rr = vdot_real(r, r)
     try:
-        rr_value, tol_value = float(rr), float(tol_sq)
+        rr_value, tol_value = host_float(rr), host_float(tol_sq)
         batched = False
     except RuntimeError:  # under vmap: mask converged problems, stop when all have converged
         batched = True
     # On CPU the scalar recurrences run on Python floats (an .item() is cheaper there than the
     # vmap-safe tensor divisions); on accelerators they stay on the device, one sync per step.
     host = not batched and not r.is_complex() and r.device.type == 'cpu'
-    scal: Callable[[torch.Tensor], Any] = float if host else (lambda t: t)
+    scal: Callable[[torch.Tensor], Any] = host_float if host else (lambda t: t)
     one = 1.0 if host else torch.ones((), dtype=r.dtype, device=r.device)
     rho, alpha, omega = one, one, one
     p = v = torch.zeros_like(r)
@@ -110,5 +111,5 @@ def bicgstab(
         rho = rho_new
         rr = vdot_real(r, r)
         if not batched:
-            rr_value = float(rr)  # the convergence test's host sync
+            rr_value = host_float(rr)  # the convergence test's host sync
     return system.finish('bicgstab', x, rr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchopt.typing import TensorTree
 
-from torchopt_implicit.linalg.utils import FlatSystem, MatvecLike, all_true, vdot_real
+from torchopt_implicit.linalg.utils import FlatSystem, MatvecLike, all_true, host_float, vdot_real
 
 __all__ = ['cg']
 
@@ -73,7 +73,7 @@ def cg(
     rz = dot(r, z)
     rr = rz if precond is None else dot(r, r)
     try:  # one host sync per iteration (the stopping test); none of the iterates leave the device
-        tol = float(tol_sq)
+        tol = host_float(tol_sq)
         batched = False
     except RuntimeError:  # under vmap: mask converged problems, stop when all have converged
         tol, batched = 0.0, True
@@ -82,7 +82,7 @@ def cg(
             done = rr <= tol_sq
             if all_true(done):
                 break
-        elif float(rr) <= tol:
+        elif host_float(rr) <= tol:
             break
         ap = matvec(p)
         pap = dot(p, ap)

@@ -11,6 +11,7 @@ from torchopt_implicit.linalg.utils import (
     FlatSystem,
     MatvecLike,
     all_true,
+    host_float,
     safe_div,
     vdot_real,
 )
@@ -82,7 +83,7 @@ def gmres(
         basis = [safe_div(r, beta.to(r.dtype))]
         # real and not under vmap: the small least-squares problem on host floats (Givens);
         # otherwise (vmap, complex) a batched lstsq of the Hessenberg matrix at each step
-        givens = _Givens(float(beta)) if _host_scalars(rr, r) else None
+        givens = _Givens(host_float(beta)) if _host_scalars(rr, r) else None
         hess = r.new_zeros((1, 0))
         beta_vec = beta.to(r.dtype).reshape(1)
         y = hess.new_zeros((0,))
@@ -99,7 +100,7 @@ def gmres(
             basis.append(safe_div(w, h_next.to(w.dtype)))
             if givens is not None:
                 column = torch.cat([h, h_next.to(h.dtype).reshape(1)]).tolist()
-                if givens.add_column(column) ** 2 <= float(tol_sq):
+                if givens.add_column(column) ** 2 <= host_float(tol_sq):
                     break
                 continue
             hess = torch.cat(
@@ -128,7 +129,7 @@ def _host_scalars(rr: torch.Tensor, r: torch.Tensor) -> bool:
     if r.is_complex():
         return False
     try:
-        float(rr)
+        host_float(rr)
     except RuntimeError:  # a vmap-batched tensor has no single value
         return False
     return True

@@ -15,6 +15,7 @@ from torchopt_implicit.linalg.utils import (
     MatvecLike,
     all_true,
     axpy,
+    host_float,
     max_value,
     vdot_real,
 )
@@ -103,7 +104,7 @@ def _symmetry_gap(
     """Whether ``v1^H A v2`` (``cross``) differs from ``v2^H A v1 = beta_2`` beyond round-off."""
     norm_t = torch.linalg.vector_norm(t)
     if not batched:
-        norm_t = float(norm_t)
+        norm_t = host_float(norm_t)
     scale = _sqrt(alpha_first * alpha_first + beta * beta) + norm_t
     return abs(cross - beta) > 64 * torch.finfo(t.real.dtype).eps * scale
 
@@ -160,7 +161,7 @@ def minres_with_status(
     z = q if precond is None else precond(q)
     beta: Scalar = _sqrt(dot(q, z))
     try:  # plain Python scalars for the recurrences unless running under vmap
-        beta, tol_sq = float(beta), float(system.tol_sq)
+        beta, tol_sq = host_float(beta), host_float(system.tol_sq)
         batched = False
     except RuntimeError:
         tol_sq, batched = system.tol_sq, True
@@ -203,7 +204,7 @@ def minres_with_status(
         if check_symmetry and k == 1:  # t = A v2, q_prev = beta_1 v1, beta = beta_2
             cross = full_dot(q_prev, t)
             if not batched:
-                cross = complex(cross) if cross.is_complex() else float(cross)
+                cross = complex(cross.detach()) if cross.is_complex() else host_float(cross)
             gap = _symmetry_gap(cross / beta_prev, beta, alpha, t, batched)
             if gap if not batched else not all_true(~gap):
                 asymmetric = True
@@ -212,11 +213,11 @@ def minres_with_status(
             t = axpy(t, q_prev, -beta / beta_prev)
         alpha = dot(v, t)
         if not batched:
-            alpha = float(alpha)
+            alpha = host_float(alpha)
         t = axpy(t, q, -alpha / _nonzero(beta, tiny))
         z_next = t if precond is None else precond(t)
         tz = dot(t, z_next)
-        beta_next = _sqrt(tz if batched else float(tz))
+        beta_next = _sqrt(tz if batched else host_float(tz))
         # Rotate the new column (beta_k above the diagonal, alpha_k on it, beta_{k+1} below).
         above = beta if k > 0 else 0.0 * beta
         eps = s2 * above

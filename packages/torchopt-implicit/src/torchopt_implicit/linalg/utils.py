@@ -27,6 +27,7 @@ __all__ = [
     'TreeRaveler',
     'all_true',
     'cat_shapes',
+    'host_float',
     'jacobi_preconditioner',
     'max_value',
     'normalize_matvec',
@@ -281,12 +282,24 @@ def all_true(flag: torch.Tensor) -> bool:
         return bool(_unwrap_functorch(flag).all())
 
 
+def host_float(t: torch.Tensor) -> float:
+    """``float(t)`` of a one-element tensor, read off the graph on purpose.
+
+    The solvers read scalars to the host for stopping tests and their scalar recurrences; those
+    values are never differentiated through. Detaching first keeps torch from warning
+    "Converting a tensor with requires_grad=True to a scalar" (under :func:`torch.func.grad` or
+    with a recorded graph). Under :func:`torch.func.vmap` this raises ``RuntimeError`` like
+    ``float(t)``, which the solvers use to detect a batch.
+    """
+    return float(t.detach())
+
+
 def max_value(t: torch.Tensor) -> float:
     """The largest element of ``t`` as a Python float (whole batch under ``vmap``)."""
     try:
-        return float(t.max())
+        return host_float(t.max())
     except RuntimeError:
-        return float(_unwrap_functorch(t).max())
+        return host_float(_unwrap_functorch(t).max())
 
 
 def warn_not_converged(name: str, maxiter: int, resid_sq: torch.Tensor, tol_sq: torch.Tensor) -> None:
