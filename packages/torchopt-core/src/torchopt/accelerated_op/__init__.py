@@ -44,11 +44,11 @@ def _is_import_machinery(filename: str) -> bool:
 def _user_stacklevel() -> int:
     """The ``stacklevel`` that makes its caller's ``warnings.warn`` name the user's line.
 
-    Walks out from the caller's caller to the first frame whose file is outside the torchopt
-    package directory (and torch's, whose optimizer hooks wrap ``step``), counting frames the way :func:`warnings.warn` does (it skips the import
-    machinery's frames). The warning then points at the user's call wherever it came from (an
-    optimizer's ``step``, a transformation's ``update``, ``AdamOp``), however deep in torchopt
-    the warning is raised.
+    Walks out from the function that calls ``warnings.warn`` to the first frame whose file is
+    outside the torchopt package directory (and torch's, whose optimizer hooks wrap ``step``),
+    counting frames the way :func:`warnings.warn` does (it skips the import machinery's frames).
+    The warning then points at the user's call wherever it came from (an optimizer's ``step``,
+    a transformation's ``update``, ``AdamOp``), however deep in torchopt it is raised.
     """
     caller = sys._getframe(1)  # the function that calls warnings.warn: stacklevel 1
     frame, level = caller.f_back, 1
