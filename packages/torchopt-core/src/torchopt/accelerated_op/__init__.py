@@ -16,6 +16,7 @@ Plugin contract (module ``torchopt_accel``)::
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import warnings
@@ -28,11 +29,12 @@ from torchopt import plugins
 __all__ = ['is_available', 'kernels', 'AdamOp']
 
 _warned: set[str] = set()
-# Frames from files under these directories are library internals: torchopt's, and torch's
-# (torch.optim.Optimizer wraps the torch-like optimizers' step in its hooks).
+# Frames from files under these directories are library internals: torchopt's, torch's
+# (torch.optim.Optimizer wraps the torch-like optimizers' step in its hooks) and importlib's
+# (a plugin loaded by ``torchopt.visual`` comes through importlib.import_module).
 _INTERNAL_DIRS = tuple(
     os.path.dirname(os.path.abspath(path)) + os.sep
-    for path in (os.path.dirname(os.path.abspath(__file__)), torch.__file__)
+    for path in (os.path.dirname(os.path.abspath(__file__)), torch.__file__, importlib.__file__)
 )
 
 
@@ -45,10 +47,11 @@ def _user_stacklevel() -> int:
     """The ``stacklevel`` that makes its caller's ``warnings.warn`` name the user's line.
 
     Walks out from the function that calls ``warnings.warn`` to the first frame whose file is
-    outside the torchopt package directory (and torch's, whose optimizer hooks wrap ``step``),
-    counting frames the way :func:`warnings.warn` does (it skips the import machinery's frames).
-    The warning then points at the user's call wherever it came from (an optimizer's ``step``,
-    a transformation's ``update``, ``AdamOp``), however deep in torchopt it is raised.
+    outside the torchopt package directory (and torch's and importlib's, whose frames can sit
+    between torchopt and the user), counting frames the way :func:`warnings.warn` does (it
+    skips the import machinery's frames). The warning then points at the user's call wherever
+    it came from (an optimizer's ``step``, a transformation's ``update``, ``AdamOp``, a plugin
+    loaded by attribute access or import), however deep in torchopt it is raised.
     """
     caller = sys._getframe(1)  # the function that calls warnings.warn: stacklevel 1
     frame, level = caller.f_back, 1
