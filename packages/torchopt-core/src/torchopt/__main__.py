@@ -38,6 +38,9 @@ def report() -> str:
         if row.error:
             line += f' ({row.error})'
         lines.append(line)
+    disable_problem = plugins._disable_problem()
+    if disable_problem is not None:
+        lines.append(f'  WARNING: {disable_problem}')
     conflict = _conflict.conflict_message()
     if conflict is not None:  # right under the version line, where a bug report starts
         lines.insert(1, f'WARNING: {conflict}')

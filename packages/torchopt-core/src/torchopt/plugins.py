@@ -10,8 +10,11 @@ import. Core never imports a plugin by itself: a plugin is loaded on first use, 
   the plugin's modules), or
 * kernel dispatch (``torchopt.accelerated_op``).
 
-``TORCHOPT_DISABLE_PLUGINS=accel,viz`` blocks plugins by name. :func:`plugins` (or
-``python -m torchopt``) lists what is installed and in which state.
+``TORCHOPT_DISABLE_PLUGINS=accel,viz`` blocks plugins by name (comma-separated, exact names; a
+name that is no plugin, such as ``IMPLICIT``, ``all`` or a typo, blocks nothing and is reported
+with a warning). :func:`plugins` (or ``python -m torchopt``) lists what is installed and in which
+state. A plugin name declared by two distributions is reported as broken, naming both, rather
+than letting one of them win by ``sys.path`` order.
 
 Contract for plugin authors: the entry-point target is a :class:`PluginInfo` built from core's
 public API only; ``api_version`` must equal :data:`PLUGIN_API_VERSION`; the named module must be
@@ -24,9 +27,11 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import os
+import re
 import sys
 import threading
 import types
+import warnings
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -105,19 +110,101 @@ class PluginNotInstalledError(ImportError):
 _lock = threading.RLock()
 _loaded: dict[str, types.ModuleType] = {}
 _broken: dict[str, str] = {}
+_reported_disable: set[str] = set()  # the TORCHOPT_DISABLE_PLUGINS values already warned about
 
 
 def _disabled() -> set[str]:
-    return {name.strip() for name in os.environ.get(DISABLE_ENV, '').split(',') if name.strip()}
+    """The plugin names blocked by ``TORCHOPT_DISABLE_PLUGINS`` (warns once about unknown ones)."""
+    value = os.environ.get(DISABLE_ENV, '')
+    names = {name.strip() for name in value.split(',') if name.strip()}
+    if names - set(KNOWN_PLUGINS) and value not in _reported_disable:
+        _reported_disable.add(value)
+        problem = _disable_problem(names)
+        if problem is not None:
+            _warn(problem)
+    return names
 
 
-def _entry_points() -> dict[str, metadata.EntryPoint]:
+def _disable_problem(names: set[str] | None = None) -> str | None:
+    """Why names in ``TORCHOPT_DISABLE_PLUGINS`` block nothing; ``None`` if all name plugins.
+
+    A name blocks a plugin only if it is that plugin's exact (lower-case) name; there is no
+    wildcard. The message suggests the name meant where one is close (``IMPLICIT``, typos).
+
+    Args:
+        names: the names to check; by default those in the environment variable.
+    """
+    if names is None:
+        value = os.environ.get(DISABLE_ENV, '')
+        names = {name.strip() for name in value.split(',') if name.strip()}
+    if not names - set(KNOWN_PLUGINS):
+        return None
+    known = sorted(set(KNOWN_PLUGINS) | set(_entry_points()))  # third-party plugins too
+    unknown = names - set(known)
+    if not unknown:
+        return None
+    parts = [f'{name!r}{_suggestion(name, known)}' for name in sorted(unknown)]
+    return (
+        f'{DISABLE_ENV} names no plugin called {", ".join(parts)}: '
+        f'{"it blocks" if len(unknown) == 1 else "they block"} nothing. Plugin names are exact '
+        f'and comma-separated, with no wildcard; the plugins are: {", ".join(known)} (block '
+        f'them all with {DISABLE_ENV}={",".join(known)}).'
+    )
+
+
+def _suggestion(name: str, known: list[str]) -> str:
+    lowered = name.lower()
+    if lowered in known:
+        return f' (did you mean {lowered!r}?)'
+    if lowered in ('all', '*', 'any', 'everything') or re.fullmatch(r'[*?.\s]+', name):
+        return ' (not a wildcard)'
+    import difflib  # only on this error path
+
+    close = difflib.get_close_matches(lowered, known, n=1, cutoff=0.6)
+    return f' (did you mean {close[0]!r}?)' if close else ''
+
+
+def _warn(message: str) -> None:
+    """Warn at the user's line: the first frame outside torchopt and torch."""
+    from torchopt.accelerated_op import _user_stacklevel  # the facade is light
+
+    warnings.warn(message, UserWarning, stacklevel=_user_stacklevel())
+
+
+def _scan() -> tuple[dict[str, metadata.EntryPoint], dict[str, list[metadata.EntryPoint]]]:
+    """The entry points of the group by name, and the names declared by several distributions."""
     from importlib import metadata  # imported on first use: it costs ~9 ms at import time
 
     found: dict[str, metadata.EntryPoint] = {}
+    declared: dict[str, dict[str, metadata.EntryPoint]] = {}
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(ep.name, ep)
-    return found
+        dist = getattr(ep, 'dist', None)
+        key = _normalize(getattr(dist, 'name', None) or ep.value)
+        declared.setdefault(ep.name, {}).setdefault(key, ep)
+    conflicts = {name: list(by_dist.values()) for name, by_dist in declared.items()}
+    return found, {name: eps for name, eps in conflicts.items() if len(eps) > 1}
+
+
+def _normalize(dist_name: str) -> str:
+    return re.sub(r'[-_.]+', '-', dist_name).lower()
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    return _scan()[0]
+
+
+def _conflict_message(name: str, eps: list[metadata.EntryPoint]) -> str:
+    declared = ', '.join(
+        f'{getattr(ep.dist, "name", "?")} {getattr(ep.dist, "version", "?")} ({ep.value})'
+        for ep in eps
+    )
+    official = KNOWN_PLUGINS.get(name)
+    keep = f' (the torchopt plugin is {official!r})' if official else ''
+    return (
+        f'plugin name {name!r} is declared by {len(eps)} distributions: {declared}; '
+        f'uninstall all but one{keep}'
+    )
 
 
 def _install_hint(name: str) -> str:
@@ -141,7 +228,11 @@ def load(name: str) -> types.ModuleType:
             )
         if name in _broken:
             raise PluginNotInstalledError(f'torchopt plugin {name!r} is broken: {_broken[name]}')
-        ep = _entry_points().get(name)
+        found, conflicts = _scan()
+        if name in conflicts:  # never let sys.path order pick one silently
+            _broken[name] = _conflict_message(name, conflicts[name])
+            raise PluginNotInstalledError(f'torchopt plugin {name!r} is broken: {_broken[name]}')
+        ep = found.get(name)
         if ep is None:
             dist = KNOWN_PLUGINS.get(name, f'torchopt-{name}')
             raise PluginNotInstalledError(
@@ -178,8 +269,11 @@ def is_available(name: str) -> bool:
 
 
 def plugins() -> list[PluginStatus]:
-    """List the known and installed plugins with their status, without loading any."""
-    eps = _entry_points()
+    """List the known and installed plugins with their status, without loading any.
+
+    A name declared by several distributions is ``'broken'``, its error naming them all.
+    """
+    eps, conflicts = _scan()
     disabled = _disabled()
     rows = []
     for name in sorted(set(KNOWN_PLUGINS) | set(eps)):
@@ -192,6 +286,8 @@ def plugins() -> list[PluginStatus]:
             status, error = 'missing', None
         elif name in _loaded:
             status, error = 'loaded', None
+        elif name in conflicts:
+            status, error = 'broken', _conflict_message(name, conflicts[name])
         elif name in _broken:
             status, error = 'broken', _broken[name]
         else:
@@ -248,3 +344,4 @@ def _reset_for_tests() -> None:
     with _lock:
         _loaded.clear()
         _broken.clear()
+        _reported_disable.clear()
