@@ -35,11 +35,11 @@ class WrappedSamplable(Samplable):  # pylint: disable=too-few-public-methods
 
     def __init__(self, sample_fn: SampleFunc) -> None:
         """Wrap ``sample_fn``, called with the requested ``sample_shape``."""
-        self.__sample_fn = sample_fn
+        self._sample_fn = sample_fn
 
     def sample(self, sample_shape: Size = Size()) -> Tensor | Sequence[Any]:
         """Draw samples of shape ``sample_shape`` by calling the wrapped function."""
-        return self.__sample_fn(sample_shape)
+        return self._sample_fn(sample_shape)
 
 
 class _ZeroOrderFunction(torch.autograd.Function):  # pylint: disable=abstract-method
@@ -53,7 +53,9 @@ class _ZeroOrderFunction(torch.autograd.Function):  # pylint: disable=abstract-m
         fn: Callable[..., Tensor],
         *leaves: Tensor,
     ) -> Tensor:
-        output = check_scalar(fn(*leaves))
+        output = fn(*leaves)
+        if not isinstance(output, Tensor) or output.ndim != 0:
+            check_scalar(output)  # raises the reference's errors
         if not output.is_floating_point():
             raise TypeError(
                 f'`output` must be a floating-point tensor to be differentiated, got dtype '
@@ -177,6 +179,9 @@ def _flat_function(
     argnums: tuple[int, ...],
 ) -> tuple[Callable[..., Tensor], list[Tensor]]:
     """Rewrite ``fn(*args, **kwargs)`` as a function of the flat leaves of ``args[argnums]``."""
+    if not kwargs and argnums == (0,) and len(args) == 1 and isinstance(args[0], Tensor):
+        _check_leaf(args[0], 0)  # fn(x): the most common call, its own flat form
+        return fn, [args[0]]
     positions = _positions(argnums, len(args))
     leaves: list[Tensor] = []
     layout = []  # (position, treespec or None for a bare tensor, first leaf, end)
@@ -218,7 +223,10 @@ def run_flat(
     leaves: Sequence[Tensor],
 ) -> Tensor:
     """``flat_fn(*leaves)``, with the zero-order estimate as its backward pass."""
-    if not (torch.is_grad_enabled() and any(leaf.requires_grad for leaf in leaves)):
+    if not (
+        torch.is_grad_enabled()
+        and (leaves[0].requires_grad if len(leaves) == 1 else any(t.requires_grad for t in leaves))
+    ):
         with torch.no_grad():  # nothing to differentiate: only the non-argnum inputs are left
             return check_scalar(flat_fn(*leaves))
     return _ZeroOrderFunction.apply(estimator, sample, flat_fn, *leaves)
@@ -295,7 +303,10 @@ def zero_order(
         >>> loss(theta, torch.ones(3)).backward()   # theta.grad: ES estimate
     """
     distribution = check_distribution(distribution)
-    sample = make_sampler(distribution)
+    if type(distribution) is WrappedSamplable:  # pylint: disable=unidiomatic-typecheck
+        sample = distribution._sample_fn  # what its `sample` calls, one frame closer
+    else:
+        sample = make_sampler(distribution)
     argnums = _normalize_argnums(argnums)
     config = check_config(method, num_samples, sigma, chunk_size, vectorize)
 
