@@ -59,11 +59,12 @@ def test_save_load_resumes_bit_identically(make, tmp_path):
 
 def test_state_dict_before_first_step_is_uninitialized():
     opt = torchopt.Adam([torch.zeros(1, requires_grad=True)])
-    assert opt.state_dict() == (torchopt.base.UninitializedState(),)
+    assert opt.state_dict()['state'] == {}  # as torch.optim: no state before the first step
+    assert opt.state_groups == [torchopt.base.UninitializedState()]  # TorchOpt's attribute
     buf = io.BytesIO()
     torch.save(opt.state_dict(), buf)
     buf.seek(0)
-    assert torch.load(buf) == (torchopt.base.UninitializedState(),)
+    assert torch.load(buf)['state'] == {}
 
 
 def test_load_state_dict_checks_group_count():
@@ -77,7 +78,7 @@ def test_param_groups_and_pytrees():
     b = {'w': torch.ones(3, requires_grad=True), 'bias': (torch.ones(1, requires_grad=True),)}
     opt = torchopt.SGD([a], lr=0.5)
     opt.add_param_group(b)
-    assert len(opt.param_groups) == 2 and len(opt.param_groups[1]) == 2
+    assert len(opt.param_groups) == 2 and len(opt.param_groups[1]['params']) == 2
     (a.sum() + b['w'].sum() * 2 + b['bias'][0].sum()).backward()
     opt.step()
     torch.testing.assert_close(a.detach(), torch.full((2,), 0.5))

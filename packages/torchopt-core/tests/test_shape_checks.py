@@ -4,8 +4,8 @@ torch's CPU fused kernels do not check shapes: before the checks, ``adam(0.1)`` 
 2-element tensor and updated with a 100,000-element gradient read and wrote past the state's
 memory (wrong numbers, ``munmap_chunk(): invalid pointer``, or a segfault). Every optimizer is
 run through every entry point with the shapes differing at one leaf — functional ``update``
-(in place and not), the torch-like class after ``load_state_dict``, and the Meta class after
-``load_state_dict`` — each optimizer in its own subprocess, so that a crash fails the test
+(in place and not), the torch-like class's ``load_state_dict`` (torch.optim's layout and
+TorchOpt 0.7's tuple of states), and the Meta class's ``load_state_dict`` — each optimizer in its own subprocess, so that a crash fails the test
 instead of the test run.
 """
 
@@ -40,7 +40,7 @@ _SCRIPT = textwrap.dedent(
             run()
         except ValueError as ex:
             msg = str(ex)
-            ok = 'leaf 1' in msg and 'shape' in msg
+            ok = ('leaf 1' in msg or 'parameter 1' in msg or '1)' in msg) and 'shape' in msg
             same = all(torch.equal(a, b) for a, b in zip(before, untouched))
             results[mode] = 'ok' if ok and same else f'bad: {msg!r} unchanged={same}'
         except Exception as ex:  # noqa: BLE001
@@ -71,12 +71,19 @@ _SCRIPT = textwrap.dedent(
     for p in a:
         p.grad = torch.ones_like(p)
     opt_a.step()
-    b = [t.clone().requires_grad_() for t in large]
-    opt_b = cls(b, **kwargs)
-    opt_b.load_state_dict(opt_a.state_dict())
-    for p in b:
-        p.grad = torch.ones_like(p)
-    expect_value_error('class after load_state_dict', opt_b.step, [p.detach() for p in b])
+    for layout, saved in [('torch layout', opt_a.state_dict()),
+                          ('TorchOpt 0.7 tuple', tuple(opt_a.state_groups))]:
+        b = [t.clone().requires_grad_() for t in large]
+        opt_b = cls(b, **kwargs)
+        for p in b:
+            p.grad = torch.ones_like(p)
+
+        def load_and_step():
+            opt_b.load_state_dict(saved)
+            opt_b.step()
+
+        expect_value_error(f'class load_state_dict ({layout})', load_and_step,
+                           [p.detach() for p in b])  # fmt: skip
 
     if meta is not None:
         class Net(nn.Module):
@@ -93,10 +100,13 @@ _SCRIPT = textwrap.dedent(
         opt_a = meta(net_a, **meta_kwargs)
         opt_a.step(net_a())
         opt_b = meta(net_b, **meta_kwargs)
-        opt_b.load_state_dict(opt_a.state_dict())
+
+        def meta_load_and_step():
+            opt_b.load_state_dict(opt_a.state_dict())
+            opt_b.step(net_b())
+
         expect_value_error(
-            'meta after load_state_dict', lambda: opt_b.step(net_b()),
-            [net_b.a.detach(), net_b.b.detach()],
+            'meta load_state_dict', meta_load_and_step, [net_b.a.detach(), net_b.b.detach()]
         )
     print(json.dumps(results), flush=True)
     """

@@ -37,6 +37,7 @@ import torch
 __all__ = [
     'FUSED_DTYPES',
     'FusedStep',
+    'Live',
     'adam_path',
     'check_like',
     'check_state',
@@ -259,6 +260,35 @@ def uniform(values: list) -> Any:
 
 
 # --- declared fused steps -------------------------------------------------------------------------
+
+
+class Live:
+    """A hyper-parameter read from a mutable mapping at every step (a param group's ``'lr'``).
+
+    Called with or without a count it returns ``mapping[key]``, so the composed path sees it as a
+    schedule; the fused kernels read :meth:`value`. This is how ``opt.param_groups[i]['lr'] = x``
+    and ``torch.optim.lr_scheduler`` take effect at the next step without rebuilding anything.
+    """
+
+    __slots__ = ('key', 'mapping')
+
+    def __init__(self, mapping: Any, key: str) -> None:
+        self.mapping, self.key = mapping, key
+
+    def value(self) -> float:
+        """The current value as a Python float."""
+        return float(self.mapping[self.key])
+
+    def __call__(self, count: Any = None) -> Any:
+        return self.mapping[self.key]
+
+    def __repr__(self) -> str:
+        return f'Live({self.key!r}={self.mapping[self.key]!r})'
+
+
+def resolve(value: Any) -> Any:
+    """``value``, or the current value of a :class:`Live` hyper-parameter."""
+    return value.value() if isinstance(value, Live) else value
 
 
 class FusedStep(NamedTuple):

@@ -71,7 +71,7 @@ def _adam(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any
             for value, members in _groups(counts).items():
                 kernels.adam_apply_(
                     take(p, members), take(g, members), take(mu, members), take(nu, members),
-                    h['lr'], h['b1'], h['b2'], h['eps'], h['eps_root'], int(value),
+                    _dispatch.resolve(h['lr']), h['b1'], h['b2'], h['eps'], h['eps_root'], int(value),
                     weight_decay=h['weight_decay'], decoupled=fused.kind == 'adamw',
                     maximize=h['maximize'],
                 )
@@ -81,7 +81,8 @@ def _adam(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any
     kernel: Any = torch._fused_adamw_ if fused.kind == 'adamw' else torch._fused_adam_
     torch._foreach_add_(counts, 1.0)
     kernel(
-        p, g, mu, nu, [], steps_for(counts, p[0].device), lr=h['lr'], beta1=h['b1'],
+        p, g, mu, nu, [], steps_for(counts, p[0].device), lr=_dispatch.resolve(h['lr']),
+        beta1=h['b1'],
         beta2=h['b2'], weight_decay=h['weight_decay'], eps=h['eps'], amsgrad=False,
         maximize=h['maximize'],
     )
@@ -105,7 +106,7 @@ def _sgd(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any:
 
     h = fused.hyper
     kwargs = dict(
-        weight_decay=h['weight_decay'], momentum=h['momentum'], lr=h['lr'],
+        weight_decay=h['weight_decay'], momentum=h['momentum'], lr=_dispatch.resolve(h['lr']),
         dampening=h['dampening'], nesterov=h['nesterov'], maximize=h['maximize'],
     )
     if h['momentum'] == 0.0:
@@ -179,7 +180,7 @@ def fused_update(
             return None
         _dispatch.accel_kernels(present)
     h = fused.hyper
-    wd, lr = h['weight_decay'], h['lr']
+    wd, lr = h['weight_decay'], _dispatch.resolve(h['lr'])
     if lr == 0.0 or (wd != 0.0 and params is None):
         return None
     where = f'torchopt {fused.kind}'

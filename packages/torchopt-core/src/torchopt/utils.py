@@ -135,6 +135,12 @@ def _is_meta_optimizer(target: Any) -> bool:
     return isinstance(target, MetaOptimizer)
 
 
+def _is_optimizer(target: Any) -> bool:
+    from torchopt.optim.base import Optimizer
+
+    return isinstance(target, Optimizer)
+
+
 # ----------------------------------------------------------------------------------------------
 # Containers
 # ----------------------------------------------------------------------------------------------
@@ -336,8 +342,9 @@ def extract_state_dict(
             detach_buffers=bool(detach_buffers),
         )
 
-    if _is_meta_optimizer(target):
-        state = cast(Any, target).state_dict()
+    if _is_meta_optimizer(target) or _is_optimizer(target):
+        state = (cast(Any, target).state_groups if _is_optimizer(target)
+                 else cast(Any, target).state_dict())  # fmt: skip
         return tuple(
             optree.tree_map(
                 lambda x: replicate(x) if isinstance(x, torch.Tensor) else x, tuple(state)
@@ -405,13 +412,13 @@ def recover_state_dict(
             tgt.update(src)
         return
 
-    if _is_meta_optimizer(target):
+    if _is_meta_optimizer(target) or _is_optimizer(target):
         if isinstance(state, ModuleState) or not isinstance(state, Sequence):
             raise TypeError(
                 '`state` must be a sequence of optimizer states for a MetaOptimizer target, '
                 f'got {type(state).__name__}'
             )
-        groups = len(cast(Any, target).state_dict())
+        groups = len(cast(Any, target).state_groups)
         if len(state) != groups:
             raise ValueError(
                 f'`state` holds {len(state)} optimizer states, the MetaOptimizer has {groups} '

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from torchopt import _checks
-from torchopt._dispatch import FusedStep
+from torchopt._dispatch import FusedStep, Live
 from torchopt.alias.utils import flip_sign_and_add_weight_decay, scale_by_neg_lr
 from torchopt.base import GradientTransformation
 from torchopt.combine import chain_flat
@@ -42,8 +42,12 @@ def _adam_scaler(use_accelerated_op: bool) -> Any:
 
 
 def _constant(lr: Any) -> bool:
-    """Whether ``lr`` is a plain number (torch's fused kernels take no schedule or tensor)."""
-    return isinstance(lr, (int, float)) and not isinstance(lr, bool)
+    """Whether the fused kernels can take ``lr``: a plain number, or a param group's live value.
+
+    torch's fused kernels take no schedule or tensor; a :class:`~torchopt._dispatch.Live` value
+    (``param_groups[i]['lr']`` of the torch-like classes) is read as a number at every step.
+    """
+    return isinstance(lr, Live) or (isinstance(lr, (int, float)) and not isinstance(lr, bool))
 
 
 def _adam_fused(

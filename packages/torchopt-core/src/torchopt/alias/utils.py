@@ -11,7 +11,9 @@ from torchopt import _foreach as _fe
 from torchopt import _checks
 from torchopt.base import GradientTransformation, identity
 from torchopt.transform import scale, scale_by_schedule
+from torchopt._dispatch import Live
 from torchopt.transform._flat import stateless
+from torchopt.transform.utils import scale_
 from torchopt.typing import ScalarOrSchedule
 
 __all__ = ['flip_sign_and_add_weight_decay', 'scale_by_neg_lr']
@@ -56,6 +58,12 @@ def flip_sign_and_add_weight_decay(
 def scale_by_neg_lr(lr: ScalarOrSchedule) -> GradientTransformation:
     """Multiply by ``-lr``; ``lr`` is a number, a scalar tensor or a schedule ``count -> lr``."""
     _checks.check_lr(lr)
+    if isinstance(lr, Live):  # a param group's lr, read at every step (no count in the state)
+
+        def step(g: list, params: Any, inplace: bool) -> list:
+            return scale_(g, -lr.value(), inplace=inplace)
+
+        return stateless(f'scale_by_neg_lr({lr!r})', step)
     if callable(lr) and not isinstance(lr, torch.Tensor):
 
         def neg_schedule(count: Any) -> Any:

@@ -7,7 +7,7 @@ functional aliases in places.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
 
 import torch
 
@@ -26,6 +26,9 @@ Params = Iterable[torch.Tensor]
 class SGD(Optimizer):
     """:func:`torchopt.sgd` as a torch-like optimizer (argument order of ``torch.optim.SGD``)."""
 
+    _factory = staticmethod(alias.sgd)
+    _fixed: ClassVar[dict[str, Any]] = {'moment_requires_grad': False}
+
     def __init__(
         self,
         params: Params,
@@ -36,17 +39,17 @@ class SGD(Optimizer):
         nesterov: bool = False,
         maximize: bool = False,
     ) -> None:
-        super().__init__(
-            params,
-            alias.sgd(
-                lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                nesterov=nesterov, moment_requires_grad=False, maximize=maximize,
-            ),
-        )
+        self._setup(params, None, dict(
+            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+            nesterov=nesterov, maximize=maximize,
+        ))
 
 
 class Adam(Optimizer):
     """:func:`torchopt.adam` as a torch-like optimizer."""
+
+    _factory = staticmethod(alias.adam)
+    _fixed: ClassVar[dict[str, Any]] = {'moment_requires_grad': False}
 
     def __init__(
         self,
@@ -60,18 +63,17 @@ class Adam(Optimizer):
         maximize: bool = False,
         use_accelerated_op: bool = False,
     ) -> None:
-        super().__init__(
-            params,
-            alias.adam(
-                lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_root=eps_root,
-                moment_requires_grad=False, maximize=maximize,
-                use_accelerated_op=use_accelerated_op,
-            ),
-        )
+        self._setup(params, None, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_root=eps_root,
+            maximize=maximize, use_accelerated_op=use_accelerated_op,
+        ))
 
 
 class AdamW(Optimizer):
     """:func:`torchopt.adamw` as a torch-like optimizer."""
+
+    _factory = staticmethod(alias.adamw)
+    _fixed: ClassVar[dict[str, Any]] = {'moment_requires_grad': False}
 
     def __init__(
         self,
@@ -86,18 +88,16 @@ class AdamW(Optimizer):
         maximize: bool = False,
         use_accelerated_op: bool = False,
     ) -> None:
-        super().__init__(
-            params,
-            alias.adamw(
-                lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_root=eps_root,
-                mask=mask, moment_requires_grad=False, maximize=maximize,
-                use_accelerated_op=use_accelerated_op,
-            ),
-        )
+        self._setup(params, None, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_root=eps_root, mask=mask,
+            maximize=maximize, use_accelerated_op=use_accelerated_op,
+        ))
 
 
 class AdaGrad(Optimizer):
     """:func:`torchopt.adagrad` as a torch-like optimizer."""
+
+    _factory = staticmethod(alias.adagrad)
 
     def __init__(
         self,
@@ -110,17 +110,17 @@ class AdaGrad(Optimizer):
         *,
         maximize: bool = False,
     ) -> None:
-        super().__init__(
-            params,
-            alias.adagrad(
-                lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize,
-            ),
-        )
+        self._setup(params, None, dict(
+            lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize,
+        ))
 
 
 class AdaDelta(Optimizer):
     """:func:`torchopt.adadelta` as a torch-like optimizer (``lr`` defaults to 1.0 as torch)."""
+
+    _factory = staticmethod(alias.adadelta)
+    _fixed: ClassVar[dict[str, Any]] = {'moment_requires_grad': False}
 
     def __init__(
         self,
@@ -130,16 +130,14 @@ class AdaDelta(Optimizer):
         eps: float = 1e-6,
         weight_decay: float = 0.0,
     ) -> None:
-        super().__init__(
-            params,
-            alias.adadelta(
-                lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, moment_requires_grad=False
-            ),
-        )
+        self._setup(params, None, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay))
 
 
 class AdaMax(Optimizer):
     """:func:`torchopt.adamax` as a torch-like optimizer (torch's defaults)."""
+
+    _factory = staticmethod(alias.adamax)
+    _fixed: ClassVar[dict[str, Any]] = {'moment_requires_grad': False}
 
     def __init__(
         self,
@@ -149,16 +147,16 @@ class AdaMax(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
     ) -> None:
-        super().__init__(
-            params,
-            alias.adamax(
-                lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, moment_requires_grad=False
-            ),
-        )
+        self._setup(params, None, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+        ))
 
 
 class RAdam(Optimizer):
     """:func:`torchopt.radam` as a torch-like optimizer (torch's defaults)."""
+
+    _factory = staticmethod(alias.radam)
+    _fixed: ClassVar[dict[str, Any]] = {'moment_requires_grad': False}
 
     def __init__(
         self,
@@ -168,16 +166,15 @@ class RAdam(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
     ) -> None:
-        super().__init__(
-            params,
-            alias.radam(
-                lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, moment_requires_grad=False
-            ),
-        )
+        self._setup(params, None, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+        ))
 
 
 class RMSProp(Optimizer):
     """:func:`torchopt.rmsprop` as a torch-like optimizer."""
+
+    _factory = staticmethod(alias.rmsprop)
 
     def __init__(
         self,
@@ -193,18 +190,17 @@ class RMSProp(Optimizer):
         nesterov: bool = False,
         maximize: bool = False,
     ) -> None:
-        super().__init__(
-            params,
-            alias.rmsprop(
-                lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                centered=centered, initial_scale=initial_scale, nesterov=nesterov,
-                maximize=maximize,
-            ),
-        )
+        self._setup(params, None, dict(
+            lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+            centered=centered, initial_scale=initial_scale, nesterov=nesterov, maximize=maximize,
+        ))
 
 
 class NAdam(Optimizer):
     """:func:`torchopt.nadam` as a torch-like optimizer."""
+
+    _factory = staticmethod(alias.nadam)
+    _fixed: ClassVar[dict[str, Any]] = {'moment_requires_grad': False}
 
     def __init__(
         self,
@@ -217,17 +213,17 @@ class NAdam(Optimizer):
         *,
         maximize: bool = False,
     ) -> None:
-        super().__init__(
-            params,
-            alias.nadam(
-                lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                momentum_decay=momentum_decay, maximize=maximize,
-            ),
-        )
+        self._setup(params, None, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
+            maximize=maximize,
+        ))
 
 
 class Lion(Optimizer):
     """:func:`torchopt.lion` as a torch-like optimizer."""
+
+    _factory = staticmethod(alias.lion)
+    _fixed: ClassVar[dict[str, Any]] = {'moment_requires_grad': False}
 
     def __init__(
         self,
@@ -239,14 +235,16 @@ class Lion(Optimizer):
         mask: Any = None,
         maximize: bool = False,
     ) -> None:
-        super().__init__(
-            params,
-            alias.lion(lr=lr, betas=betas, weight_decay=weight_decay, mask=mask, maximize=maximize),
-        )
+        self._setup(params, None, dict(
+            lr=lr, betas=betas, weight_decay=weight_decay, mask=mask, maximize=maximize,
+        ))
 
 
 class Lamb(Optimizer):
     """:func:`torchopt.lamb` as a torch-like optimizer."""
+
+    _factory = staticmethod(alias.lamb)
+    _fixed: ClassVar[dict[str, Any]] = {'moment_requires_grad': False}
 
     def __init__(
         self,
@@ -260,13 +258,10 @@ class Lamb(Optimizer):
         mask: Any = None,
         maximize: bool = False,
     ) -> None:
-        super().__init__(
-            params,
-            alias.lamb(
-                lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_root=eps_root,
-                mask=mask, maximize=maximize,
-            ),
-        )
+        self._setup(params, None, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_root=eps_root, mask=mask,
+            maximize=maximize,
+        ))
 
 
 Adagrad = AdaGrad

@@ -1,15 +1,29 @@
-"""The torch-like, in-place :class:`Optimizer` (upstream ``torchopt.optim.Optimizer``)."""
+"""The torch-like, in-place :class:`Optimizer` (upstream ``torchopt.optim.Optimizer``).
+
+It is a :class:`torch.optim.Optimizer`, so ``torch.optim.lr_scheduler``, step hooks and training
+frameworks that check ``isinstance(opt, torch.optim.Optimizer)`` work with it. Where TorchOpt 0.7
+and ``torch.optim`` disagree, ``docs/migration.md`` says what was chosen:
+
+* ``param_groups`` is ``torch.optim``'s list of dicts (``'params'`` plus the group's
+  hyper-parameters, readable and writable between steps); TorchOpt's flat tuples are
+  ``group['params']``, and ``param_treespecs`` / ``state_groups`` are kept;
+* ``state_dict()`` uses ``torch.optim``'s layout and buffer names (``step``, ``exp_avg``, ...),
+  so checkpoints move between ``torch.optim`` and ``torchopt``; ``load_state_dict`` also takes
+  TorchOpt 0.7's tuple of states, and validates before it changes anything;
+* ``zero_grad(set_to_none=False)`` keeps TorchOpt's default.
+"""
 
 from __future__ import annotations
 
 import types
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import optree
 import torch
 
-from torchopt import _dispatch
+from torchopt import _checks, _dispatch
 from torchopt.base import GradientTransformation, UninitializedState
+from torchopt.optim import _state_dict
 
 __all__ = ['Optimizer', 'flatten_params']
 
@@ -30,38 +44,149 @@ def flatten_params(params: Any, name: str = 'params') -> tuple[tuple[torch.Tenso
     return tuple(leaves), treespec
 
 
-class Optimizer:
+def _is_group(obj: Any) -> bool:
+    return isinstance(obj, dict) and 'params' in obj
+
+
+def _as_groups(params: Any) -> list[dict]:
+    """torch-style groups (a dict with ``'params'`` or a list of them), else one pytree group."""
+    if isinstance(params, torch.Tensor):
+        raise TypeError(
+            '`params` must be an iterable of tensors, a tree of tensors or a list of param-group '
+            f'dicts, got a single {type(params).__name__}'
+        )
+    if _is_group(params):
+        return [params]
+    if isinstance(params, (list, tuple)) and params and all(_is_group(g) for g in params):
+        return list(params)
+    return [{'params': params}]
+
+
+class Optimizer(torch.optim.Optimizer):
     """A PyTorch-style optimizer over a :class:`~torchopt.base.GradientTransformation`.
 
-    ``step()`` reads ``p.grad``, runs ``impl.update(..., inplace=True)`` and adds the updates to
-    the parameters in place (no autograd). There are no per-group hyper-parameters: a group is a
-    flat tuple of tensors.
+    ``step()`` reads ``p.grad`` and updates the parameters in place (no autograd), through the
+    one dispatcher (:mod:`torchopt._dispatch`): torch's fused kernel when the optimizer declares
+    one and the tensors are eligible, else ``impl.update(..., inplace=True)`` and
+    :func:`~torchopt.apply_updates`.
 
     Args:
-        params: tensors to optimize (any pytree, or an iterator such as ``model.parameters()``).
-        impl: the transformation, e.g. ``torchopt.adam(1e-3)``.
+        params: tensors to optimize: any pytree or iterator of tensors (``model.parameters()``),
+            or ``torch.optim``-style param-group dicts.
+        impl: the transformation, e.g. ``torchopt.adam(1e-3)``. The optimizer classes
+            (:class:`~torchopt.Adam`, ...) build one per param group from the group's
+            hyper-parameters instead, so groups can differ and change between steps.
     """
+
+    _factory: ClassVar[Callable[..., GradientTransformation] | None] = None
+    _fixed: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params: Any, impl: GradientTransformation) -> None:
         if not isinstance(impl, GradientTransformation):
             raise TypeError(f'{impl} (type {type(impl).__name__}) is not a GradientTransformation')
-        self.impl: GradientTransformation = impl
-        self.param_groups: list[tuple[torch.Tensor, ...]] = []
+        self._setup(params, impl, {})
+
+    def _setup(
+        self, params: Any, impl: GradientTransformation | None, defaults: dict[str, Any]
+    ) -> None:
+        """Initialise with one ``impl`` for every group, or (``None``) the class's factory."""
+        self._impl: GradientTransformation | None = impl
+        self._hyper: tuple[str, ...] = tuple(defaults)
         self.param_treespecs: list[Any] = []
         self.state_groups: list[Any] = []
-        self.add_param_group(params)
+        self._group_impls: list[tuple[Any, GradientTransformation] | None] = []
+        super().__init__(_as_groups(params), dict(defaults))
 
-    def add_param_group(self, params: Any) -> None:
-        """Add a group of parameters (any pytree of tensors); its state starts uninitialised."""
-        flat, treespec = flatten_params(params)
-        self.param_groups.append(flat)
+    # --- torch.optim.Optimizer plumbing ------------------------------------------------------
+
+    @property  # type: ignore[override]
+    def state(self) -> dict:
+        """Per-parameter views of the state with ``torch.optim``'s buffer names (read-only)."""
+        return _state_dict.state_view(self)
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        if value:  # torch.optim.Optimizer.__init__ assigns an empty mapping
+            raise AttributeError('assign optimizer state with load_state_dict()')
+
+    @property
+    def impl(self) -> GradientTransformation:
+        """The transformation of the first param group (TorchOpt's attribute)."""
+        return self.group_impl(0)
+
+    @impl.setter
+    def impl(self, value: GradientTransformation) -> None:
+        self._impl = value
+        self._group_impls = [None] * len(self.param_groups)
+
+    def add_param_group(self, param_group: Any) -> None:
+        """Add a group: a dict with ``'params'`` and hyper-parameters, or any tree of tensors.
+
+        Hyper-parameters not given take the optimizer's defaults; they are validated now.
+        """
+        group = dict(param_group) if _is_group(param_group) else {'params': param_group}
+        flat, treespec = flatten_params(group['params'])
+        if not flat:
+            raise ValueError('optimizer got an empty parameter list')
+        seen = {id(p) for g in self.param_groups for p in g['params']}
+        if any(id(p) in seen for p in flat) or len({id(p) for p in flat}) != len(flat):
+            raise ValueError('some parameters appear in more than one parameter group')
+        group['params'] = list(flat)
+        for key in self._hyper:
+            group.setdefault(key, self.defaults[key])
+        self._build(group)  # validates the hyper-parameters before anything is added
+        self.param_groups.append(group)
         self.param_treespecs.append(treespec)
         self.state_groups.append(UninitializedState())
+        self._group_impls.append(None)
+
+    def _key(self, group: dict) -> tuple[bool, tuple]:
+        """(whether ``lr`` is read live, the other hyper-parameters) of ``group``."""
+        lr = group.get('lr')
+        live = 'lr' in self._hyper and isinstance(lr, (int, float)) and not isinstance(lr, bool)
+        return live, tuple((k, group[k]) for k in self._hyper if not (live and k == 'lr'))
+
+    def _build(self, group: dict) -> tuple[Any, GradientTransformation]:
+        if self._impl is not None:
+            return None, self._impl
+        live, key = self._key(group)
+        hyper = {k: group[k] for k in self._hyper}
+        if live:
+            _checks.check_lr(hyper['lr'])
+            hyper['lr'] = _dispatch.Live(group, 'lr')
+        factory: Any = type(self)._factory
+        return (live, key), factory(**self._fixed, **hyper)
+
+    def group_impl(self, index: int) -> GradientTransformation:
+        """The transformation of param group ``index``, rebuilt when its hyper-parameters change.
+
+        ``lr`` is read at every step (a scheduler writing ``group['lr']`` costs nothing); a change
+        of any other hyper-parameter rebuilds the group's transformation, keeping its state.
+        """
+        cached = self._group_impls[index]
+        if cached is not None and (self._impl is not None
+                                   or cached[0] == self._key(self.param_groups[index])):
+            return cached[1]
+        built = self._build(self.param_groups[index])
+        self._group_impls[index] = built
+        return built[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._patch_step_function()
+
+    # --- the step ------------------------------------------------------------------------------
 
     def zero_grad(self, set_to_none: bool = False) -> None:
-        """Reset the gradients: to ``None`` if ``set_to_none`` else to zeros (detached)."""
+        """Reset the gradients: to ``None`` if ``set_to_none`` else to zeros (detached).
+
+        The default is TorchOpt's (``False``); ``torch.optim`` defaults to ``True``.
+        """
         for group in self.param_groups:
-            for p in group:
+            for p in group['params']:
                 if p.grad is None:
                     continue
                 if set_to_none:
@@ -74,32 +199,45 @@ class Optimizer:
                 p.grad.zero_()
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        """Update every parameter with a gradient; return ``closure()`` if given."""
+        """Update every parameter that has a gradient; return ``closure()`` if given."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         with torch.no_grad():
-            for i, params in enumerate(self.param_groups):
+            for i, group in enumerate(self.param_groups):
+                impl = self.group_impl(i)
+                params = tuple(group['params'])
                 state = self.state_groups[i]
                 if isinstance(state, UninitializedState):
-                    state = self.impl.init(params)
+                    state = impl.init(params)
                 grads = tuple(p.grad for p in params)
                 self.state_groups[i] = _dispatch.inplace_step(
-                    self.impl, params, grads, state, self.param_treespecs[i]
+                    impl, params, grads, state, self.param_treespecs[i]
                 )
         return loss
 
-    def state_dict(self) -> tuple[Any, ...]:
-        """The optimizer states, one per group (references; ``torch.save`` accepts them)."""
-        return tuple(self.state_groups)
+    # --- checkpoints ---------------------------------------------------------------------------
 
-    def load_state_dict(self, state_dict: Sequence[Any]) -> None:
-        """Replace the states by ``state_dict`` (as returned by :meth:`state_dict`)."""
-        state_dict = tuple(state_dict)
-        if len(state_dict) != len(self.param_groups):
-            raise ValueError(
-                f'`state_dict` has {len(state_dict)} groups, the optimizer has '
-                f'{len(self.param_groups)}'
-            )
-        self.state_groups[:] = list(state_dict)
+    def state_dict(self) -> dict[str, Any]:
+        """The state in ``torch.optim``'s layout: ``{'state': {...}, 'param_groups': [...]}``.
+
+        ``'state'`` maps parameter indices to their buffers under ``torch.optim``'s names (for
+        the optimizers it has); ``'param_groups'`` holds the hyper-parameters and the parameter
+        indices. The tensors are the optimizer's own (references), as in ``torch.optim``.
+        """
+        return _state_dict.export(self)
+
+    def load_state_dict(self, state_dict: Any) -> None:
+        """Load a state from :meth:`state_dict`, ``torch.optim``, or TorchOpt 0.7's tuple layout.
+
+        Everything is validated first — the number of groups and parameters, each buffer's shape
+        against its parameter, the kind of optimizer — and a ``ValueError`` names the group,
+        parameter and key that differ; a failed load leaves the optimizer unchanged.
+        """
+        states, groups = _state_dict.parse(self, state_dict)
+        for group, saved in zip(self.param_groups, groups):
+            for key, value in saved.items():
+                if key != 'params':
+                    group[key] = value
+        self.state_groups[:] = states

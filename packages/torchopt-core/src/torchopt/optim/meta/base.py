@@ -121,5 +121,25 @@ class MetaOptimizer:
         return tuple(self.state_groups)
 
     def load_state_dict(self, state_dict: Sequence[Any]) -> None:
-        """Replace the states by ``state_dict``."""
-        self.state_groups[:] = list(state_dict)
+        """Replace the states by ``state_dict`` (as returned by :meth:`state_dict`).
+
+        Validated first: the number of groups, and each state's structure and tensor shapes
+        against a fresh state of this optimizer's parameters; a ``ValueError`` names the group
+        and the entry, and a failed load leaves the optimizer unchanged.
+        """
+        from torchopt.optim._state_dict import check_tree
+
+        states = list(state_dict)
+        if len(states) != len(self.state_groups):
+            raise ValueError(
+                f'load_state_dict: the state holds {len(states)} groups, the optimizer has '
+                f'{len(self.state_groups)}'
+            )
+        for i, (containers, state) in enumerate(zip(self.param_containers_groups, states)):
+            if isinstance(state, UninitializedState):
+                continue
+            params = tuple(v for _, _, v in self._trainable(containers))
+            with torch.no_grad():
+                template = self.impl.init(tuple(p.detach() for p in params))
+            check_tree(i, template, state)
+        self.state_groups[:] = states
