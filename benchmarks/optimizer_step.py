@@ -1,9 +1,11 @@
 """Optimizer-step benchmark: torchopt vs torch.optim (foreach and fused), 1 thread.
 
 For each tree and optimizer it times, interleaved in one process (median of many rounds):
-the functional in-place step (``update(..., inplace=True)`` + ``apply_updates``), the class
-``step()``, the differentiable functional step (``inplace=False``), and torch.optim with
-``foreach=True`` and ``fused=True``. Ratios < 1 mean torchopt is faster.
+the functional in-place step (``update(..., inplace=True)`` + ``apply_updates``, also with
+``use_accelerated_op=True`` for Adam/AdamW), the class ``step()`` (also with a
+``CosineAnnealingLR`` scheduler, compared with torch's fused step with the same scheduler),
+the differentiable functional step (``inplace=False``), and torch.optim with ``foreach=True``
+and ``fused=True``. Ratios < 1 mean torchopt is faster.
 
     python benchmarks/optimizer_step.py [--rounds 30] [--quick]
 """
@@ -73,6 +75,38 @@ def _runners(name: str, leaves: list[torch.Tensor]) -> dict:
 
     runners['torchopt differentiable (inplace=False)'] = functional_diff
 
+    if name in ('adam', 'adamw'):  # use_accelerated_op=True (torchopt-accel installed)
+        ps_a = clone()
+        impl_a = getattr(torchopt, name)(1e-3, use_accelerated_op=True)
+        state_a = [impl_a.init(ps_a)]
+        grads_a = [g.clone() for g in grads_src]
+
+        def functional_accel():
+            updates, state_a[0] = impl_a.update(grads_a, state_a[0], params=ps_a, inplace=True)
+            torchopt.apply_updates(ps_a, updates, inplace=True)
+
+        runners['torchopt functional in-place (accel)'] = functional_accel
+
+    # with an lr scheduler attached (the lr is read at every step, nothing is rebuilt)
+    ps_s = clone()
+    opt_s = cls(ps_s, **kw)
+    sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, T_max=1000)
+
+    def class_with_scheduler():
+        opt_s.step()
+        sched_s.step()
+
+    runners['torchopt class step() + CosineAnnealingLR'] = class_with_scheduler
+    ps_r = clone()
+    opt_r = torch_cls(ps_r, fused=True, **kw)
+    sched_r = torch.optim.lr_scheduler.CosineAnnealingLR(opt_r, T_max=1000)
+
+    def torch_with_scheduler():
+        opt_r.step()
+        sched_r.step()
+
+    runners['torch.optim fused + CosineAnnealingLR'] = torch_with_scheduler
+
     ps_t = clone()
     opt_t = torch_cls(ps_t, foreach=True, **kw)
     runners['torch.optim foreach'] = opt_t.step
@@ -119,7 +153,10 @@ def main() -> None:
             for k, v in res.items():
                 if k.startswith('torch.optim'):
                     continue
-                print(f'| {tree} | {name} | {k} | {v * 1e3:.2f} | {v / ref_fe:.2f}x | {v / ref_fu:.2f}x |')
+                fused = ref_fu
+                if k.endswith('CosineAnnealingLR'):  # against torch fused with the same scheduler
+                    fused = res['torch.optim fused + CosineAnnealingLR']
+                print(f'| {tree} | {name} | {k} | {v * 1e3:.2f} | {v / ref_fe:.2f}x | {v / fused:.2f}x |')
             print(f'| {tree} | {name} | (torch.optim foreach / fused) | {ref_fe * 1e3:.2f} / {ref_fu * 1e3:.2f} | 1.00x | |')
             sys.stdout.flush()
 

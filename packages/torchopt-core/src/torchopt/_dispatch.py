@@ -30,6 +30,7 @@ agree in shape, and raises a ``ValueError`` naming the leaf.
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any, NamedTuple, Sequence
 
 import torch
@@ -53,6 +54,9 @@ __all__ = [
 FUSED_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
 _peek = torch._C._functorch.peek_interpreter_stack
 _STRIDED = torch.strided
+_DTYPE, _LAYOUT, _SHAPE = attrgetter('dtype'), attrgetter('layout'), attrgetter('shape')
+_IS_CUDA, _IS_META = attrgetter('is_cuda'), attrgetter('is_meta')
+_GET_DEVICE, _IS_CONTIGUOUS = torch.Tensor.get_device, torch.Tensor.is_contiguous
 
 
 def functorch_active() -> bool:
@@ -82,7 +86,10 @@ def _leaf(i: int, treespec: Any) -> str:
 
 
 def _shapes(xs: Sequence[Any]) -> list:
-    return [None if x is None else x.shape for x in xs]
+    try:
+        return list(map(_SHAPE, xs))
+    except AttributeError:  # None leaves (no gradient, or a parameter without a value)
+        return [None if x is None else x.shape for x in xs]
 
 
 def check_like(
@@ -192,16 +199,16 @@ def kernel_eligible(*lists: Sequence[torch.Tensor]) -> bool:
     dtype = first.dtype
     if dtype not in FUSED_DTYPES or first.device.type not in ('cpu', 'cuda'):
         return False
-    # List comprehensions over cheap attributes: this check runs on every fused step.
+    # map() with C getters: this check runs on every fused step, over every tensor.
     ts = [t for lst in lists for t in lst]
-    if not all([t.dtype is dtype for t in ts]) or not all([t.layout is _STRIDED for t in ts]):
+    if set(map(_DTYPE, ts)) != {dtype} or set(map(_LAYOUT, ts)) != {_STRIDED}:
         return False
     if first.is_cuda:
-        index = first.get_device()
-        same_device = all([t.is_cuda and t.get_device() == index for t in ts])
-    else:
-        same_device = all([not (t.is_cuda or t.is_meta) for t in ts])
-    return same_device and all([t.is_contiguous() for t in ts])
+        if set(map(_GET_DEVICE, ts)) != {first.get_device()}:
+            return False
+    elif any(map(_IS_CUDA, ts)) or any(map(_IS_META, ts)):
+        return False
+    return all(map(_IS_CONTIGUOUS, ts))
 
 
 def adam_path(inplace: bool, eps_root: float, accel: bool, *lists: Sequence[torch.Tensor]) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from torchopt import _dispatch
+from torchopt import _counts, _dispatch
 from torchopt.transform._flat import present_indices, take
 
 __all__ = ['adam_direction_', 'fused_update', 'run_fused', 'steps_for']
@@ -67,7 +67,7 @@ def _adam(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any
     if fused.accel and not _dispatch.functorch_active():
         kernels = _dispatch.accel_kernels(p)
         if kernels is not None and hasattr(kernels, 'adam_apply_') and _accel_ok(p, g, mu, nu):
-            torch._foreach_add_(counts, 1.0)
+            _counts.advance_(counts)
             for value, members in _groups(counts).items():
                 kernels.adam_apply_(
                     take(p, members), take(g, members), take(mu, members), take(nu, members),
@@ -79,7 +79,7 @@ def _adam(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any
     if h['eps_root'] != 0.0 or not _dispatch.kernel_eligible(p, g, mu, nu):
         return None
     kernel: Any = torch._fused_adamw_ if fused.kind == 'adamw' else torch._fused_adam_
-    torch._foreach_add_(counts, 1.0)
+    _counts.advance_(counts)
     kernel(
         p, g, mu, nu, [], steps_for(counts, p[0].device), lr=_dispatch.resolve(h['lr']),
         beta1=h['b1'],
@@ -129,7 +129,7 @@ def _sgd(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any:
             take(p, members), take(g, members), take(bufs, members), is_first_step=value == 0,
             **kwargs,
         )
-    torch._foreach_add_(counts, 1.0)
+    _counts.advance_(counts)
     return state
 
 
@@ -203,7 +203,7 @@ def fused_update(
                 torch._foreach_neg_(g)
                 maximize = False
             torch._foreach_add_(g, p, alpha=wd)
-        torch._foreach_add_(counts, 1.0)
+        _counts.advance_(counts)
         torch._fused_adamw_(
             g, g, mu, nu, [], steps_for(counts, g[0].device), lr=lr, beta1=h['b1'],
             beta2=h['b2'], weight_decay=_unit_weight_decay(lr), eps=h['eps'], amsgrad=False,

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import optree
 import torch
 
-from torchopt import _dispatch
+from torchopt import _counts, _dispatch
 from torchopt import _foreach as _fe
 from torchopt._dispatch import functorch_active
 
@@ -153,14 +153,17 @@ Scalars = Any  # a float, a list of floats, or a list of 0-dim tensors (one per 
 
 
 def counts_like(params: Sequence[Any], start: float = 0.0) -> list:
-    """One 0-dim float32 CPU step count per parameter (``None`` stays ``None``)."""
-    return [None if p is None else torch.full((), start, dtype=torch.float32) for p in params]
+    """One 0-dim float32 CPU step count per parameter (``None`` stays ``None``).
+
+    They are views of one vector (:mod:`torchopt._counts`), so a step advances them in one op.
+    """
+    return _counts.new_counts(params, start)
 
 
 def advance(counts: list, inplace: bool) -> list:
     """``counts + 1``: in place, or as new tensors."""
     if inplace:
-        _fe.add_(counts, 1.0)
+        _counts.advance_(counts)
         return counts
     return _fe.add(counts, 1.0)
 
