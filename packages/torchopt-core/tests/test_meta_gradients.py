@@ -1,7 +1,7 @@
 """Differentiating through optimizer steps: MetaOptimizers and ``inplace=False`` updates.
 
 Meta-gradients of K-step unrolls are compared with hand-written ``autograd.grad(create_graph=True)``
-unrolls (float64, <= 1e-10 relative) and with central finite differences.
+unrolls (float64, <= 1e-12 relative) and with central finite differences.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def test_meta_gradient_equals_hand_written_unroll(name, k):
     got, loss = _meta_grad_module(make_opt, 0.3, k)
     ref, ref_loss = _meta_grad_reference(unroll, 0.3, k)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=0)
-    assert abs(got - ref) <= 1e-10 * abs(ref)
+    assert abs(got - ref) <= 1e-12 * abs(ref)
 
 
 @pytest.mark.parametrize('name', sorted(CASES))
