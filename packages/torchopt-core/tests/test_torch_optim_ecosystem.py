@@ -272,3 +272,20 @@ def test_meta_optimizer_load_is_validated():
         opt.load_state_dict(())
     after = [t.detach() for t in optree.tree_leaves(opt.state_dict()) if isinstance(t, torch.Tensor)]
     assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_a_deep_copy_is_independent():
+    """copy.deepcopy (used by training frameworks) gives an optimizer of its own groups."""
+    import copy
+
+    params = [p.clone().requires_grad_() for p in init_params(5)]
+    opt = torchopt.Adam(params, lr=0.05)
+    _train(opt, params, steps=2)
+    twin = copy.deepcopy(opt)
+    twin.param_groups[0]['lr'] = 0.0  # must not change the original's steps
+    twin_params = twin.param_groups[0]['params']
+    before = [p.detach().clone() for p in params]
+    _train(twin, twin_params, steps=1)
+    assert all(torch.equal(a, b) for a, b in zip(twin_params, before))  # lr 0: no change
+    _train(opt, params, steps=1)
+    assert not all(torch.equal(a, b) for a, b in zip(params, before))

@@ -172,7 +172,10 @@ class Optimizer(torch.optim.Optimizer):
         return built[1]
 
     def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        state = dict(self.__dict__)
+        # The cached transformations read the *original* groups' live lr: rebuild them.
+        state['_group_impls'] = [None] * len(self.param_groups)
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
