@@ -79,6 +79,7 @@ from torchopt.optim import (  # noqa: E402
 )
 from torchopt.transform import nan_to_num  # noqa: E402
 from torchopt.update import apply_updates  # noqa: E402
+from torchopt.unroll import unroll, unroll_module  # noqa: E402
 from torchopt.utils import (  # noqa: E402
     extract_state_dict,
     module_clone,
@@ -148,6 +149,8 @@ __all__ = [
     'NAdam',
     'Lion',
     'Lamb',
+    'unroll',
+    'unroll_module',
 ]
 
 # Upstream paths served by plugins, resolved on first attribute access.
