@@ -60,6 +60,10 @@ def _adam(
     _checks.check_beta('beta parameter at index 1', b2)
     _checks.check_nonnegative('epsilon value', eps)
     _checks.check_nonnegative('eps_root value', eps_root)
+    # Learnable betas (tensors that require grad, e.g. from ``inject_hyperparams``): the fused
+    # kernels and the autograd node take the betas as constants, so only the op-by-op path
+    # differentiates through them. Plain numbers keep every fast path.
+    learned = any(isinstance(b, torch.Tensor) and b.requires_grad for b in (b1, b2))
 
     def init_fn(params: list, treespec: Any) -> ScaleByAdamState:
         return ScaleByAdamState(
@@ -71,7 +75,9 @@ def _adam(
     def step(
         g: list, s: ScaleByAdamState, p: Any, inplace: bool
     ) -> tuple[list, ScaleByAdamState]:
-        path = _dispatch.adam_path(inplace, eps_root, accel, g, s.mu, s.nu)
+        path = (
+            'foreach' if learned else _dispatch.adam_path(inplace, eps_root, accel, g, s.mu, s.nu)
+        )
         counts = advance(s.count, inplace)
         if path == 'accel':
             return _accel_step(g, s.mu, s.nu, counts, inplace, (b1, b2, eps, eps_root))

@@ -83,10 +83,13 @@ def update_moment(
 
 
 def ema(m: TensorList, g: TensorList, decay: Any, *, inplace: bool) -> TensorList:
-    """``m = decay * m + (1 - decay) * g`` (``decay == 1``: ``m + g``)."""
+    """``m = decay * m + (1 - decay) * g`` (``decay == 1``: ``m + g``).
+
+    ``decay`` is a number or a 0-dim tensor (differentiable through the lerp weight).
+    """
     if not m:
         return m
-    if decay == 1:
+    if not isinstance(decay, torch.Tensor) and decay == 1:
         if inplace:
             _fe.add_(m, g)
             return m
@@ -98,9 +101,15 @@ def ema(m: TensorList, g: TensorList, decay: Any, *, inplace: bool) -> TensorLis
 
 
 def ema_sq(v: TensorList, g: TensorList, decay: Any, *, inplace: bool) -> TensorList:
-    """``v = decay * v + (1 - decay) * g * g`` (``decay == 1``: ``v + g * g``)."""
+    """``v = decay * v + (1 - decay) * g * g`` (``decay == 1``: ``v + g * g``).
+
+    A tensor ``decay`` (an injected, possibly learnable hyper-parameter) runs as a lerp towards
+    ``g * g``, which is differentiable with respect to it (``addcmul`` takes numbers only).
+    """
     if not v:
         return v
+    if isinstance(decay, torch.Tensor):
+        return ema(v, _fe.mul(g, g), decay, inplace=inplace)
     w = 1 if decay == 1 else 1 - decay
     if inplace:
         if decay != 1:
