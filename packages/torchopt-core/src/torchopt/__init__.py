@@ -30,17 +30,28 @@ from torchopt import (  # noqa: E402
 )
 from torchopt.accelerated_op import is_available as accelerated_op_available  # noqa: E402
 from torchopt.alias import (  # noqa: E402
+    adabelief,
     adadelta,
+    adafactor,
     adagrad,
     adam,
     adamax,
     adamw,
+    adan,
+    amsgrad,
+    asgd,
     lamb,
+    lars,
     lion,
+    muon,
     nadam,
+    novograd,
     radam,
     rmsprop,
+    rprop,
     sgd,
+    sign_sgd,
+    yogi,
 )
 from torchopt.clip import clip_grad_norm  # noqa: E402
 from torchopt.combine import chain  # noqa: E402
@@ -78,6 +89,20 @@ from torchopt.optim import (  # noqa: E402
     RMSprop,
 )
 from torchopt.transform import nan_to_num  # noqa: E402
+from torchopt.transform import (  # noqa: E402
+    InjectHyperparamsState,
+    LookaheadParams,
+    MultiSteps,
+    apply_if_finite,
+    clip_by_block_rms,
+    clip_by_global_norm,
+    freeze,
+    inject_hyperparams,
+    lookahead,
+    multi_transform,
+    partition,
+    selective_transform,
+)
 from torchopt.update import apply_updates  # noqa: E402
 from torchopt.unroll import unroll, unroll_module  # noqa: E402
 from torchopt.utils import (  # noqa: E402
@@ -149,6 +174,30 @@ __all__ = [
     'NAdam',
     'Lion',
     'Lamb',
+    # issue #20 (optax's breadth)
+    'amsgrad',
+    'adafactor',
+    'rprop',
+    'asgd',
+    'muon',
+    'adabelief',
+    'yogi',
+    'novograd',
+    'adan',
+    'sign_sgd',
+    'lars',
+    'inject_hyperparams',
+    'InjectHyperparamsState',
+    'MultiSteps',
+    'apply_if_finite',
+    'lookahead',
+    'LookaheadParams',
+    'partition',
+    'multi_transform',
+    'freeze',
+    'selective_transform',
+    'clip_by_global_norm',
+    'clip_by_block_rms',
     'unroll',
     'unroll_module',
 ]

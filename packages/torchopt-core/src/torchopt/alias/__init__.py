@@ -14,6 +14,19 @@ from torchopt.alias._optimizers import (
     rmsprop,
     sgd,
 )
+from torchopt.alias._extended import (
+    adabelief,
+    adafactor,
+    adan,
+    amsgrad,
+    asgd,
+    lars,
+    muon,
+    novograd,
+    rprop,
+    sign_sgd,
+    yogi,
+)
 from torchopt.alias.utils import flip_sign_and_add_weight_decay, scale_by_neg_lr
 
 __all__ = [
@@ -28,4 +41,16 @@ __all__ = [
     'nadam',
     'lion',
     'lamb',
+    # issue #20: torch.optim's (amsgrad .. muon) and optax's (adabelief .. lars)
+    'amsgrad',
+    'adafactor',
+    'rprop',
+    'asgd',
+    'muon',
+    'adabelief',
+    'yogi',
+    'novograd',
+    'adan',
+    'sign_sgd',
+    'lars',
 ]

@@ -1,0 +1,537 @@
+"""Transformations of the ``torch.optim`` optimizers Rprop, ASGD, Adafactor and Muon.
+
+Each follows ``torch.optim``'s update rule and defaults (``torch >= 2.5`` for Adafactor, 2.9
+for Muon) so that the optimizer aliases match ``torch.optim`` to round-off in float64. Their
+scalar coefficients are computed from per-parameter step counts in double precision.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import torch
+
+from torchopt import _checks, _dispatch
+from torchopt import _foreach as _fe
+from torchopt.transform._flat import (
+    FlatTransformation,
+    present_indices,
+    put,
+    stateful,
+    stateless,
+    take,
+)
+from torchopt.transform.utils import (
+    advance,
+    count_scalars,
+    counts_like,
+    ema,
+    smap,
+    write_,
+    zeros_like,
+)
+
+__all__ = [
+    'ScaleByAdafactorState',
+    'ScaleByASGDState',
+    'ScaleByMuonState',
+    'ScaleByRpropState',
+    'orthogonalize_via_newton_schulz',
+    'scale_by_adafactor',
+    'scale_by_asgd',
+    'scale_by_muon',
+    'scale_by_rprop',
+    'scale_by_shape',
+]
+
+
+# --- Rprop ----------------------------------------------------------------------------------------
+
+
+class ScaleByRpropState(NamedTuple):
+    """State of :func:`scale_by_rprop`: the previous (masked) gradient and the step sizes."""
+
+    prev: list
+    step_size: list
+
+
+def scale_by_rprop(
+    learning_rate: float = 1e-2,
+    etas: tuple[float, float] = (0.5, 1.2),
+    step_sizes: tuple[float, float] = (1e-6, 50.0),
+) -> FlatTransformation:
+    r"""Resilient backpropagation (as ``torch.optim.Rprop``); returns the final (descent) update.
+
+    Per element, with :math:`s = \operatorname{sign}(g_t\, g_{t-1})` and step sizes :math:`\delta`
+    starting at the learning rate,
+
+    .. math::
+
+        \delta_t = \operatorname{clip}(\delta_{t-1} \cdot \eta_{s}, \delta_{min}, \delta_{max}),
+        \quad g_t \leftarrow 0 \text{ where } s < 0,
+        \quad u_t = -\operatorname{sign}(g_t)\,\delta_t
+
+    with :math:`\eta_{+}` for :math:`s > 0`, :math:`\eta_{-}` for :math:`s < 0` and 1 otherwise;
+    the (masked) :math:`g_t` is kept as :math:`g_{t-1}` of the next step.
+
+    Args:
+        learning_rate: the initial step size.
+        etas: :math:`(\eta_-, \eta_+)`, with :math:`0 < \eta_- < 1 < \eta_+`.
+        step_sizes: :math:`(\delta_{min}, \delta_{max})`.
+
+    Reference: Riedmiller & Braun, *A Direct Adaptive Method for Faster Backpropagation
+    Learning: The RPROP Algorithm*, ICNN 1993.
+    """
+    _checks.check_nonnegative('learning rate', learning_rate)
+    eta_minus, eta_plus = etas
+    if not 0.0 < eta_minus < 1.0 < eta_plus:
+        raise ValueError(f'Invalid eta values: {eta_minus}, {eta_plus}')
+    lo, hi = step_sizes
+
+    def init_fn(params: list, treespec: Any) -> ScaleByRpropState:
+        return ScaleByRpropState(
+            prev=zeros_like(params), step_size=zeros_like(params, fill=learning_rate)
+        )
+
+    def step(
+        g: list, s: ScaleByRpropState, p: Any, inplace: bool
+    ) -> tuple[list, ScaleByRpropState]:
+        inplace = inplace and not _dispatch.functorch_active()
+        prod = _fe.mul(g, s.prev)
+        out, prev, sizes = [], [], []
+        for x, pr, size, sg in zip(g, s.prev, s.step_size, prod):
+            neg = sg < 0
+            factor = torch.where(neg, eta_minus, torch.where(sg > 0, eta_plus, 1.0))
+            if inplace:
+                size.mul_(factor).clamp_(lo, hi)
+                x.masked_fill_(neg, 0.0)
+                pr.copy_(x)
+                out.append(x)
+            else:
+                size = (size * factor).clamp(lo, hi)
+                x = x.masked_fill(neg, 0.0)
+                out.append(x)
+                prev.append(x)
+            sizes.append(size)
+        if inplace:
+            torch._foreach_sign_(out)
+            torch._foreach_mul_(out, sizes)
+            torch._foreach_neg_(out)
+            return out, s
+        u = [-(torch.sign(x) * size) for x, size in zip(out, sizes)]
+        return u, ScaleByRpropState(prev=prev, step_size=sizes)
+
+    return stateful('scale_by_rprop', init_fn, step)
+
+
+# --- ASGD -----------------------------------------------------------------------------------------
+
+
+class ScaleByASGDState(NamedTuple):
+    """State of :func:`scale_by_asgd`: the averaged parameters ``ax`` and per-leaf step counts."""
+
+    ax: list
+    count: list
+
+
+def scale_by_asgd(
+    lr: float = 1e-2, lambd: float = 1e-4, alpha: float = 0.75, t0: float = 1e6
+) -> FlatTransformation:
+    r"""Averaged SGD (as ``torch.optim.ASGD``); returns the final update and averages the iterates.
+
+    At step :math:`t` (from 1), with
+    :math:`\eta_t = \text{lr} / (1 + \lambda\,\text{lr}\,(t-1))^\alpha`
+    and :math:`\mu_t = 1 / \max(1, t - 1 - t_0)` (1 at the first step),
+
+    .. math::
+
+        u_t = -\eta_t (g_t + \lambda \theta_{t-1}),\quad
+        \bar\theta_t = \bar\theta_{t-1} + \mu_t (\theta_{t-1} + u_t - \bar\theta_{t-1})
+
+    The average :math:`\bar\theta` is ``state.ax`` (the evaluation weights). Needs ``params``.
+
+    Args:
+        lr: the initial step size.
+        lambd: the decay term :math:`\lambda`.
+        alpha: the power of the step-size decay.
+        t0: the step at which averaging starts.
+
+    Reference: Polyak & Juditsky, *Acceleration of Stochastic Approximation by Averaging*, 1992.
+    """
+    _checks.check_nonnegative('learning rate', lr)
+
+    def init_fn(params: list, treespec: Any) -> ScaleByASGDState:
+        return ScaleByASGDState(ax=zeros_like(params), count=counts_like(params))
+
+    def coefficients(t: Any) -> tuple[Any, Any]:
+        """``(eta, mu)`` at the new count ``t``."""
+        eta = lr / (1.0 + lambd * lr * (t - 1.0)) ** alpha
+        if isinstance(t, torch.Tensor):
+            mu = torch.where(t == 1, 1.0, 1.0 / torch.clamp(t - 1.0 - t0, min=1.0))
+            return eta, mu
+        return eta, 1.0 if t == 1 else 1.0 / max(1.0, t - 1.0 - t0)
+
+    def step(g: list, s: ScaleByASGDState, p: list | None, inplace: bool) -> tuple[list, Any]:
+        if p is None:
+            raise ValueError('scale_by_asgd needs `params`: call update(..., params=params)')
+        counts = advance(s.count, inplace)
+        coef = smap(coefficients, count_scalars(counts))
+        eta, mu = ([list(x) for x in zip(*coef)] if isinstance(coef, list) else coef)
+        neg_eta = smap(lambda e: -e, eta)
+        decay = smap(lambda e: -lambd * e, eta)
+        if inplace:
+            with torch.no_grad():
+                _fe.mul_(g, neg_eta)
+                if lambd != 0.0:
+                    if isinstance(decay, list):
+                        _fe.add_(g, _fe.mul(p, decay))
+                    else:
+                        _fe.add_(g, p, alpha=decay)
+                new_params = _fe.add(p, g)
+                if not isinstance(mu, list) and mu == 1.0:
+                    _fe.copy_(s.ax, new_params)
+                else:
+                    _lerp_(s.ax, new_params, mu)
+            return g, s._replace(count=counts)
+        u = _fe.mul(g, neg_eta)
+        if lambd != 0.0:
+            u = _fe.add(u, _fe.mul(p, decay))
+        new_params = _fe.add(p, u)
+        if isinstance(mu, list):
+            ax = [torch.lerp(a, x, m) for a, x, m in zip(s.ax, new_params, mu)]
+        else:
+            ax = new_params if mu == 1.0 else _fe.lerp(s.ax, new_params, mu)
+        return u, ScaleByASGDState(ax=ax, count=counts)
+
+    return stateful('scale_by_asgd', init_fn, step, scalars=('count',))
+
+
+def _lerp_(a: list, b: list, w: Any) -> None:
+    if isinstance(w, list):
+        for x, y, v in zip(a, b, w):
+            x.lerp_(y, v)
+    else:
+        _fe.lerp_(a, b, w)
+
+
+# --- Adafactor ------------------------------------------------------------------------------------
+
+
+class ScaleByAdafactorState(NamedTuple):
+    """State of :func:`scale_by_adafactor`, per leaf.
+
+    A leaf of rank >= 2 keeps the factored second moment: ``row_var`` (its shape with the last
+    dimension 1) and ``col_var`` (the second-to-last dimension 1); a leaf of rank <= 1 keeps the
+    full ``variance``. The unused fields hold empty tensors (shape ``(0,)``), so the state is a
+    pure tree of tensors (``vmap`` over ``init`` works).
+    """
+
+    row_var: list
+    col_var: list
+    variance: list
+    count: list
+
+
+def _factored_shapes(shape: torch.Size) -> tuple[tuple, tuple]:
+    row = (*shape[:-1], 1)
+    col = (*shape[:-2], 1, shape[-1])
+    return row, col
+
+
+def scale_by_adafactor(
+    lr: float = 1e-2,
+    beta2_decay: float = -0.8,
+    eps: tuple[float | None, float] = (None, 1e-3),
+    d: float = 1.0,
+    weight_decay: float = 0.0,
+) -> FlatTransformation:
+    r"""Adafactor (as ``torch.optim.Adafactor``); returns the final (descent) update.
+
+    At step :math:`t`, with :math:`\hat\beta_{2,t} = 1 - t^{\tau}` (:math:`\tau` =
+    ``beta2_decay``), :math:`\rho_t = \min(\text{lr}, 1/\sqrt t)` and
+    :math:`\alpha_t = \max(\epsilon_2, \operatorname{RMS}(\theta_{t-1}))\,\rho_t`: for a matrix
+    (the last two dimensions) the second moment is factored into row and column means,
+
+    .. math::
+
+        R_t = \hat\beta_{2,t} R_{t-1} + (1-\hat\beta_{2,t})\operatorname{mean}_{-1}(g_t^2),\quad
+        C_t = \hat\beta_{2,t} C_{t-1} + (1-\hat\beta_{2,t})\operatorname{mean}_{-2}(g_t^2),\quad
+        \hat V_t = \frac{R_t C_t}{\max(\operatorname{mean}(R_t), \epsilon_1)}
+
+    (a vector keeps :math:`\hat V_t` itself); then :math:`U_t = g_t / \sqrt{\max(\hat V_t,
+    \epsilon_1^2)}` and
+
+    .. math::
+
+        u_t = -\text{lr}\,\lambda\,\theta_{t-1}
+              - \frac{\alpha_t}{\max(1, \operatorname{RMS}(U_t)/d)} U_t
+
+    Needs ``params``. :math:`\epsilon_1` ``None`` is the machine epsilon of the parameter's dtype.
+
+    Args:
+        lr: the learning rate (caps the relative step size, and scales the weight decay).
+        beta2_decay: :math:`\tau`, the decay exponent of :math:`\hat\beta_2`.
+        eps: :math:`(\epsilon_1, \epsilon_2)`.
+        d: the update clipping threshold.
+        weight_decay: decoupled weight decay :math:`\lambda`.
+
+    Reference: Shazeer & Stern, *Adafactor: Adaptive Learning Rates with Sublinear Memory Cost*,
+    ICML 2018.
+    """
+    _checks.check_nonnegative('learning rate', lr)
+    _checks.check_nonnegative('weight_decay value', weight_decay)
+    eps1, eps2 = eps
+    if beta2_decay > 0:
+        raise ValueError(f'beta2_decay should be <= 0 but is: {beta2_decay}')
+    if eps1 is not None:
+        _checks.check_nonnegative('epsilon1 value', eps1)
+    _checks.check_nonnegative('epsilon2 value', eps2)
+    if not d >= 1.0:
+        raise ValueError(f'Clipping threshold d should be >= 1 but is: {d}')
+    name = 'scale_by_adafactor'
+
+    def init_fn(params: list, treespec: Any) -> ScaleByAdafactorState:
+        rows, cols, variances = [], [], []
+        for x in params:
+            if x is None:
+                rows.append(None)
+                cols.append(None)
+                variances.append(None)
+            elif x.dim() <= 1:
+                rows.append(x.new_zeros(0))
+                cols.append(x.new_zeros(0))
+                variances.append(torch.zeros_like(x))
+            else:
+                row, col = _factored_shapes(x.shape)
+                rows.append(x.new_zeros(row))
+                cols.append(x.new_zeros(col))
+                variances.append(x.new_zeros(0))
+        return ScaleByAdafactorState(rows, cols, variances, counts_like(params))
+
+    def check(updates: list, state: Any, treespec: Any) -> None:
+        for f in state._fields:
+            if len(getattr(state, f)) != len(updates):
+                raise ValueError(
+                    f'{name}: state.{f} holds {len(getattr(state, f))} entries but there are '
+                    f'{len(updates)} gradients; was the state initialised (or loaded) for these '
+                    'parameters?'
+                )
+        for i, u in enumerate(updates):
+            if u is None:
+                continue
+            if u.dim() <= 1:
+                want = {'row_var': (0,), 'col_var': (0,), 'variance': tuple(u.shape)}
+            else:
+                row, col = _factored_shapes(u.shape)
+                want = {'row_var': row, 'col_var': col, 'variance': (0,)}
+            for f, shape in want.items():
+                have = getattr(state, f)[i]
+                if not isinstance(have, torch.Tensor) or tuple(have.shape) != shape:
+                    raise ValueError(
+                        f'{name}: {_dispatch._leaf(i, treespec)}: the gradient has shape '
+                        f'{tuple(u.shape)}, so state.{f} must have shape {shape}, but it has '
+                        f'{None if have is None else tuple(have.shape)}; the state was probably '
+                        'initialised (or loaded) for parameters of other shapes'
+                    )
+
+    def leaf(g: torch.Tensor, p: torch.Tensor, row: Any, col: Any, var: Any, t: Any,
+             inplace: bool) -> tuple:  # fmt: skip
+        e1 = torch.finfo(p.dtype).eps if eps1 is None else eps1
+        if isinstance(t, torch.Tensor):
+            w = t**beta2_decay
+            rho = torch.clamp(1.0 / torch.sqrt(t), max=lr)
+        else:
+            w = t**beta2_decay
+            rho = min(lr, 1.0 / t**0.5)
+        p_ = p.detach() if inplace else p
+        alpha = torch.clamp(torch.linalg.vector_norm(p_) / math.sqrt(p.numel()), min=eps2) * rho
+        if g.dim() > 1:
+            row_mean = torch.linalg.vector_norm(g, dim=-1, keepdim=True).square() / g.size(-1)
+            col_mean = torch.linalg.vector_norm(g, dim=-2, keepdim=True).square() / g.size(-2)
+            if inplace:
+                row.lerp_(row_mean, w)
+                col.lerp_(col_mean, w)
+            else:
+                row, col = torch.lerp(row, row_mean, w), torch.lerp(col, col_mean, w)
+            estimate = (row @ col) / row.mean(dim=-2, keepdim=True).clamp(min=e1)
+        else:
+            if inplace:
+                var.lerp_(g * g, w)
+                estimate = var.clone()
+            else:
+                var = torch.lerp(var, g * g, w)
+                estimate = var
+        update = estimate.clamp(min=e1 * e1).rsqrt() * g
+        rms = torch.linalg.vector_norm(update) / (math.sqrt(update.numel()) * d)
+        scale = -alpha / torch.clamp(rms, min=1.0)
+        if inplace:
+            torch.mul(update, scale, out=g)
+            if weight_decay != 0.0:
+                g.add_(p_, alpha=-lr * weight_decay)
+            return g, row, col, var
+        u = update * scale
+        if weight_decay != 0.0:
+            u = u - (lr * weight_decay) * p
+        return u, row, col, var
+
+    def unchecked(
+        updates: list, state: ScaleByAdafactorState, *, params: list | None = None,
+        inplace: bool = True, treespec: Any = None,
+    ) -> tuple[list, ScaleByAdafactorState]:
+        idx = present_indices(updates)
+        g = take(updates, idx)
+        if not g:
+            return updates, state
+        if params is None:
+            raise ValueError('scale_by_adafactor needs `params`: call update(..., params=params)')
+        inplace = inplace and not _dispatch.functorch_active()
+        p = take(params, idx)
+        counts = advance(take(state.count, idx), inplace)
+        t = count_scalars(counts)
+        rows, cols, variances = (take(x, idx) for x in state[:3])
+        outs = [leaf(x, y, r, c, v, t[i] if isinstance(t, list) else t, inplace)
+                for i, (x, y, r, c, v) in enumerate(zip(g, p, rows, cols, variances))]  # fmt: skip
+        u, rows, cols, variances = ([o[k] for o in outs] for k in range(4))
+        new = ScaleByAdafactorState(
+            row_var=put(state.row_var, idx, rows), col_var=put(state.col_var, idx, cols),
+            variance=put(state.variance, idx, variances), count=put(state.count, idx, counts),
+        )
+        return put(updates, idx, u), new
+
+    def update_fn(
+        updates: list, state: ScaleByAdafactorState, *, params: list | None = None,
+        inplace: bool = True, treespec: Any = None,
+    ) -> tuple[list, ScaleByAdafactorState]:
+        check(updates, state, treespec)
+        return unchecked(updates, state, params=params, inplace=inplace, treespec=treespec)
+
+    return FlatTransformation(init_fn, update_fn, name, check=check, unchecked=unchecked)
+
+
+# --- Muon -----------------------------------------------------------------------------------------
+
+_NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)
+
+
+def orthogonalize_via_newton_schulz(
+    x: torch.Tensor,
+    ns_coefficients: tuple[float, float, float] = _NS_COEFFICIENTS,
+    ns_steps: int = 5,
+    eps: float = 1e-7,
+) -> torch.Tensor:
+    r"""Approximately orthogonalize a matrix by a quintic Newton-Schulz iteration (in bfloat16).
+
+    With :math:`X_0 = G / \max(\|G\|_F, \epsilon)` (transposed when it has more rows than
+    columns) and :math:`(a, b, c)` = ``ns_coefficients``,
+
+    .. math::
+
+        A_k = X_k X_k^\top,\quad X_{k+1} = a X_k + (b A_k + c A_k^2) X_k
+
+    The result has singular values near 1 (roughly :math:`U V^\top` for :math:`G = U S V^\top`),
+    in bfloat16, computed with the same operations as ``torch.optim.Muon``.
+
+    Args:
+        x: a matrix.
+        ns_coefficients: :math:`(a, b, c)`.
+        ns_steps: the number of iterations (< 100).
+        eps: the floor of the normalising Frobenius norm.
+    """
+    if ns_steps >= 100:
+        raise ValueError('Number of steps must be less than 100 for computational efficiency')
+    if x.dim() != 2:
+        raise ValueError('Input tensor gradient must be a 2D matrix')
+    a, b, c = ns_coefficients
+    y = x.bfloat16()
+    tall = x.size(0) > x.size(1)
+    if tall:
+        y = y.T
+    y = y / y.norm().clamp(min=eps)  # out of place: differentiable, and x is never written
+    for _ in range(ns_steps):
+        gram = y @ y.T
+        update = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        y = torch.addmm(y, update, y, beta=a)
+    return y.T if tall else y
+
+
+class ScaleByMuonState(NamedTuple):
+    """State of :func:`scale_by_muon`: the momentum buffers."""
+
+    momentum_buffer: list
+
+
+def scale_by_muon(
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    ns_coefficients: tuple[float, float, float] = _NS_COEFFICIENTS,
+    ns_steps: int = 5,
+    eps: float = 1e-7,
+    moment_requires_grad: bool = False,
+) -> FlatTransformation:
+    r"""Muon's direction: momentum, then Newton-Schulz orthogonalization (2-D leaves only).
+
+    .. math::
+
+        B_t = \mu B_{t-1} + (1-\mu) g_t,\quad
+        O_t = \operatorname{NS}((1-\mu) g_t + \mu B_t \text{ (Nesterov) or } B_t)
+
+    (:func:`orthogonalize_via_newton_schulz`), as ``torch.optim.Muon``. The update is
+    :math:`O_t` cast to the parameter's dtype.
+
+    Raises:
+        ValueError: at ``init``, for a parameter that is not a matrix (combine Muon with another
+            optimizer for those, e.g. with :func:`~torchopt.transform.partition`).
+
+    Reference: Jordan et al., *Muon: An optimizer for hidden layers in neural networks*, 2024.
+    """
+    _checks.check_nonnegative('momentum value', momentum)
+
+    def init_fn(params: list, treespec: Any) -> ScaleByMuonState:
+        for i, x in enumerate(params):
+            if x is not None and x.dim() != 2:
+                raise ValueError(
+                    f'Muon only supports 2D parameters, but {_dispatch._leaf(i, treespec)} has '
+                    f'shape {tuple(x.shape)}; optimize the others with another optimizer '
+                    '(torchopt.transform.partition)'
+                )
+        return ScaleByMuonState(momentum_buffer=zeros_like(params, moment_requires_grad))
+
+    def step(g: list, s: ScaleByMuonState, p: Any, inplace: bool) -> tuple[list, ScaleByMuonState]:
+        buf = ema(s.momentum_buffer, g, momentum, inplace=inplace)
+        direction = _fe.lerp(g, buf, momentum) if nesterov else buf
+        u = [orthogonalize_via_newton_schulz(x, ns_coefficients, ns_steps, eps).to(x.dtype)
+             for x in direction]  # fmt: skip
+        return write_(g, u, inplace=inplace), ScaleByMuonState(momentum_buffer=buf)
+
+    return stateful('scale_by_muon', init_fn, step)
+
+
+def scale_by_shape(
+    fn: Callable[[torch.Size], float], weight_decay: float = 0.0
+) -> FlatTransformation:
+    r"""Scale each leaf by a factor of its shape and add decoupled weight decay.
+
+    :math:`u = f(\text{shape}(\theta))\, g + \lambda \theta` (``params`` are needed when
+    :math:`\lambda \ne 0`). Muon uses it for its shape-dependent learning-rate adjustment.
+
+    Args:
+        fn: ``shape -> factor``.
+        weight_decay: :math:`\lambda`.
+    """
+    _checks.check_nonnegative('weight_decay value', weight_decay)
+
+    def step(g: list, p: list | None, inplace: bool) -> list:
+        if weight_decay != 0.0 and p is None:
+            raise ValueError('Parameters are required for weight decay.')
+        factors = [float(fn(x.shape)) for x in g]
+        if inplace:
+            _fe.mul_(g, factors)
+            if weight_decay != 0.0:
+                with torch.no_grad():
+                    _fe.add_(g, p, alpha=weight_decay)
+            return g
+        u = _fe.mul(g, factors)
+        return _fe.add(u, p, alpha=weight_decay) if weight_decay != 0.0 else u
+
+    return stateless('scale_by_shape', step, uses_params=weight_decay != 0.0)
