@@ -263,3 +263,24 @@ def test_functional_inplace_update_is_one_kernel_pass(monkeypatch, fn, torch_cls
         ref_opt.step()
     assert calls == [1e-2] * 4
     assert _max_err(params, ref) <= 1e-13
+
+
+def test_vmap_over_tasks_with_a_scalar_parameter_keeps_its_dtype():
+    """Double-precision bias corrections (tensors under vmap) must not promote 0-dim params."""
+    torch.set_default_dtype(torch.float32)
+    opt = torchopt.adam(0.3)
+    x, y = torch.randn(4, 10, 3), torch.randn(4, 10)
+
+    def adapt(params, x, y):
+        state = opt.init(params)
+        for _ in range(3):
+            grads = torch.func.grad(lambda p: ((x @ p['w'] + p['b'] - y) ** 2).mean())(params)
+            updates, state = opt.update(grads, state, inplace=False)
+            params = torchopt.apply_updates(params, updates, inplace=False)
+        return params
+
+    init = {'w': torch.zeros(3), 'b': torch.zeros(())}
+    batched = torch.func.vmap(adapt, in_dims=(None, 0, 0))(init, x, y)
+    assert batched['b'].dtype == torch.float32 and batched['b'].shape == (4,)
+    for t in range(4):
+        torch.testing.assert_close(adapt(init, x[t], y[t])['b'], batched['b'][t])

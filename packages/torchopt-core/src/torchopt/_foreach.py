@@ -39,7 +39,15 @@ def _make(name: str, per_tensor: Callable[..., Any], inplace: bool) -> Callable[
             per_tensor(*(a[i] if isinstance(a, (list, tuple)) else a for a in args), **kwargs)
             for i in range(n)
         ]
-        return None if inplace else out
+        if inplace:
+            return None
+        # As in foreach ops, a scalar argument (a 0-dim float64 bias correction) must not
+        # promote a 0-dim float32 input to float64.
+        first = args[0]
+        return [
+            y.to(x.dtype) if y.dtype != x.dtype and x.is_floating_point() else y
+            for x, y in zip(first, out)
+        ]
 
     op.__name__ = name
     op.__doc__ = f'``torch._foreach_{name}``, per tensor under ``torch.func`` transforms.'
