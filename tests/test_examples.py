@@ -85,9 +85,14 @@ CASES = [
 ]
 
 
-def run_example(script: Path, argv: list[str], timeout: float = 240) -> dict:
+#: Seconds before a run counts as hung (a quick run takes well under a minute on an idle machine).
+RUN_TIMEOUT = 1200
+
+
+def run_example(script: Path, argv: list[str], timeout: float = RUN_TIMEOUT) -> dict:
     """Run ``main(argv)`` of ``script`` in a fresh interpreter and return its result."""
-    env = {**os.environ, 'OMP_NUM_THREADS': '2', 'MPLBACKEND': 'Agg'}
+    # One thread: immune to other processes on the cores (see the module docstring).
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
     proc = subprocess.run(
         [sys.executable, '-c', DRIVER, str(script), json.dumps(argv)],
         capture_output=True, text=True, timeout=timeout, env=env, cwd=script.parent,
