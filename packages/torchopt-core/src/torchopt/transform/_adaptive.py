@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from torchopt import _checks
+from torchopt import _checks, _dispatch
 from torchopt import _foreach as _fe
 from torchopt.transform._adam_kernels import adam_direction
 from torchopt.transform._flat import FlatTransformation, stateful, stateless
@@ -124,6 +124,20 @@ def scale_by_amsgrad(
             nu_max = s.nu_max
         else:
             nu_max = _fe.maximum(s.nu_max, nu)
+        if inplace and eps_root == 0.0 and not _dispatch.functorch_active() and not (
+            isinstance(t, list) and t and isinstance(t[0], torch.Tensor)
+        ):
+            # u = c m / (sqrt(nu_max) + eps sqrt(bc2)) with c = sqrt(bc2) / bc1, written into the
+            # (consumed) gradient by one addcdiv: no temporary for the direction.
+            denom = _fe.sqrt(nu_max)
+            _fe.add_(denom, smap(lambda b: eps * b**0.5, bc2))
+            torch._foreach_zero_(g)
+            c = smap(lambda a, b: b**0.5 / a, bc1, bc2)
+            if isinstance(c, list):
+                torch._foreach_addcdiv_(g, mu, denom, c)
+            else:
+                torch._foreach_addcdiv_(g, mu, denom, value=c)
+            return g, ScaleByAmsgradState(mu=mu, nu=nu, nu_max=nu_max, count=counts)
         u = adam_direction(mu, nu_max, bc1, bc2, eps, eps_root, recorded=not inplace)
         u = write_(g, u, inplace=inplace)
         return u, ScaleByAmsgradState(mu=mu, nu=nu, nu_max=nu_max, count=counts)

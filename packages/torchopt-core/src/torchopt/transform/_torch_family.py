@@ -338,42 +338,100 @@ def scale_by_adafactor(
     def leaf(g: torch.Tensor, p: torch.Tensor, row: Any, col: Any, var: Any, t: Any,
              inplace: bool) -> tuple:  # fmt: skip
         e1 = torch.finfo(p.dtype).eps if eps1 is None else eps1
+        w = t**beta2_decay
         if isinstance(t, torch.Tensor):
-            w = t**beta2_decay
             rho = torch.clamp(1.0 / torch.sqrt(t), max=lr)
         else:
-            w = t**beta2_decay
             rho = min(lr, 1.0 / t**0.5)
-        p_ = p.detach() if inplace else p
-        alpha = torch.clamp(torch.linalg.vector_norm(p_) / math.sqrt(p.numel()), min=eps2) * rho
-        if g.dim() > 1:
-            row_mean = torch.linalg.vector_norm(g, dim=-1, keepdim=True).square() / g.size(-1)
-            col_mean = torch.linalg.vector_norm(g, dim=-2, keepdim=True).square() / g.size(-2)
-            if inplace:
-                row.lerp_(row_mean, w)
-                col.lerp_(col_mean, w)
-            else:
-                row, col = torch.lerp(row, row_mean, w), torch.lerp(col, col_mean, w)
-            estimate = (row @ col) / row.mean(dim=-2, keepdim=True).clamp(min=e1)
+        # In place on the CPU the per-leaf scalars are host floats, as torch.optim computes
+        # them (fewer 0-dim tensor ops); elsewhere they stay tensors (no host synchronisation,
+        # differentiable with respect to the parameters).
+        host = inplace and p.device.type == 'cpu' and not isinstance(t, torch.Tensor)
+        if host:
+            alpha: Any = max(eps2, p.detach().norm().item() / math.sqrt(p.numel())) * rho
         else:
+            rms_p = torch.linalg.vector_norm(p) / math.sqrt(p.numel())
+            alpha = torch.clamp(rms_p, min=eps2) * rho
+        if g.dim() > 1:
+            row_mean = torch.linalg.vector_norm(g, dim=-1, keepdim=True)
+            col_mean = torch.linalg.vector_norm(g, dim=-2, keepdim=True)
             if inplace:
-                var.lerp_(g * g, w)
-                estimate = var.clone()
+                row.lerp_(row_mean.square_().div_(g.size(-1)), w)
+                col.lerp_(col_mean.square_().div_(g.size(-2)), w)
+                estimate = torch.matmul(row, col)
+                estimate.div_(row.mean(dim=-2, keepdim=True).clamp_(min=e1))
             else:
-                var = torch.lerp(var, g * g, w)
-                estimate = var
-        update = estimate.clamp(min=e1 * e1).rsqrt() * g
-        rms = torch.linalg.vector_norm(update) / (math.sqrt(update.numel()) * d)
-        scale = -alpha / torch.clamp(rms, min=1.0)
+                row = torch.lerp(row, row_mean.square() / g.size(-1), w)
+                col = torch.lerp(col, col_mean.square() / g.size(-2), w)
+                estimate = (row @ col) / row.mean(dim=-2, keepdim=True).clamp(min=e1)
+        elif inplace:
+            var.lerp_(g * g, w)
+            estimate = var.clone()
+        else:
+            var = torch.lerp(var, g * g, w)
+            estimate = var
+        if inplace:
+            update = estimate.clamp_(min=e1 * e1).rsqrt_().mul_(g)
+        else:
+            update = estimate.clamp(min=e1 * e1).rsqrt() * g
+        if host:
+            rms = update.norm().item() / (math.sqrt(update.numel()) * d)
+            scale: Any = -alpha / max(1.0, rms)
+        else:
+            rms_u = torch.linalg.vector_norm(update) / (math.sqrt(update.numel()) * d)
+            scale = -alpha / torch.clamp(rms_u, min=1.0)
         if inplace:
             torch.mul(update, scale, out=g)
             if weight_decay != 0.0:
-                g.add_(p_, alpha=-lr * weight_decay)
+                g.add_(p.detach(), alpha=-lr * weight_decay)
             return g, row, col, var
         u = update * scale
         if weight_decay != 0.0:
             u = u - (lr * weight_decay) * p
         return u, row, col, var
+
+    def _inplace_cpu(g: list, p: list, rows: list, cols: list, variances: list, ts: list) -> list:
+        """The in-place step on CPU tensors: multi-tensor ops, per-leaf scalars as host floats.
+
+        The same operations as :func:`leaf` (and as ``torch.optim``'s foreach Adafactor), with
+        the gradients overwritten by the updates.
+        """
+        n = len(g)
+        w = [t**beta2_decay for t in ts]
+        alpha = [max(eps2, x.detach().norm().item() / math.sqrt(x.numel())) * min(lr, t**-0.5)
+                 for x, t in zip(p, ts)]  # fmt: skip
+        e1 = [torch.finfo(x.dtype).eps if eps1 is None else eps1 for x in g]
+        mats = [i for i in range(n) if g[i].dim() > 1]
+        vecs = [i for i in range(n) if g[i].dim() <= 1]
+        estimates: list = [None] * n
+        if mats:
+            gm = take(g, mats)
+            for r_or_c, dim in ((take(rows, mats), -1), (take(cols, mats), -2)):
+                means = [torch.linalg.vector_norm(x, dim=dim, keepdim=True) for x in gm]
+                torch._foreach_mul_(means, means)
+                torch._foreach_div_(means, [float(x.size(dim)) for x in gm])
+                torch._foreach_lerp_(r_or_c, means, take(w, mats))
+            ests = [torch.matmul(r, c) for r, c in zip(take(rows, mats), take(cols, mats))]
+            row_means = [r.mean(dim=-2, keepdim=True) for r in take(rows, mats)]
+            torch._foreach_clamp_min_(row_means, take(e1, mats))
+            torch._foreach_div_(ests, row_means)
+            for i, e in zip(mats, ests):
+                estimates[i] = e
+        if vecs:
+            gv, vv = take(g, vecs), take(variances, vecs)
+            torch._foreach_lerp_(vv, torch._foreach_mul(gv, gv), take(w, vecs))
+            for i, v in zip(vecs, vv):
+                estimates[i] = v.clone()
+        torch._foreach_clamp_min_(estimates, [e * e for e in e1])
+        torch._foreach_rsqrt_(estimates)
+        torch._foreach_mul_(g, estimates)  # g is now the unscaled update
+        del estimates
+        scales = [-a / max(1.0, x.norm().item() / (math.sqrt(x.numel()) * d))
+                  for a, x in zip(alpha, g)]  # fmt: skip
+        torch._foreach_mul_(g, scales)
+        if weight_decay != 0.0:
+            torch._foreach_add_(g, [x.detach() for x in p], alpha=-lr * weight_decay)
+        return g
 
     def unchecked(
         updates: list, state: ScaleByAdafactorState, *, params: list | None = None,
@@ -390,9 +448,14 @@ def scale_by_adafactor(
         counts = advance(take(state.count, idx), inplace)
         t = count_scalars(counts)
         rows, cols, variances = (take(x, idx) for x in state[:3])
-        outs = [leaf(x, y, r, c, v, t[i] if isinstance(t, list) else t, inplace)
-                for i, (x, y, r, c, v) in enumerate(zip(g, p, rows, cols, variances))]  # fmt: skip
-        u, rows, cols, variances = ([o[k] for o in outs] for k in range(4))
+        ts = t if isinstance(t, list) else [t] * len(g)
+        if inplace and not isinstance(ts[0], torch.Tensor) and all(
+            x.device.type == 'cpu' for x in g
+        ):
+            u = _inplace_cpu(g, p, rows, cols, variances, ts)
+        else:
+            outs = [leaf(*args, inplace) for args in zip(g, p, rows, cols, variances, ts)]
+            u, rows, cols, variances = ([o[k] for o in outs] for k in range(4))
         new = ScaleByAdafactorState(
             row_var=put(state.row_var, idx, rows), col_var=put(state.col_var, idx, cols),
             variance=put(state.variance, idx, variances), count=put(state.count, idx, counts),
