@@ -177,13 +177,20 @@ def _scan() -> tuple[dict[str, metadata.EntryPoint], dict[str, list[metadata.Ent
 
     found: dict[str, metadata.EntryPoint] = {}
     declared: dict[str, dict[str, metadata.EntryPoint]] = {}
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in _group_entry_points(metadata):
         found.setdefault(ep.name, ep)
         dist = getattr(ep, 'dist', None)
         key = _normalize(getattr(dist, 'name', None) or ep.value)
         declared.setdefault(ep.name, {}).setdefault(key, ep)
     conflicts = {name: list(by_dist.values()) for name, by_dist in declared.items()}
     return found, {name: eps for name, eps in conflicts.items() if len(eps) > 1}
+
+
+def _group_entry_points(metadata: Any) -> Any:
+    """The entry points of :data:`ENTRY_POINT_GROUP` (Python 3.9's API takes no ``group=``)."""
+    if sys.version_info >= (3, 10):
+        return metadata.entry_points(group=ENTRY_POINT_GROUP)
+    return metadata.entry_points().get(ENTRY_POINT_GROUP, ())
 
 
 def _normalize(dist_name: str) -> str:
@@ -196,7 +203,8 @@ def _entry_points() -> dict[str, metadata.EntryPoint]:
 
 def _conflict_message(name: str, eps: list[metadata.EntryPoint]) -> str:
     declared = ', '.join(
-        f'{getattr(ep.dist, "name", "?")} {getattr(ep.dist, "version", "?")} ({ep.value})'
+        f'{getattr(getattr(ep, "dist", None), "name", "?")} '
+        f'{getattr(getattr(ep, "dist", None), "version", "?")} ({ep.value})'
         for ep in eps
     )
     official = KNOWN_PLUGINS.get(name)
