@@ -35,6 +35,75 @@ OPTIMIZERS = {
     ),
 }
 
+# Issue #20: functional optimizers (no torchopt class yet). (factory, torch.optim class, kwargs for
+# torch.optim, whether torch has a foreach / fused implementation, the trees to run on.)
+# Adafactor and Muon optimize matrices; Muon's Newton-Schulz matmuls are too slow for the 10M tree
+# on one thread.
+FUNCTIONAL_ONLY = {
+    'amsgrad': (lambda: torchopt.amsgrad(1e-3), torch.optim.Adam, dict(lr=1e-3, amsgrad=True),
+                True, True, 'flat'),
+    'adafactor': (lambda: torchopt.adafactor(), torch.optim.Adafactor, {}, True, False, 'matrix'),
+    'rprop': (lambda: torchopt.rprop(), torch.optim.Rprop, {}, True, False, 'flat'),
+    'asgd': (lambda: torchopt.asgd(), torch.optim.ASGD, {}, True, False, 'flat'),
+    'muon': (lambda: torchopt.muon(), torch.optim.Muon, {}, False, False, 'matrix-small'),
+}
+
+
+def _matrices(leaves: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The leaves as near-square matrices (elements beyond ``rows * cols`` dropped)."""
+    out = []
+    for x in leaves:
+        rows = max(int(x.numel() ** 0.5), 1)
+        cols = max(x.numel() // rows, 1)
+        out.append(x[: rows * cols].reshape(rows, cols) if x.numel() >= rows * cols
+                   else x.reshape(1, -1))  # fmt: skip
+    return out
+
+
+def _functional_runners(name: str, leaves: list[torch.Tensor]) -> dict:
+    fn, torch_cls, kw, has_foreach, has_fused, _ = FUNCTIONAL_ONLY[name]
+    grads_src = [torch.randn_like(p) * 1e-2 for p in leaves]
+
+    def clone():
+        ps = [p.clone().requires_grad_() for p in leaves]
+        for p, g in zip(ps, grads_src):
+            p.grad = g.clone()
+        return ps
+
+    runners = {}
+    ps_f = [p.detach().clone() for p in leaves]
+    impl = fn()
+    state = [impl.init(ps_f)]
+    grads_f = [g.clone() for g in grads_src]
+
+    def refresh():  # the in-place update consumes the gradients (untimed: see _bench_functional)
+        torch._foreach_copy_(grads_f, grads_src)
+
+    def functional_inplace():
+        updates, state[0] = impl.update(grads_f, state[0], params=ps_f, inplace=True)
+        torchopt.apply_updates(ps_f, updates, inplace=True)
+
+    functional_inplace.prepare = refresh  # type: ignore[attr-defined]
+    runners['torchopt functional in-place'] = functional_inplace
+
+    ps_d = [p.detach().clone() for p in leaves]
+    impl_d = fn()
+    state_d = [impl_d.init(ps_d)]
+
+    def functional_diff():
+        updates, new_state = impl_d.update(grads_src, state_d[0], params=ps_d, inplace=False)
+        torchopt.apply_updates(ps_d, updates, inplace=False)
+        state_d[0] = new_state
+
+    runners['torchopt differentiable (inplace=False)'] = functional_diff
+    if has_foreach:
+        runners['torch.optim foreach'] = torch_cls(clone(), foreach=True, **kw).step
+    else:
+        runners['torch.optim foreach'] = torch_cls(clone(), **kw).step  # single tensor only
+    if has_fused:
+        runners['torch.optim fused'] = torch_cls(clone(), fused=True, **kw).step
+    return runners
+
 
 def _runners(name: str, leaves: list[torch.Tensor]) -> dict:
     fn, cls, torch_cls, kw = OPTIMIZERS[name]
@@ -120,14 +189,21 @@ def _runners(name: str, leaves: list[torch.Tensor]) -> dict:
 def bench(tree: str, name: str, rounds: int) -> dict[str, float]:
     n, total = TREES[tree]
     leaves = make_tree(n, total)
-    runners = _runners(name, leaves)
+    if name in FUNCTIONAL_ONLY:
+        if FUNCTIONAL_ONLY[name][-1].startswith('matrix'):
+            leaves = _matrices(leaves)
+        runners = _functional_runners(name, leaves)
+    else:
+        runners = _runners(name, leaves)
     times: dict[str, list[float]] = {k: [] for k in runners}
     with torch.no_grad():
         for k, f in runners.items():  # warm up
             for _ in range(3):
+                getattr(f, 'prepare', lambda: None)()
                 f()
         for _ in range(rounds):
             for k, f in runners.items():  # interleaved
+                getattr(f, 'prepare', lambda: None)()  # untimed set-up (fresh gradients)
                 t0 = time.perf_counter()
                 f()
                 times[k].append(time.perf_counter() - t0)
@@ -138,6 +214,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--rounds', type=int, default=30)
     parser.add_argument('--quick', action='store_true', help='few rounds, small tree only')
+    parser.add_argument('--only', nargs='*', default=None, help='optimizer names to run')
     args = parser.parse_args()
     torch.set_num_threads(1)
     trees = list(TREES)[1:] if args.quick else list(TREES)
@@ -146,8 +223,12 @@ def main() -> None:
     print()
     print('| tree | optimizer | torchopt path | time (ms) | vs torch foreach | vs torch fused |')
     print('|---|---|---|---:|---:|---:|')
+    names = [n for n in (*OPTIMIZERS, *FUNCTIONAL_ONLY) if args.only is None or n in args.only]
     for tree in trees:
-        for name in OPTIMIZERS:
+        for name in names:
+            if name in FUNCTIONAL_ONLY:
+                _functional_rows(tree, name, rounds)
+                continue
             res = bench(tree, name, rounds)
             ref_fe, ref_fu = res['torch.optim foreach'], res['torch.optim fused']
             for k, v in res.items():
@@ -159,6 +240,23 @@ def main() -> None:
                 print(f'| {tree} | {name} | {k} | {v * 1e3:.2f} | {v / ref_fe:.2f}x | {v / fused:.2f}x |')
             print(f'| {tree} | {name} | (torch.optim foreach / fused) | {ref_fe * 1e3:.2f} / {ref_fu * 1e3:.2f} | 1.00x | |')
             sys.stdout.flush()
+
+
+def _functional_rows(tree: str, name: str, rounds: int) -> None:
+    """The rows of a functional-only optimizer (no class; torch fused where torch has it)."""
+    if FUNCTIONAL_ONLY[name][-1] == 'matrix-small' and tree != list(TREES)[-1]:
+        return
+    res = bench(tree, name, rounds)
+    ref_fe, ref_fu = res['torch.optim foreach'], res.get('torch.optim fused')
+    label = name if FUNCTIONAL_ONLY[name][3] else f'{name} (torch: single-tensor)'
+    for k, v in res.items():
+        if k.startswith('torch.optim'):
+            continue
+        fused = f'{v / ref_fu:.2f}x' if ref_fu else '—'
+        print(f'| {tree} | {label} | {k} | {v * 1e3:.2f} | {v / ref_fe:.2f}x | {fused} |')
+    fu = f'{ref_fu * 1e3:.2f}' if ref_fu else '—'
+    print(f'| {tree} | {label} | (torch.optim foreach / fused) | {ref_fe * 1e3:.2f} / {fu} | 1.00x | |')
+    sys.stdout.flush()
 
 
 if __name__ == '__main__':
