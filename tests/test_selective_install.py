@@ -7,10 +7,12 @@ and checks what is found; then ``[all]`` installs every plugin.
 
 from __future__ import annotations
 
+import email.parser
 import subprocess
 import sys
 import textwrap
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,29 @@ def test_selective_then_all(wheelhouse, fresh_venv):
     )
     assert out.returncode == 0, out.stderr
     assert 'missing' not in out.stdout
+
+
+def test_wheel_metadata(wheelhouse):
+    """Every wheel carries the license file, classifiers, URLs and authors; accel is manylinux."""
+    license_text = (ROOT / 'LICENSE').read_bytes()
+    for wheel in sorted(wheelhouse.glob('*.whl')):
+        dist, version = wheel.name.split('-')[:2]
+        info = f'{dist}-{version}.dist-info'
+        with zipfile.ZipFile(wheel) as zf:
+            meta = email.parser.Parser().parsestr(zf.read(f'{info}/METADATA').decode())
+            assert zf.read(f'{info}/licenses/LICENSE') == license_text, wheel.name
+            tags = email.parser.Parser().parsestr(zf.read(f'{info}/WHEEL').decode()).get_all('Tag')
+        assert meta['License-Expression'] == 'Apache-2.0', wheel.name
+        assert meta.get_all('License-File') == ['LICENSE'], wheel.name
+        assert meta['Author'], wheel.name
+        assert meta.get_all('Project-URL'), wheel.name
+        classifiers = meta.get_all('Classifier') or []
+        assert 'Typing :: Typed' in classifiers and len(classifiers) > 10, wheel.name
+        if dist == 'torchopt_accel':
+            # repaired by auditwheel (tools/build_wheels.py), torch's libraries left out
+            assert tags and all('-manylinux_' in tag for tag in tags), tags
+            with zipfile.ZipFile(wheel) as zf:
+                grafted = [n for n in zf.namelist() if '.libs/' in n]
+            assert not grafted, grafted
+        else:
+            assert tags == ['py3-none-any'], (wheel.name, tags)
