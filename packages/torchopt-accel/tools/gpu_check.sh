@@ -47,7 +47,7 @@ step "python build requirements (already installed? no network is assumed)"
 "$PYTHON" -m pip --version
 missing=$("$PYTHON" - <<'PY'
 import importlib.util
-mods = {'scikit_build_core': 'scikit-build-core>=0.10', 'cmake': 'cmake>=3.31', 'ninja': 'ninja',
+mods = {'scikit_build_core': 'scikit-build-core>=0.11', 'cmake': 'cmake>=3.31', 'ninja': 'ninja',
         'optree': 'optree', 'pytest': 'pytest', 'torchopt': 'torchopt-core (-e packages/torchopt-core)'}
 print(' '.join(v for k, v in mods.items() if importlib.util.find_spec(k) is None))
 PY
