@@ -12,12 +12,16 @@ from typing import Any, ClassVar, Iterable
 import torch
 
 from torchopt import alias
+from torchopt.optim._generated import torch_like_class
 from torchopt.optim.base import Optimizer
 from torchopt.typing import ScalarOrSchedule
 
 __all__ = [
     'SGD', 'Adam', 'AdamW', 'AdaGrad', 'Adagrad', 'AdaDelta', 'Adadelta', 'AdaMax', 'Adamax',
     'RAdam', 'RMSProp', 'RMSprop', 'NAdam', 'Lion', 'Lamb',
+    # beyond TorchOpt 0.7: classes made from the alias's signature
+    'AMSGrad', 'Adafactor', 'Rprop', 'ASGD', 'Muon', 'AdaBelief', 'Yogi', 'NovoGrad', 'Adan',
+    'SignSGD', 'LARS',
 ]
 
 Params = Iterable[torch.Tensor]
@@ -268,3 +272,17 @@ Adagrad = AdaGrad
 Adadelta = AdaDelta
 Adamax = AdaMax
 RMSprop = RMSProp
+
+
+# Optimizers beyond TorchOpt 0.7: the class takes exactly the alias's arguments.
+AMSGrad = torch_like_class('AMSGrad', alias.amsgrad)
+Adafactor = torch_like_class('Adafactor', alias.adafactor, live_lr=False)
+Rprop = torch_like_class('Rprop', alias.rprop, live_lr=False)
+ASGD = torch_like_class('ASGD', alias.asgd, live_lr=False)
+Muon = torch_like_class('Muon', alias.muon)
+AdaBelief = torch_like_class('AdaBelief', alias.adabelief)
+Yogi = torch_like_class('Yogi', alias.yogi)
+NovoGrad = torch_like_class('NovoGrad', alias.novograd)
+Adan = torch_like_class('Adan', alias.adan)
+SignSGD = torch_like_class('SignSGD', alias.sign_sgd)
+LARS = torch_like_class('LARS', alias.lars)

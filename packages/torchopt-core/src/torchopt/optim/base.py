@@ -80,6 +80,7 @@ class Optimizer(torch.optim.Optimizer):
 
     _factory: ClassVar[Callable[..., GradientTransformation] | None] = None
     _fixed: ClassVar[dict[str, Any]] = {}
+    _live_lr: ClassVar[bool] = True  # False: the alias needs lr as a number (rebuilt on change)
 
     def __init__(self, params: Any, impl: GradientTransformation) -> None:
         if not isinstance(impl, GradientTransformation):
@@ -143,7 +144,8 @@ class Optimizer(torch.optim.Optimizer):
     def _key(self, group: dict) -> tuple[bool, tuple]:
         """(whether ``lr`` is read live, the other hyper-parameters) of ``group``."""
         lr = group.get('lr')
-        live = 'lr' in self._hyper and isinstance(lr, (int, float)) and not isinstance(lr, bool)
+        live = (self._live_lr and 'lr' in self._hyper and isinstance(lr, (int, float))
+                and not isinstance(lr, bool))  # fmt: skip
         return live, tuple((k, group[k]) for k in self._hyper if not (live and k == 'lr'))
 
     def _build(self, group: dict) -> tuple[Any, GradientTransformation]:

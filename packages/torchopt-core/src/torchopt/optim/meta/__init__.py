@@ -13,6 +13,20 @@ from torchopt.optim.meta._classes import (
     MetaRMSProp,
     MetaRMSprop,
     MetaSGD,
+    MetaNAdam,
+    MetaLion,
+    MetaLamb,
+    MetaAMSGrad,
+    MetaAdafactor,
+    MetaRprop,
+    MetaASGD,
+    MetaMuon,
+    MetaAdaBelief,
+    MetaYogi,
+    MetaNovoGrad,
+    MetaAdan,
+    MetaSignSGD,
+    MetaLARS,
 )
 from torchopt.optim.meta.base import MetaOptimizer
 
@@ -20,4 +34,6 @@ __all__ = [
     'MetaOptimizer', 'MetaSGD', 'MetaAdam', 'MetaAdamW', 'MetaAdaGrad', 'MetaAdagrad',
     'MetaAdaDelta', 'MetaAdadelta', 'MetaAdaMax', 'MetaAdamax', 'MetaRAdam', 'MetaRMSProp',
     'MetaRMSprop',
+    'MetaNAdam', 'MetaLion', 'MetaLamb', 'MetaAMSGrad', 'MetaAdafactor', 'MetaRprop', 'MetaASGD',
+    'MetaMuon', 'MetaAdaBelief', 'MetaYogi', 'MetaNovoGrad', 'MetaAdan', 'MetaSignSGD', 'MetaLARS',
 ]

@@ -11,12 +11,15 @@ from typing import Any
 from torch import nn
 
 from torchopt import alias
+from torchopt.optim._generated import meta_class
 from torchopt.optim.meta.base import MetaOptimizer
 from torchopt.typing import ScalarOrSchedule
 
 __all__ = [
     'MetaSGD', 'MetaAdam', 'MetaAdamW', 'MetaAdaGrad', 'MetaAdagrad', 'MetaAdaDelta',
     'MetaAdadelta', 'MetaAdaMax', 'MetaAdamax', 'MetaRAdam', 'MetaRMSProp', 'MetaRMSprop',
+    'MetaNAdam', 'MetaLion', 'MetaLamb', 'MetaAMSGrad', 'MetaAdafactor', 'MetaRprop', 'MetaASGD',
+    'MetaMuon', 'MetaAdaBelief', 'MetaYogi', 'MetaNovoGrad', 'MetaAdan', 'MetaSignSGD', 'MetaLARS',
 ]
 
 
@@ -216,3 +219,20 @@ MetaAdagrad = MetaAdaGrad
 MetaAdadelta = MetaAdaDelta
 MetaAdamax = MetaAdaMax
 MetaRMSprop = MetaRMSProp
+
+
+# Optimizers beyond TorchOpt 0.7 (and NAdam, Lion, Lamb): made from the alias's signature.
+MetaNAdam = meta_class('MetaNAdam', alias.nadam)
+MetaLion = meta_class('MetaLion', alias.lion)
+MetaLamb = meta_class('MetaLamb', alias.lamb)
+MetaAMSGrad = meta_class('MetaAMSGrad', alias.amsgrad)
+MetaAdafactor = meta_class('MetaAdafactor', alias.adafactor)
+MetaRprop = meta_class('MetaRprop', alias.rprop)
+MetaASGD = meta_class('MetaASGD', alias.asgd)
+MetaMuon = meta_class('MetaMuon', alias.muon)
+MetaAdaBelief = meta_class('MetaAdaBelief', alias.adabelief)
+MetaYogi = meta_class('MetaYogi', alias.yogi)
+MetaNovoGrad = meta_class('MetaNovoGrad', alias.novograd)
+MetaAdan = meta_class('MetaAdan', alias.adan)
+MetaSignSGD = meta_class('MetaSignSGD', alias.sign_sgd)
+MetaLARS = meta_class('MetaLARS', alias.lars)
