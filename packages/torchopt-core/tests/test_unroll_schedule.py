@@ -15,7 +15,7 @@ import pytest
 from torchopt import _revolve
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _brute(n: int, c: int) -> int:
     """T(n, c) by exhaustive search over the first split (the recursion itself)."""
     if n <= 1:

@@ -40,7 +40,7 @@ S = TypeVar('S')
 
 
 def _beta(c: int, r: int) -> int:
-    """:math:`\\beta(c, r) = \\binom{c + r}{c}`, zero for ``r < 0``."""
+    r""":math:`\beta(c, r) = \binom{c + r}{c}`, zero for ``r < 0``."""
     return 0 if r < 0 else math.comb(c + r, c)
 
 
@@ -106,6 +106,7 @@ def reverse(
         stored: states the first sweep already stored, ``{position: state}``; positions not on
             the schedule's path are ignored. Entries are removed as they are used.
         advance: ``advance(x_s, s, k)`` returns ``x_{s + k}``.
+
     """
     stack: list[tuple[int, int, int, S]] = [(0, n, c, first)]
     del first

@@ -69,9 +69,12 @@ def _cut(tree: Any) -> Any:
     return optree.tree_unflatten(spec, _fresh(leaves, [_wants_grad(x) for x in leaves]))
 
 
+_functorch = getattr(torch._C, '_functorch', None)
+
+
 def _is_wrapped(x: torch.Tensor) -> bool:
-    functorch = getattr(torch._C, '_functorch', None)
-    return functorch is not None and functorch.is_functorch_wrapped_tensor(x)
+    """Whether ``x`` is a tensor of a ``torch.func`` transform (a functorch wrapper)."""
+    return _functorch is not None and _functorch.is_functorch_wrapped_tensor(x)
 
 
 def _wants_grad(x: Any) -> bool:
@@ -207,7 +210,8 @@ class _Engine:
         """The initial carry, its slots filled from :meth:`move_first`'s tensors."""
         assert self.first is not None
         it = iter(tensors)
-        return self.first._replace(leaves=[next(it) if x is _SLOT else x for x in self.first.leaves])
+        leaves = [next(it) if x is _SLOT else x for x in self.first.leaves]
+        return self.first._replace(leaves=leaves)
 
     def backward(
         self, saved: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None]
@@ -276,23 +280,37 @@ def _vjp(
     in_tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
     pairs = [(o, a) for o, a in zip(out_tensors, adjoint) if a is not None and o.requires_grad]
     first: dict[int, int] = {}  # an aliased input gets its gradient once, at its first place
-    wrt = [k for k, x in enumerate(in_tensors) if x.requires_grad and first.setdefault(id(x), k) == k]
+    wrt = [
+        k for k, x in enumerate(in_tensors) if x.requires_grad and first.setdefault(id(x), k) == k
+    ]
     targets = [in_tensors[k] for k in wrt] + closure
     new_adjoint: list[torch.Tensor | None] = [None] * len(in_tensors)
     if not pairs or not targets:
         return new_adjoint, [None] * len(closure)
-    if any(o.is_complex() for o, _ in pairs):
-        grads = torch.autograd.grad(
-            [o for o, _ in pairs], targets, [a for _, a in pairs], allow_unused=True,
-            retain_graph=True,  # the closure's own history may be traversed
-        )
-    else:  # tensor grad_outputs make autograd import sympy on first use (20 MB, 1 s): take
-        # the same product as the gradient of the scalar sum_i <o_i, a_i>
-        total = sum((o * a).sum() for o, a in pairs)
-        grads = torch.autograd.grad(total, targets, allow_unused=True, retain_graph=True)
+    seed = _Seed.apply([a for _, a in pairs], *(o for o, _ in pairs))
+    grads = torch.autograd.grad(
+        seed, targets, allow_unused=True, retain_graph=True  # the closure's history may be walked
+    )
     for k, g in zip(wrt, grads):
         new_adjoint[k] = g
     return new_adjoint, list(grads[len(wrt):])
+
+
+class _Seed(torch.autograd.Function):
+    """A scalar whose backward hands ``adjoints`` to ``outputs``: ``grad(seed, x)`` is the VJP.
+
+    The same product as ``torch.autograd.grad(outputs, x, adjoints)``, which imports sympy on
+    first use for its shape check (20 MB of resident memory and a second).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, adjoints: list[torch.Tensor], *outputs: torch.Tensor) -> torch.Tensor:
+        ctx.adjoints = adjoints
+        return torch.zeros((), dtype=outputs[0].dtype, device=outputs[0].device)
+
+    @staticmethod
+    def backward(ctx: Any, _: torch.Tensor) -> tuple[Any, ...]:
+        return (None, *ctx.adjoints)
 
 
 class _UnrollFunction(torch.autograd.Function):
@@ -332,10 +350,9 @@ def _budget(checkpoints: int | Literal['sqrt'] | None, n: int) -> int | None:
 
 
 def _under_functorch(tensors: Sequence[torch.Tensor]) -> bool:
-    functorch = getattr(torch._C, '_functorch', None)
-    if functorch is None:  # pragma: no cover - every supported torch has it
+    if _functorch is None:  # pragma: no cover - every supported torch has it
         return False
-    return functorch.peek_interpreter_stack() is not None or any(map(_is_wrapped, tensors))
+    return _functorch.peek_interpreter_stack() is not None or any(map(_is_wrapped, tensors))
 
 
 def _cuda_devices(tensors: Sequence[torch.Tensor]) -> list[int]:
@@ -425,6 +442,7 @@ def unroll(
         >>> w.sum().backward()
         >>> bool(torch.allclose(w0.grad, torch.full((2,), 0.8 ** 100)))
         True
+
     """
     if not callable(step):
         raise TypeError(f'`step` must be callable, got {type(step).__name__}')
@@ -468,7 +486,8 @@ def unroll(
 def _containers(module: nn.Module) -> tuple[list[dict], list[dict]]:
     """The ``_parameters`` and ``_buffers`` dicts of ``module`` (as :class:`MetaOptimizer`)."""
     modules = list(module.modules())
-    return [m._parameters for m in modules if m._parameters], [m._buffers for m in modules if m._buffers]
+    params = [m._parameters for m in modules if m._parameters]
+    return params, [m._buffers for m in modules if m._buffers]
 
 
 def _write(containers: Sequence[dict], values: Sequence[dict]) -> None:
@@ -496,7 +515,8 @@ def unroll_module(
 
     so MAML code written with ``torchopt.MetaAdam(model)`` keeps its shape, and with
     ``checkpoints`` runs in bounded memory. The carry is the module's parameters, its buffers
-    and ``optimizer.state_dict()``; each step writes them into the module and the optimizer
+    and the optimizer's states (its ``state_groups``, what ``state_dict()`` returns); each step
+    writes them into the module and the optimizer
     (the buffers as copies, so in-place updates such as BatchNorm's running statistics are
     replayed exactly by recomputation), runs the plain step and reads them back, then puts
     the previous ones back (so recomputation in the backward pass leaves the module alone).
@@ -520,38 +540,38 @@ def unroll_module(
         >>> net.weight.grad_fn is not None
         True
         >>> loss_fn(50).backward()  # meta-gradient with respect to the initial parameters
+
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f'`module` must be an nn.Module, got {type(module).__name__}')
-    for name in ('step', 'state_dict', 'load_state_dict'):
-        if not callable(getattr(optimizer, name, None)):
-            raise TypeError(f'`optimizer` must be a MetaOptimizer, got {type(optimizer).__name__}')
+    groups = getattr(optimizer, 'state_groups', None)
+    if not callable(getattr(optimizer, 'step', None)) or not isinstance(groups, list):
+        raise TypeError(f'`optimizer` must be a MetaOptimizer, got {type(optimizer).__name__}')
     params_c, buffers_c = _containers(module)
 
+    # The states move through ``state_groups`` (TorchOpt's attribute, what ``state_dict()`` and
+    # ``load_state_dict()`` read and replace) without load_state_dict's validation: they are
+    # the optimizer's own, and validating twice per step would build two fresh states.
     def current() -> tuple[tuple[dict, ...], tuple[dict, ...], tuple[Any, ...]]:
         return (
             tuple(dict(c) for c in params_c),
             tuple(dict(c) for c in buffers_c),
-            tuple(optimizer.state_dict()),
+            tuple(optimizer.state_groups),
         )
+
+    def put(params: Sequence[dict], buffers: Sequence[dict], state: Sequence[Any]) -> None:
+        _write(params_c, params)
+        _write(buffers_c, buffers)
+        optimizer.state_groups[:] = state
 
     def step(carry: tuple, t: int) -> tuple:
         params, buffers, state = carry
         previous = current()
-        _write(params_c, params)
-        _write(buffers_c, optree.tree_map(torch.clone, buffers))
-        optimizer.load_state_dict(state)
+        put(params, optree.tree_map(torch.clone, buffers), state)
         try:
             optimizer.step(loss_fn(t))
             return current()
         finally:
-            _write(params_c, previous[0])
-            _write(buffers_c, previous[1])
-            optimizer.load_state_dict(previous[2])
+            put(*previous)
 
-    params, buffers, state = unroll(
-        step, current(), num_steps, checkpoints=checkpoints, truncate=truncate
-    )
-    _write(params_c, params)
-    _write(buffers_c, buffers)
-    optimizer.load_state_dict(state)
+    put(*unroll(step, current(), num_steps, checkpoints=checkpoints, truncate=truncate))
