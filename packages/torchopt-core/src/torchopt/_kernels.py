@@ -59,10 +59,13 @@ def run_fused(fused: Any, params: tuple, grads: tuple, state: tuple, treespec: A
 
 def _adam(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any:
     from torchopt.transform._adam import ScaleByAdamState
+    from torchopt.transform._adaptive import ScaleByAmsgradState
 
-    if not isinstance(sub, ScaleByAdamState):
+    amsgrad = fused.kind == 'amsgrad'
+    if not isinstance(sub, ScaleByAmsgradState if amsgrad else ScaleByAdamState):
         return None
     mu, nu, counts = take(sub.mu, idx), take(sub.nu, idx), take(sub.count, idx)
+    maxes = take(sub.nu_max, idx) if amsgrad else []
     h = fused.hyper
     if fused.accel and not _dispatch.functorch_active():
         kernels = _dispatch.accel_kernels(p)
@@ -71,20 +74,19 @@ def _adam(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any
             for value, members in _groups(counts).items():
                 kernels.adam_apply_(
                     take(p, members), take(g, members), take(mu, members), take(nu, members),
-                    _dispatch.resolve(h['lr']), h['b1'], h['b2'], h['eps'], h['eps_root'], int(value),
-                    weight_decay=h['weight_decay'], decoupled=fused.kind == 'adamw',
-                    maximize=h['maximize'],
+                    _dispatch.resolve(h['lr']), h['b1'], h['b2'], h['eps'], h['eps_root'],
+                    int(value), weight_decay=h['weight_decay'],
+                    decoupled=fused.kind == 'adamw', maximize=h['maximize'],
                 )
             return state
-    if h['eps_root'] != 0.0 or not _dispatch.kernel_eligible(p, g, mu, nu):
+    if h['eps_root'] != 0.0 or not _dispatch.kernel_eligible(p, g, mu, nu, *([maxes] * amsgrad)):
         return None
     kernel: Any = torch._fused_adamw_ if fused.kind == 'adamw' else torch._fused_adam_
     _counts.advance_(counts)
     kernel(
-        p, g, mu, nu, [], steps_for(counts, p[0].device), lr=_dispatch.resolve(h['lr']),
-        beta1=h['b1'],
-        beta2=h['b2'], weight_decay=h['weight_decay'], eps=h['eps'], amsgrad=False,
-        maximize=h['maximize'],
+        p, g, mu, nu, maxes, steps_for(counts, p[0].device), lr=_dispatch.resolve(h['lr']),
+        beta1=h['b1'], beta2=h['b2'], weight_decay=h['weight_decay'], eps=h['eps'],
+        amsgrad=amsgrad, maximize=h['maximize'],
     )
     return state
 
@@ -193,20 +195,22 @@ def fused_update(
     if not g:
         return updates, state
     mu, nu, counts = take(sub.mu, idx), take(sub.nu, idx), take(sub.count, idx)
+    amsgrad = fused.kind == 'amsgrad'
+    maxes = take(sub.nu_max, idx) if amsgrad else []
     p = take(params, idx) if wd != 0.0 else []
-    if not _dispatch.kernel_eligible(g, mu, nu, *([p] if p else [])):
+    if not _dispatch.kernel_eligible(g, mu, nu, *([p] if p else []), *([maxes] * amsgrad)):
         return None
     maximize = h['maximize']
     with torch.no_grad():
-        if wd != 0.0 and fused.kind == 'adam':  # L2: g' = -g + wd p (maximize) or g + wd p
+        if wd != 0.0 and fused.kind != 'adamw':  # L2: g' = -g + wd p (maximize) or g + wd p
             if maximize:
                 torch._foreach_neg_(g)
                 maximize = False
             torch._foreach_add_(g, p, alpha=wd)
         _counts.advance_(counts)
         torch._fused_adamw_(
-            g, g, mu, nu, [], steps_for(counts, g[0].device), lr=lr, beta1=h['b1'],
-            beta2=h['b2'], weight_decay=_unit_weight_decay(lr), eps=h['eps'], amsgrad=False,
+            g, g, mu, nu, maxes, steps_for(counts, g[0].device), lr=lr, beta1=h['b1'],
+            beta2=h['b2'], weight_decay=_unit_weight_decay(lr), eps=h['eps'], amsgrad=amsgrad,
             maximize=maximize,
         )
         if wd != 0.0 and fused.kind == 'adamw':  # decoupled: u = -lr (direction + wd p)

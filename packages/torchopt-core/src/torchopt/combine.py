@@ -95,7 +95,9 @@ def _flat_chain(fused: FusedStep | None, *transformations: GradientTransformatio
 
 def _locate(fused: FusedStep, members: tuple) -> FusedStep:
     """``fused`` with ``at`` set to the position of the member that holds the kernel's buffers."""
-    names = ('scale_by_adam', 'scale_by_accelerated_adam') if fused.kind != 'sgd' else ('trace',)
+    names = {
+        'sgd': ('trace',), 'amsgrad': ('scale_by_amsgrad',),
+    }.get(fused.kind, ('scale_by_adam', 'scale_by_accelerated_adam'))
     for i, t in enumerate(members):
         if getattr(t, 'name', None) in names:
             return fused._replace(at=i)

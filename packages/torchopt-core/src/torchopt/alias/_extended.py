@@ -14,6 +14,8 @@ from typing import Any
 import torch
 
 from torchopt import _checks
+from torchopt._dispatch import FusedStep
+from torchopt.alias._optimizers import _constant
 from torchopt.alias.utils import flip_sign_and_add_weight_decay, scale_by_neg_lr
 from torchopt.base import GradientTransformation
 from torchopt.combine import chain_flat
@@ -100,10 +102,17 @@ def amsgrad(
     """
     b1, b2 = _betas(betas)
     _checks.check_lr(lr)
+    fused = None
+    if _constant(lr) and eps_root == 0.0:  # torch's fused Adam kernel with amsgrad=True
+        fused = FusedStep('amsgrad', dict(
+            lr=lr, b1=b1, b2=b2, eps=eps, eps_root=0.0, weight_decay=weight_decay,
+            maximize=maximize,
+        ), at=-1)  # fmt: skip
     return chain_flat(
         flip_sign_and_add_weight_decay(weight_decay, maximize),
         scale_by_amsgrad(b1, b2, eps, eps_root, moment_requires_grad),
         scale_by_neg_lr(lr),
+        fused=fused,
     )
 
 

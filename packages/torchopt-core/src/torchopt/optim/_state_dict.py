@@ -19,6 +19,7 @@ import optree
 import torch
 
 from torchopt.base import EmptyState, UninitializedState
+from torchopt.transform._adaptive import ScaleByAmsgradState
 from torchopt.transform import (
     DampenedTraceState,
     ScaleByAdadeltaState,
@@ -39,6 +40,9 @@ __all__ = ['NAMES', 'check_tree', 'export', 'parse', 'state_view']
 # field -> torch.optim buffer name; ``+1`` marks a "next step index" stored as ``step + 1``.
 NAMES: dict[type, dict[str, str]] = {
     ScaleByAdamState: {'mu': 'exp_avg', 'nu': 'exp_avg_sq', 'count': 'step'},
+    ScaleByAmsgradState: {
+        'mu': 'exp_avg', 'nu': 'exp_avg_sq', 'nu_max': 'max_exp_avg_sq', 'count': 'step'
+    },
     ScaleByAdamaxState: {'mu': 'exp_avg', 'nu': 'exp_inf', 't': 'step+1'},
     ScaleByRAdamState: {'mu': 'exp_avg', 'nu': 'exp_avg_sq', 't': 'step+1'},
     ScaleByNAdamState: {
@@ -240,13 +244,13 @@ def parse(opt: Any, state_dict: Any) -> tuple[list, list[dict]]:
         ids = list(saved.get('params', ()))
         if len(ids) != len(params):
             raise _fail(i, f'the state holds {len(ids)} parameters, the group has {len(params)}')
-        if saved.get('amsgrad'):
-            raise _fail(i, 'amsgrad=True is not supported by this optimizer')
         template = opt.group_impl(i).init(params)
+        slots = _slots(template, len(params))
+        if saved.get('amsgrad') and not any(s[2] == 'max_exp_avg_sq' for s in slots or ()):
+            raise _fail(i, 'the state is AMSGrad\'s (amsgrad=True): load it into torchopt.AMSGrad')
         if i in raw:
             states.append(check_tree(i, template, raw[i]))
             continue
-        slots = _slots(template, len(params))
         if slots is None:
             raise _fail(i, 'the state has no per-parameter layout for this transformation')
         entries = [saved_state.get(idx) for idx in ids]
