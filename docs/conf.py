@@ -36,6 +36,8 @@ extensions = [
     'sphinx.ext.autodoc',
     'sphinx.ext.napoleon',
     'sphinx.ext.mathjax',
+    # MathJax bundled into the site (_static/mathjax), so math renders without network access.
+    'sphinx-mathjax-offline',
     'sphinx.ext.viewcode',
     'myst_nb',
     'apigen',

@@ -16,6 +16,11 @@ Checks (each a Sphinx warning, so ``-W`` fails the build):
 A ``missing-reference`` handler lets docstrings and pages refer to any public spelling of an
 object: ``torchopt.Adam``, ``torchopt.diff.implicit.custom_root`` (an upstream path served by a
 plugin) or ``torchopt.visual.make_dot`` resolve to the page where the object is documented.
+
+The upstream paths served by plugins (``torchopt.diff.implicit.custom_root``,
+``torchopt.visual.make_dot``, ... from :data:`torchopt.plugins.UPSTREAM_PATHS`) are also put in
+the search index, pointing at the documented object, by a small domain of their own
+(:class:`UpstreamPaths`): in the Python domain they would make short cross-references ambiguous.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from docutils import nodes
 from sphinx.application import Sphinx
+from sphinx.domains import Domain, ObjType
 from sphinx.errors import PycodeError
 from sphinx.pycode import ModuleAnalyzer
 from sphinx.util import logging
@@ -413,8 +419,88 @@ def missing_reference(
     return None
 
 
+class UpstreamPaths(Domain):
+    """TorchOpt's module paths served by plugins, as entries of the search index only.
+
+    Each entry is an upstream spelling (``torchopt.diff.implicit.custom_root``) of an object
+    documented under its plugin's name (``torchopt_implicit.decorator.custom_root``), with that
+    object's page and anchor. The domain resolves no cross-reference (``missing_reference``
+    does that for every spelling).
+    """
+
+    name = 'torchopt-upstream'
+    label = 'Python'
+    object_types = {  # noqa: RUF012 - Sphinx's API: a class attribute
+        kind: ObjType(f'{kind} (TorchOpt path)', kind)
+        for kind in ('module', 'class', 'exception', 'function', 'method', 'property', 'attribute',
+                     'data')
+    }
+    initial_data: dict[str, Any] = {'objects': {}}  # noqa: RUF012
+
+    def get_objects(self) -> Any:
+        """The upstream spellings: ``(name, name, type, docname, anchor, 1)``."""
+        for name, (docname, anchor, kind) in sorted(self.data['objects'].items()):
+            yield name, name, kind, docname, anchor, 1
+
+    def clear_doc(self, docname: str) -> None:
+        """Forget the entries that point into ``docname``."""
+        objects = self.data['objects']
+        for name in [n for n, entry in objects.items() if entry[0] == docname]:
+            del objects[name]
+
+    def merge_domaindata(self, docnames: Any, otherdata: dict[str, Any]) -> None:
+        """Take the entries of a parallel reader (recomputed at ``env-updated`` anyway)."""
+        for name, entry in otherdata['objects'].items():
+            if entry[0] in docnames:
+                self.data['objects'][name] = entry
+
+    def resolve_xref(self, *args: Any) -> None:
+        """Resolve nothing: references go through the Python domain."""
+        return None
+
+    def resolve_any_xref(self, *args: Any) -> list[Any]:
+        """Resolve nothing: references go through the Python domain."""
+        return []
+
+
+def index_upstream_paths(app: Sphinx, env: Any) -> list[str]:
+    """``env-updated``: an entry of :class:`UpstreamPaths` per upstream spelling of our names.
+
+    For every path of :data:`torchopt.plugins.UPSTREAM_PATHS`, the module itself and every name
+    its plugin module exports (with the methods and attributes of exported classes) get the
+    upstream spelling, pointing where the Python domain documents the object.
+    """
+    from torchopt.plugins import UPSTREAM_PATHS
+
+    catalog = _STATE.get('catalog')
+    if catalog is None:
+        return []
+    py = env.get_domain('py')
+    entries: dict[str, tuple[str, str, str]] = {}
+    for upstream, (_, target) in sorted(UPSTREAM_PATHS.items()):
+        module = py.modules.get(target)
+        if module is not None:
+            entries[upstream] = (module.docname, module.node_id, 'module')
+        for entry in catalog.exports.get(target, []):
+            kind = kind_of(entry.name, entry.obj)
+            if kind == 'module' or not is_ours(entry.obj):
+                continue
+            canonical = catalog.target(entry.obj, entry.name)
+            if canonical is None:
+                continue
+            for name, obj in py.objects.items():
+                if name == canonical or name.startswith(canonical + '.'):
+                    alias = f'{upstream}.{entry.name}{name[len(canonical):]}'
+                    entries[alias] = (obj.docname, obj.node_id, obj.objtype)
+    domain = env.get_domain(UpstreamPaths.name)
+    domain.data['objects'] = entries
+    return []
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
-    """Register the generator and the reference resolver."""
+    """Register the generator, the reference resolver and the upstream paths' index."""
     app.connect('builder-inited', generate)
     app.connect('missing-reference', missing_reference)
+    app.add_domain(UpstreamPaths)
+    app.connect('env-updated', index_upstream_paths)
     return {'version': '1.0', 'parallel_read_safe': True, 'parallel_write_safe': True}
