@@ -53,9 +53,8 @@ __all__ = [
 
 FUSED_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
 _peek = torch._C._functorch.peek_interpreter_stack
-_STRIDED = torch.strided
-_DTYPE, _LAYOUT, _SHAPE = attrgetter('dtype'), attrgetter('layout'), attrgetter('shape')
-_IS_CUDA, _IS_META = attrgetter('is_cuda'), attrgetter('is_meta')
+_DTYPE, _SHAPE = attrgetter('dtype'), attrgetter('shape')
+_IS_CPU = attrgetter('is_cpu')
 _GET_DEVICE, _IS_CONTIGUOUS = torch.Tensor.get_device, torch.Tensor.is_contiguous
 
 
@@ -140,7 +139,7 @@ def check_like(
 
 def check_state(
     where: str, updates: Sequence[Any], state: Any, scalars: tuple[str, ...] = (),
-    treespec: Any = None,
+    treespec: Any = None, ref_shapes: list | None = None,
 ) -> tuple[str, ...]:
     """Check every per-leaf field (a ``list``) of the NamedTuple ``state`` against ``updates``.
 
@@ -149,7 +148,6 @@ def check_state(
     the per-leaf fields.
     """
     fields = tuple(f for f in state._fields if isinstance(getattr(state, f), list))
-    ref_shapes = None
     for f in fields:
         values = getattr(state, f)
         if f in scalars:
@@ -201,14 +199,17 @@ def kernel_eligible(*lists: Sequence[torch.Tensor]) -> bool:
         return False
     # map() with C getters: this check runs on every fused step, over every tensor.
     ts = [t for lst in lists for t in lst]
-    if set(map(_DTYPE, ts)) != {dtype} or set(map(_LAYOUT, ts)) != {_STRIDED}:
+    if set(map(_DTYPE, ts)) != {dtype}:
         return False
     if first.is_cuda:
         if set(map(_GET_DEVICE, ts)) != {first.get_device()}:
             return False
-    elif any(map(_IS_CUDA, ts)) or any(map(_IS_META, ts)):
+    elif not all(map(_IS_CPU, ts)):
         return False
-    return all(map(_IS_CONTIGUOUS, ts))
+    try:
+        return all(map(_IS_CONTIGUOUS, ts))  # also False for a sparse or mkldnn layout
+    except RuntimeError:  # "sparse tensors do not have is_contiguous"
+        return False
 
 
 def adam_path(inplace: bool, eps_root: float, accel: bool, *lists: Sequence[torch.Tensor]) -> str:

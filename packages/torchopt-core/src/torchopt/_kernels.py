@@ -47,10 +47,11 @@ def run_fused(fused: Any, params: tuple, grads: tuple, state: tuple, treespec: A
     if not g:
         return state
     where = f'torchopt {fused.kind}'
-    _dispatch.check_like(where, 'params', grads, params, treespec=treespec)
+    shapes = _dispatch._shapes(grads)  # read once for both checks
+    _dispatch.check_like(where, 'params', grads, params, treespec=treespec, ref_shapes=shapes)
     sub = None if plain_sgd else state[fused.at]
     if isinstance(sub, tuple) and hasattr(sub, '_fields'):
-        _dispatch.check_state(where, grads, sub, ('count',), treespec)
+        _dispatch.check_state(where, grads, sub, ('count',), treespec, ref_shapes=shapes)
     p = take(params, idx)
     if fused.kind == 'sgd':
         return _sgd(fused, p, g, sub, idx, state)
