@@ -15,7 +15,7 @@ import torch
 
 from torchopt import _dispatch
 
-__all__ = ['advance_', 'new_counts']
+__all__ = ['advance_', 'new_counts', 'packed']
 
 
 def new_counts(params: Sequence[Any], start: float = 0.0) -> list:
@@ -25,7 +25,7 @@ def new_counts(params: Sequence[Any], start: float = 0.0) -> list:
     return [None if p is None else next(views) for p in params]
 
 
-def _packed(counts: Sequence[torch.Tensor]) -> torch.Tensor | None:
+def packed(counts: Sequence[torch.Tensor]) -> torch.Tensor | None:
     """The vector ``counts`` are the consecutive views of, if they cover all of it."""
     base = counts[0]._base
     if base is None or base.dim() != 1 or base.numel() != len(counts):
@@ -41,7 +41,7 @@ def advance_(counts: list) -> None:
     if not counts:
         return
     if not (_dispatch.functorch_active() or _dispatch.compiling()):
-        base = _packed(counts)
+        base = packed(counts)
         if base is not None:
             base.add_(1.0)
             return

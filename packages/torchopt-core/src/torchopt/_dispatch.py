@@ -238,6 +238,9 @@ def accel_kernels(tensors: Sequence[torch.Tensor]) -> Any | None:
     """
     from torchopt import accelerated_op  # the facade is light; the plugin loads lazily
 
+    indices = set(map(_GET_DEVICE, tensors))
+    if len(indices) == 1:  # one device (the common case): no device object per tensor
+        return accelerated_op.kernels({tensors[0].device})
     return accelerated_op.kernels({t.device for t in tensors})
 
 
@@ -253,6 +256,11 @@ def host_values(counts: Sequence[torch.Tensor]) -> list[float] | None:
     """
     if _peek() is not None or compiling():
         return None
+    from torchopt import _counts
+
+    base = _counts.packed(counts) if len(counts) > 1 else None
+    if base is not None:  # the views of one vector: one read
+        return base.tolist()
     if len(counts) > 8:
         return torch.stack(list(counts)).tolist()
     return [c.item() for c in counts]

@@ -20,6 +20,8 @@ from torchopt.transform._flat import present_indices, take
 
 __all__ = ['adam_direction_', 'fused_update', 'run_fused', 'steps_for']
 
+_ACCEL_CHECKED = False
+
 
 def steps_for(counts: list, device: torch.device) -> list:
     """The step tensors a fused kernel on ``device`` reads: the counts themselves on the CPU."""
@@ -94,6 +96,10 @@ def _adam(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any
 
 def _accel_ok(p: list, g: list, mu: list, nu: list) -> bool:
     """Dense strided floating tensors, each gradient/moment of its parameter's dtype and device."""
+    ts = [*p, *g, *mu, *nu]
+    dtypes = set(map(_dispatch._DTYPE, ts))
+    if len(dtypes) == 1 and len(set(map(_dispatch._GET_DEVICE, ts))) == 1:  # the common case
+        return dtypes <= _dispatch.FUSED_DTYPES and {t.layout for t in ts} == {torch.strided}
     for tensors in zip(p, g, mu, nu):
         first = tensors[0]
         if first.dtype not in _dispatch.FUSED_DTYPES:
@@ -181,7 +187,10 @@ def fused_update(
         present = [u for u in updates if u is not None]
         if any(u.is_cuda for u in present):
             return None
-        _dispatch.accel_kernels(present)
+        global _ACCEL_CHECKED
+        if not _ACCEL_CHECKED:  # once: the warning when the plugin is missing
+            _dispatch.accel_kernels(present)
+            _ACCEL_CHECKED = True
     h = fused.hyper
     wd, lr = h['weight_decay'], _dispatch.resolve(h['lr'])
     if lr == 0.0 or (wd != 0.0 and params is None):
