@@ -82,6 +82,9 @@ CASES = [
             lambda r: r['max_param_diff'] < 1e-4 and r['ensemble'] >= r['member_mean'] - 0.005
             and r['ensemble'] > 0.85,
             'vmap and one-by-one parameters agree to 1e-4; ensemble accuracy >= mean member, > 0.85'),
+    Example('long_horizon/lr_schedule.py', ('--quick',), 'lr_schedule.png',
+            lambda r: r['learned_val'] < 0.9 * r['constant_val'],
+            'learned per-step schedule: final validation loss < 0.9 x the best constant rate'),
 ]
 
 
