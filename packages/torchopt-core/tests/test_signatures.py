@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 
 import pytest
+import torch
+from optimizer_table import rows
 
 import torchopt
 
@@ -50,6 +52,14 @@ EXPECTED = {
     'module_detach_': '(target)',
 }
 
+# Arguments beyond TorchOpt 0.7, each keyword-only and after upstream's: every upstream call
+# binds exactly as before (torch.optim.Adam's and AdamW's ``amsgrad``).
+EXTENSIONS = {name: ', amsgrad=False' for name in ('adam', 'adamw', 'Adam', 'AdamW', 'MetaAdam',
+                                                    'MetaAdamW')}  # fmt: skip
+
+# Where a class that follows TorchOpt 0.7 differs from torch.optim's default: upstream wins.
+TORCH_DEFAULT_EXCEPTIONS = {('SGD', 'lr'): 'TorchOpt 0.7 requires lr; torch.optim has 1e-3'}
+
 TRANSFORMS = {
     'scale': '(step_size)',
     'scale_by_schedule': '(step_size_fn)',
@@ -80,9 +90,51 @@ def _sig(obj) -> str:
     return str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
 
 
+def _upstream_plus_extensions(name: str) -> str:
+    expected = EXPECTED[name]
+    return expected[:-1] + EXTENSIONS[name] + ')' if name in EXTENSIONS else expected
+
+
 @pytest.mark.parametrize('name', sorted(EXPECTED))
 def test_top_level_signature(name):
-    assert _sig(getattr(torchopt, name)) == EXPECTED[name]
+    assert _sig(getattr(torchopt, name)) == _upstream_plus_extensions(name)
+
+
+@pytest.mark.parametrize('name', sorted(EXTENSIONS))
+def test_extensions_are_keyword_only_after_upstreams_arguments(name):
+    params = list(inspect.signature(getattr(torchopt, name)).parameters.values())
+    extra = params[-EXTENSIONS[name].count('=') :]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is False for p in extra)
+    assert '*' in EXPECTED[name]  # upstream's keyword-only block, which the extensions extend
+
+
+def _defaults(obj, skip=()) -> dict:
+    return {k: p.default for k, p in inspect.signature(obj).parameters.items() if k not in skip}
+
+
+@rows()
+def test_the_rows_classes_take_the_alias_arguments_and_the_references_defaults(row):
+    """Every row's alias, class and Meta class take its kwargs; generated classes mirror the
+    alias exactly; shared arguments have ``torch.optim``'s defaults where torch has the class."""
+    inspect.signature(row.fn).bind(**row.kwargs)
+    inspect.signature(row.cls).bind([], **row.kwargs)
+    inspect.signature(row.meta).bind(torch.nn.Linear(1, 1), **row.kwargs)
+    assert row.meta_kwargs == row.kwargs  # the Meta test runs with every option of the row
+    alias = _defaults(row.fn, ('moment_requires_grad',))
+    cls = _defaults(row.cls, ('params',))
+    meta = _defaults(row.meta, ('module', 'moment_requires_grad'))
+    if row.cls.__name__ in EXPECTED:  # TorchOpt 0.7's classes: upstream's signatures (above)
+        assert set(cls) <= set(alias) and set(meta) <= set(alias)
+    else:  # made from the alias (torchopt.optim._generated)
+        assert cls == alias and meta == alias
+        mrg = inspect.signature(row.meta).parameters.get('moment_requires_grad')
+        has = 'moment_requires_grad' in inspect.signature(row.fn).parameters
+        assert (mrg is not None and mrg.default is True) == has
+    if row.torch_cls is not None:
+        theirs = _defaults(row.torch_cls)
+        for k, v in cls.items():
+            if k in theirs and (row.cls.__name__, k) not in TORCH_DEFAULT_EXCEPTIONS:
+                assert v == theirs[k], (row.cls.__name__, k)
 
 
 @pytest.mark.parametrize('name', sorted(TRANSFORMS))

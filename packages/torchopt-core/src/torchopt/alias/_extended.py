@@ -14,11 +14,9 @@ from typing import Any
 import torch
 
 from torchopt import _checks
-from torchopt._dispatch import FusedStep
-from torchopt.alias._optimizers import _constant
-from torchopt.alias.utils import flip_sign_and_add_weight_decay, scale_by_neg_lr
+from torchopt.alias._chain import betas_of, optimizer_chain
+from torchopt.alias._optimizers import _adam_fused
 from torchopt.base import GradientTransformation
-from torchopt.combine import chain_flat
 from torchopt.transform._adaptive import (
     scale_by_adan,
     scale_by_amsgrad,
@@ -52,18 +50,6 @@ __all__ = [
     'sign_sgd',
     'yogi',
 ]
-
-
-def _betas(betas: Any, n: int = 2) -> tuple:
-    try:
-        values = tuple(betas)
-    except TypeError as ex:
-        raise TypeError(f'`betas` must be a tuple of {n} numbers, got {betas!r}') from ex
-    if len(values) != n:
-        raise TypeError(f'`betas` must be a tuple of {n} numbers, got {betas!r}')
-    for i, b in enumerate(values):
-        _checks.check_beta(f'beta parameter at index {i}', b)
-    return values
 
 
 # --- the torch.optim ones -------------------------------------------------------------------------
@@ -100,19 +86,11 @@ def amsgrad(
 
     Reference: Reddi et al., *On the Convergence of Adam and Beyond*, ICLR 2018.
     """
-    b1, b2 = _betas(betas)
-    _checks.check_lr(lr)
-    fused = None
-    if _constant(lr) and eps_root == 0.0:  # torch's fused Adam kernel with amsgrad=True
-        fused = FusedStep('amsgrad', dict(
-            lr=lr, b1=b1, b2=b2, eps=eps, eps_root=0.0, weight_decay=weight_decay,
-            maximize=maximize,
-        ), at=-1)  # fmt: skip
-    return chain_flat(
-        flip_sign_and_add_weight_decay(weight_decay, maximize),
+    b1, b2 = betas_of(betas)
+    return optimizer_chain(  # with torch's fused Adam kernel (amsgrad=True) when it applies
         scale_by_amsgrad(b1, b2, eps, eps_root, moment_requires_grad),
-        scale_by_neg_lr(lr),
-        fused=fused,
+        lr=lr, weight_decay=weight_decay, maximize=maximize,
+        fused=_adam_fused('amsgrad', lr, b1, b2, eps, eps_root, weight_decay, maximize, False),
     )
 
 
@@ -142,9 +120,8 @@ def adafactor(
     Reference: Shazeer & Stern, *Adafactor: Adaptive Learning Rates with Sublinear Memory Cost*,
     ICML 2018.
     """
-    return chain_flat(
-        flip_sign_and_add_weight_decay(0.0, maximize),
-        scale_by_adafactor(lr, beta2_decay, eps, d, weight_decay),
+    return optimizer_chain(
+        scale_by_adafactor(lr, beta2_decay, eps, d, weight_decay), maximize=maximize
     )
 
 
@@ -167,10 +144,7 @@ def rprop(
 
     Reference: Riedmiller & Braun, ICNN 1993.
     """
-    return chain_flat(
-        flip_sign_and_add_weight_decay(0.0, maximize),
-        scale_by_rprop(lr, etas, step_sizes),
-    )
+    return optimizer_chain(scale_by_rprop(lr, etas, step_sizes), maximize=maximize)
 
 
 def asgd(
@@ -196,9 +170,8 @@ def asgd(
 
     Reference: Polyak & Juditsky, *Acceleration of Stochastic Approximation by Averaging*, 1992.
     """
-    return chain_flat(
-        flip_sign_and_add_weight_decay(weight_decay, maximize),
-        scale_by_asgd(lr, lambd, alpha, t0),
+    return optimizer_chain(
+        scale_by_asgd(lr, lambd, alpha, t0), weight_decay=weight_decay, maximize=maximize
     )
 
 
@@ -255,10 +228,10 @@ def muon(
     _checks.check_lr(lr)
     if adjust_lr_fn is not None and adjust_lr_fn not in ('original', 'match_rms_adamw'):
         raise ValueError(f'Adjust learning rate function {adjust_lr_fn} is not supported')
-    return chain_flat(
+    return optimizer_chain(
         scale_by_muon(momentum, nesterov, ns_coefficients, ns_steps, eps, moment_requires_grad),
         scale_by_shape(_muon_lr_ratio(adjust_lr_fn), weight_decay),
-        scale_by_neg_lr(lr),
+        lr=lr,
     )
 
 
@@ -297,13 +270,11 @@ def adabelief(
 
     Reference: Zhuang et al., *AdaBelief Optimizer*, NeurIPS 2020.
     """
-    b1, b2 = _betas(betas)
-    _checks.check_lr(lr)
-    return chain_flat(
-        flip_sign_and_add_weight_decay(weight_decay, maximize),
+    b1, b2 = betas_of(betas)
+    return optimizer_chain(
         scale_by_belief(b1, b2, eps, eps_root, nesterov=nesterov,
                         moment_requires_grad=moment_requires_grad),  # fmt: skip
-        scale_by_neg_lr(lr),
+        lr=lr, weight_decay=weight_decay, maximize=maximize,
     )
 
 
@@ -339,13 +310,11 @@ def yogi(
 
     Reference: Zaheer et al., *Adaptive Methods for Nonconvex Optimization*, NeurIPS 2018.
     """
-    b1, b2 = _betas(betas)
-    _checks.check_lr(lr)
-    return chain_flat(
-        flip_sign_and_add_weight_decay(weight_decay, maximize),
+    b1, b2 = betas_of(betas)
+    return optimizer_chain(
         scale_by_yogi(b1, b2, eps, eps_root, initial_accumulator_value,
                       moment_requires_grad=moment_requires_grad),  # fmt: skip
-        scale_by_neg_lr(lr),
+        lr=lr, weight_decay=weight_decay, maximize=maximize,
     )
 
 
@@ -381,13 +350,11 @@ def novograd(
 
     Reference: Ginsburg et al., 2019 (arXiv:1905.11286).
     """
-    b1, b2 = _betas(betas)
-    _checks.check_lr(lr)
-    return chain_flat(
-        flip_sign_and_add_weight_decay(0.0, maximize),
+    b1, b2 = betas_of(betas)
+    return optimizer_chain(  # the decay is inside the momentum: the scaler's
         scale_by_novograd(b1, b2, eps, eps_root, weight_decay,
                           moment_requires_grad=moment_requires_grad),  # fmt: skip
-        scale_by_neg_lr(lr),
+        lr=lr, maximize=maximize,
     )
 
 
@@ -420,13 +387,10 @@ def adan(
     Reference: Xie et al., *Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing Deep
     Models*, 2022.
     """
-    b1, b2, b3 = _betas(betas, 3)
-    _checks.check_lr(lr)
-    return chain_flat(
-        flip_sign_and_add_weight_decay(0.0, maximize),
+    b1, b2, b3 = betas_of(betas, 3)
+    return optimizer_chain(
         scale_by_adan(b1, b2, b3, eps, eps_root, moment_requires_grad=moment_requires_grad),
-        add_decayed_weights(weight_decay, mask),
-        scale_by_neg_lr(lr),
+        lr=lr, weight_decay=weight_decay, maximize=maximize, decoupled=True, mask=mask,
     )
 
 
@@ -440,12 +404,7 @@ def sign_sgd(lr: ScalarOrSchedule, *, maximize: bool = False) -> GradientTransfo
     Reference: Bernstein et al., *signSGD: Compressed Optimisation for Non-Convex Problems*,
     ICML 2018.
     """
-    _checks.check_lr(lr)
-    return chain_flat(
-        flip_sign_and_add_weight_decay(0.0, maximize),
-        scale_by_sign(),
-        scale_by_neg_lr(lr),
-    )
+    return optimizer_chain(scale_by_sign(), lr=lr, maximize=maximize)
 
 
 def _mask_or_none(mask: Any) -> Any:
@@ -487,14 +446,11 @@ def lars(
 
     Reference: You et al., *Large Batch Training of Convolutional Networks*, 2017.
     """
-    _checks.check_lr(lr)
     ratio_mask = _mask_or_none(trust_ratio_mask)
     ratio = scale_by_lars_trust_ratio(trust_coefficient, eps)
-    return chain_flat(
-        flip_sign_and_add_weight_decay(0.0, maximize),
+    return optimizer_chain(  # the decay comes before the trust ratio, the momentum after -lr
         add_decayed_weights(weight_decay, None if weight_decay == 0 else _mask_or_none(
             weight_decay_mask)),
         ratio if ratio_mask is None else masked(ratio, ratio_mask),
-        scale_by_neg_lr(lr),
-        trace(momentum, 0.0, nesterov),
+        lr=lr, maximize=maximize, tail=(trace(momentum, 0.0, nesterov),),
     )

@@ -10,15 +10,14 @@ from typing import Any
 
 from torchopt import _checks
 from torchopt._dispatch import FusedStep, Live
-from torchopt.alias.utils import flip_sign_and_add_weight_decay, scale_by_neg_lr
+from torchopt.alias._chain import betas_of, optimizer_chain
 from torchopt.base import GradientTransformation
-from torchopt.combine import chain_flat
 from torchopt.transform import (
-    add_decayed_weights,
     scale_by_accelerated_adam,
     scale_by_adadelta,
     scale_by_adam,
     scale_by_adamax,
+    scale_by_amsgrad,
     scale_by_lion,
     scale_by_nadam,
     scale_by_radam,
@@ -37,8 +36,19 @@ __all__ = [
 ]
 
 
-def _adam_scaler(use_accelerated_op: bool) -> Any:
-    return scale_by_accelerated_adam if use_accelerated_op else scale_by_adam
+def adam_scaler(
+    b1: Any, b2: Any, eps: float, eps_root: float, moment_requires_grad: bool, accel: bool,
+    amsgrad: bool,
+) -> GradientTransformation:
+    """Adam's scaler: ``scale_by_adam``, accel's, or AMSGrad's (which has no accelerated op)."""
+    if amsgrad:
+        if accel:
+            raise ValueError(
+                '`amsgrad=True` has no accelerated op: pass `use_accelerated_op=False`'
+            )
+        return scale_by_amsgrad(b1, b2, eps, eps_root, moment_requires_grad)
+    make = scale_by_accelerated_adam if accel else scale_by_adam
+    return make(b1, b2, eps, eps_root, moment_requires_grad)
 
 
 def _constant(lr: Any) -> bool:
@@ -107,11 +117,9 @@ def sgd(
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
             nesterov=nesterov, maximize=maximize,
         ), at=-1)  # fmt: skip
-    return chain_flat(
-        flip_sign_and_add_weight_decay(weight_decay, maximize),
+    return optimizer_chain(
         trace(momentum, dampening, nesterov, moment_requires_grad),
-        scale_by_neg_lr(lr),
-        fused=fused,
+        lr=lr, weight_decay=weight_decay, maximize=maximize, fused=fused,
     )
 
 
@@ -125,6 +133,7 @@ def adam(
     moment_requires_grad: bool = False,
     maximize: bool = False,
     use_accelerated_op: bool = False,
+    amsgrad: bool = False,
 ) -> GradientTransformation:
     r"""Adam, as ``torch.optim.Adam`` (L2 weight decay added to the gradient).
 
@@ -144,17 +153,19 @@ def adam(
         maximize: maximize instead of minimize.
         use_accelerated_op: use the fused kernels of ``torchopt-accel`` (warns once and runs
             this code when the plugin is missing).
+        amsgrad: keep the running maximum of :math:`v_t` in the denominator, as
+            ``torch.optim.Adam(amsgrad=True)`` (:func:`torchopt.amsgrad`; not an argument of
+            TorchOpt 0.7, hence keyword-only and last).
 
-    Reference: Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015.
+    Reference: Kingma & Ba, *Adam: A Method for Stochastic Optimization*, ICLR 2015; AMSGrad:
+    Reddi et al., *On the Convergence of Adam and Beyond*, ICLR 2018.
     """
-    b1, b2 = _checks.check_betas(betas)
-    _checks.check_lr(lr)
-    return chain_flat(
-        flip_sign_and_add_weight_decay(weight_decay, maximize),
-        _adam_scaler(use_accelerated_op)(b1, b2, eps, eps_root, moment_requires_grad),
-        scale_by_neg_lr(lr),
-        fused=_adam_fused('adam', lr, b1, b2, eps, eps_root, weight_decay, maximize,
-                          use_accelerated_op),  # fmt: skip
+    b1, b2 = betas_of(betas)
+    scaler = adam_scaler(b1, b2, eps, eps_root, moment_requires_grad, use_accelerated_op, amsgrad)
+    return optimizer_chain(
+        scaler, lr=lr, weight_decay=weight_decay, maximize=maximize,
+        fused=_adam_fused('amsgrad' if amsgrad else 'adam', lr, b1, b2, eps, eps_root,
+                          weight_decay, maximize, use_accelerated_op),  # fmt: skip
     )
 
 
@@ -169,6 +180,7 @@ def adamw(
     moment_requires_grad: bool = False,
     maximize: bool = False,
     use_accelerated_op: bool = False,
+    amsgrad: bool = False,
 ) -> GradientTransformation:
     r"""AdamW: Adam with decoupled weight decay, as ``torch.optim.AdamW``.
 
@@ -180,19 +192,20 @@ def adamw(
             :func:`adam`.
         weight_decay: decoupled decay :math:`\lambda`.
         mask: bool tree (a prefix of the params) or callable selecting the decayed leaves.
+        amsgrad: AMSGrad's running maximum of :math:`v_t`, as ``torch.optim.AdamW(amsgrad=True)``
+            (keyword-only and last: not an argument of TorchOpt 0.7).
 
     Reference: Loshchilov & Hutter, *Decoupled Weight Decay Regularization*, ICLR 2019.
     """
-    b1, b2 = _checks.check_betas(betas)
-    _checks.check_lr(lr)
-    return chain_flat(
-        flip_sign_and_add_weight_decay(0.0, maximize),
-        _adam_scaler(use_accelerated_op)(b1, b2, eps, eps_root, moment_requires_grad),
-        add_decayed_weights(weight_decay, mask),
-        scale_by_neg_lr(lr),
-        fused=None if mask is not None else _adam_fused(
-            'adamw', lr, b1, b2, eps, eps_root, weight_decay, maximize, use_accelerated_op
-        ),
+    b1, b2 = betas_of(betas)
+    scaler = adam_scaler(b1, b2, eps, eps_root, moment_requires_grad, use_accelerated_op, amsgrad)
+    # torchopt._kernels has no fused AdamW step with AMSGrad: that chain runs op by op.
+    fused = None if mask is not None or amsgrad else _adam_fused(
+        'adamw', lr, b1, b2, eps, eps_root, weight_decay, maximize, use_accelerated_op
+    )
+    return optimizer_chain(
+        scaler, lr=lr, weight_decay=weight_decay, maximize=maximize, decoupled=True, mask=mask,
+        fused=fused,
     )
 
 
@@ -223,11 +236,10 @@ def adagrad(
     """
     _checks.check_lr(lr)
     _checks.check_nonnegative('lr_decay value', lr_decay)
-    return chain_flat(
-        flip_sign_and_add_weight_decay(weight_decay, maximize),
+    return optimizer_chain(
         scale_by_rss(initial_accumulator_value, eps),
         scale_by_schedule(_adagrad_lr_schedule(lr_decay)),
-        scale_by_neg_lr(lr),
+        lr=lr, weight_decay=weight_decay, maximize=maximize,
     )
 
 
@@ -244,10 +256,8 @@ def adadelta(
     Reference: Zeiler, 2012.
     """
     _checks.check_lr(lr)
-    return chain_flat(
-        flip_sign_and_add_weight_decay(weight_decay, False),
-        scale_by_adadelta(rho, eps, moment_requires_grad),
-        scale_by_neg_lr(lr),
+    return optimizer_chain(
+        scale_by_adadelta(rho, eps, moment_requires_grad), lr=lr, weight_decay=weight_decay
     )
 
 
@@ -260,12 +270,9 @@ def adamax(
     moment_requires_grad: bool = False,
 ) -> GradientTransformation:
     r"""Adamax, as ``torch.optim.Adamax`` (see :func:`~torchopt.transform.scale_by_adamax`)."""
-    b1, b2 = _checks.check_betas(betas)
-    _checks.check_lr(lr)
-    return chain_flat(
-        flip_sign_and_add_weight_decay(weight_decay, False),
-        scale_by_adamax(b1, b2, eps, moment_requires_grad),
-        scale_by_neg_lr(lr),
+    b1, b2 = betas_of(betas)
+    return optimizer_chain(
+        scale_by_adamax(b1, b2, eps, moment_requires_grad), lr=lr, weight_decay=weight_decay
     )
 
 
@@ -278,12 +285,9 @@ def radam(
     moment_requires_grad: bool = False,
 ) -> GradientTransformation:
     r"""RAdam, as ``torch.optim.RAdam`` (see :func:`~torchopt.transform.scale_by_radam`)."""
-    b1, b2 = _checks.check_betas(betas)
-    _checks.check_lr(lr)
-    return chain_flat(
-        flip_sign_and_add_weight_decay(weight_decay, False),
-        scale_by_radam(b1, b2, eps, moment_requires_grad),
-        scale_by_neg_lr(lr),
+    b1, b2 = betas_of(betas)
+    return optimizer_chain(
+        scale_by_radam(b1, b2, eps, moment_requires_grad), lr=lr, weight_decay=weight_decay
     )
 
 
@@ -311,11 +315,9 @@ def rmsprop(
     """
     _checks.check_lr(lr)
     scaler = scale_by_stddev if centered else scale_by_rms
-    return chain_flat(
-        flip_sign_and_add_weight_decay(weight_decay, maximize),
-        scaler(alpha, eps, initial_scale),
-        trace(momentum, 0.0, nesterov),
-        scale_by_neg_lr(lr),
+    return optimizer_chain(
+        scaler(alpha, eps, initial_scale), trace(momentum, 0.0, nesterov),
+        lr=lr, weight_decay=weight_decay, maximize=maximize,
     )
 
 
@@ -330,12 +332,10 @@ def nadam(
     maximize: bool = False,
 ) -> GradientTransformation:
     r"""NAdam, as ``torch.optim.NAdam`` (see :func:`~torchopt.transform.scale_by_nadam`)."""
-    b1, b2 = _checks.check_betas(betas)
-    _checks.check_lr(lr)
-    return chain_flat(
-        flip_sign_and_add_weight_decay(weight_decay, maximize),
+    b1, b2 = betas_of(betas)
+    return optimizer_chain(
         scale_by_nadam(b1, b2, eps, momentum_decay, moment_requires_grad),
-        scale_by_neg_lr(lr),
+        lr=lr, weight_decay=weight_decay, maximize=maximize,
     )
 
 
@@ -355,13 +355,10 @@ def lion(
 
     Reference: Chen et al., *Symbolic Discovery of Optimization Algorithms*, NeurIPS 2023.
     """
-    b1, b2 = _checks.check_betas(betas)
-    _checks.check_lr(lr)
-    return chain_flat(
-        flip_sign_and_add_weight_decay(0.0, maximize),
+    b1, b2 = betas_of(betas)
+    return optimizer_chain(
         scale_by_lion(b1, b2, moment_requires_grad),
-        add_decayed_weights(weight_decay, mask),
-        scale_by_neg_lr(lr),
+        lr=lr, weight_decay=weight_decay, maximize=maximize, decoupled=True, mask=mask,
     )
 
 
@@ -383,12 +380,9 @@ def lamb(
 
     Reference: You et al., *Large Batch Optimization for Deep Learning*, ICLR 2020.
     """
-    b1, b2 = _checks.check_betas(betas)
-    _checks.check_lr(lr)
-    return chain_flat(
-        flip_sign_and_add_weight_decay(0.0, maximize),
+    b1, b2 = betas_of(betas)
+    return optimizer_chain(
         scale_by_adam(b1, b2, eps, eps_root, moment_requires_grad),
-        add_decayed_weights(weight_decay, mask),
-        scale_by_trust_ratio(),
-        scale_by_neg_lr(lr),
+        lr=lr, weight_decay=weight_decay, maximize=maximize, decoupled=True, mask=mask,
+        after_decay=(scale_by_trust_ratio(),),
     )

@@ -50,7 +50,11 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """:func:`torchopt.adam` as a torch-like optimizer."""
+    """:func:`torchopt.adam` as a torch-like optimizer.
+
+    ``amsgrad`` (keyword-only, after TorchOpt 0.7's arguments) is ``torch.optim.Adam``'s: the
+    checkpoint then holds ``max_exp_avg_sq`` as torch's does.
+    """
 
     _factory = staticmethod(alias.adam)
     _fixed: ClassVar[dict[str, Any]] = {'moment_requires_grad': False}
@@ -66,15 +70,16 @@ class Adam(Optimizer):
         eps_root: float = 0.0,
         maximize: bool = False,
         use_accelerated_op: bool = False,
+        amsgrad: bool = False,
     ) -> None:
         self._setup(params, None, dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_root=eps_root,
-            maximize=maximize, use_accelerated_op=use_accelerated_op,
+            maximize=maximize, use_accelerated_op=use_accelerated_op, amsgrad=amsgrad,
         ))
 
 
 class AdamW(Optimizer):
-    """:func:`torchopt.adamw` as a torch-like optimizer."""
+    """:func:`torchopt.adamw` as a torch-like optimizer (``amsgrad`` as ``torch.optim.AdamW``)."""
 
     _factory = staticmethod(alias.adamw)
     _fixed: ClassVar[dict[str, Any]] = {'moment_requires_grad': False}
@@ -91,10 +96,11 @@ class AdamW(Optimizer):
         mask: Any = None,
         maximize: bool = False,
         use_accelerated_op: bool = False,
+        amsgrad: bool = False,
     ) -> None:
         self._setup(params, None, dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_root=eps_root, mask=mask,
-            maximize=maximize, use_accelerated_op=use_accelerated_op,
+            maximize=maximize, use_accelerated_op=use_accelerated_op, amsgrad=amsgrad,
         ))
 
 

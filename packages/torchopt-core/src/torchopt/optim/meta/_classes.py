@@ -61,13 +61,14 @@ class MetaAdam(MetaOptimizer):
         moment_requires_grad: bool = True,
         maximize: bool = False,
         use_accelerated_op: bool = False,
+        amsgrad: bool = False,
     ) -> None:
         super().__init__(
             module,
             alias.adam(
                 lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_root=eps_root,
                 moment_requires_grad=moment_requires_grad, maximize=maximize,
-                use_accelerated_op=use_accelerated_op,
+                use_accelerated_op=use_accelerated_op, amsgrad=amsgrad,
             ),
         )
 
@@ -88,13 +89,14 @@ class MetaAdamW(MetaOptimizer):
         moment_requires_grad: bool = False,
         maximize: bool = False,
         use_accelerated_op: bool = False,
+        amsgrad: bool = False,
     ) -> None:
         super().__init__(
             module,
             alias.adamw(
                 lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_root=eps_root,
                 mask=mask, moment_requires_grad=moment_requires_grad, maximize=maximize,
-                use_accelerated_op=use_accelerated_op,
+                use_accelerated_op=use_accelerated_op, amsgrad=amsgrad,
             ),
         )
 
