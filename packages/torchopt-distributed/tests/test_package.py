@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 
-import torchopt
 import torchopt_distributed
 
 UPSTREAM_ALL = [
@@ -20,8 +19,20 @@ UPSTREAM_ALL = [
 ]  # fmt: skip
 
 
-def test_all_matches_upstream():
-    assert sorted(torchopt_distributed.__all__) == sorted(UPSTREAM_ALL)
+#: Beyond TorchOpt 0.7: the collective task-parallel path (torchopt_distributed.collective).
+COLLECTIVE_ALL = [
+    'init_process_group', 'shard_bounds', 'shard_tasks', 'unwrap_model', 'all_reduce_gradients',
+    'average_meta_gradients',
+]  # fmt: skip
+
+
+def test_all_is_upstream_plus_the_collective_path():
+    assert sorted(torchopt_distributed.__all__) == sorted(UPSTREAM_ALL + COLLECTIVE_ALL)
+    for name in COLLECTIVE_ALL:
+        assert getattr(torchopt_distributed, name) is getattr(torchopt_distributed.collective, name)
+    import torchopt.distributed as todist
+
+    assert todist.shard_tasks is torchopt_distributed.collective.shard_tasks
     for name in UPSTREAM_ALL:
         assert callable(getattr(torchopt_distributed, name)), name
 
@@ -53,7 +64,9 @@ def test_is_available_matches_torch():
 
 
 @pytest.mark.parametrize(
-    'module', ['api', 'autograd', 'world'], ids=['api', 'autograd', 'world']
+    'module',
+    ['api', 'autograd', 'world', 'collective'],
+    ids=['api', 'autograd', 'world', 'collective'],
 )
 def test_submodules_have_all(module):
     mod = getattr(torchopt_distributed, module)
@@ -77,7 +90,5 @@ def test_import_torchopt_does_not_load_plugin():
         'import torchopt.distributed as d\n'
         'assert "torchopt_distributed" in sys.modules and d.__name__ == "torchopt_distributed"\n'
     )
-    proc = subprocess.run(
-        [sys.executable, '-c', code], capture_output=True, text=True, timeout=50
-    )
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=50)
     assert proc.returncode == 0, proc.stderr

@@ -188,7 +188,7 @@ def test_world_info_pickles():
     assert pickle.loads(pickle.dumps(info)) == info
 
 
-_ARENAS_SCRIPT = '''
+_ARENAS_SCRIPT = """
 import ctypes, sys, threading
 from torchopt_distributed.world import limit_malloc_arenas
 applied = limit_malloc_arenas(1) if sys.argv[1] == 'cap' else False
@@ -203,7 +203,7 @@ for t in threads: t.start()
 for t in threads: t.join()
 print(applied, flush=True)
 libc.malloc_stats()  # one "Arena N:" block per arena, on stderr
-'''
+"""
 
 
 _GLIBC_ONLY = pytest.mark.skipif(
@@ -234,7 +234,7 @@ def test_limit_malloc_arenas_caps_new_threads():
     assert arenas['cap'] == 1 < arenas['free'], arenas
 
 
-_TRIM_SCRIPT = '''
+_TRIM_SCRIPT = """
 import sys, torch
 from torchopt_distributed.world import retain_freed_memory
 applied = retain_freed_memory(1 << 30) if sys.argv[1] == 'keep' else False
@@ -248,7 +248,7 @@ baseline = rss_mib()
 for _ in range(3):  # the first ones also let glibc's moving mmap threshold settle
     iteration()
 print(applied, round(rss_mib() - baseline))
-'''
+"""
 
 
 @_GLIBC_ONLY
@@ -293,3 +293,88 @@ def test_malloc_arguments_are_validated(bad, argument, function):
         world.auto_init_rpc(**{argument: bad})
     with pytest.raises(ValueError, match=argument):
         getattr(world, function)(bad)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad options fail clearly, before anything starts
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ('kwargs', 'error', 'message'),
+    [({'init_timeout': 'abc'}, TypeError, "init_timeout must be a number of seconds .*'abc'"),
+     ({'init_timeout': True}, TypeError, 'init_timeout must be a number of seconds'),
+     ({'init_timeout': float('inf')}, ValueError, 'init_timeout must be a positive, finite'),
+     ({'init_timeout': float('nan')}, ValueError, 'init_timeout must be a positive, finite'),
+     ({'init_timeout': 0}, ValueError, 'init_timeout must be a positive, finite'),
+     ({'loopback': 'maybe'}, TypeError, "loopback must be True, False or None, got 'maybe'"),
+     ({'loopback': 1}, TypeError, 'loopback must be True, False or None'),
+     ({'tune_malloc': 'yes'}, TypeError, 'tune_malloc must be True, False or None')],
+)  # fmt: skip
+def test_auto_init_rpc_rejects_bad_options(monkeypatch, kwargs, error, message):
+    monkeypatch.setattr(world, '_worker_name_format', world.default_worker_name_format)
+    with pytest.raises(error, match=message):
+        world.auto_init_rpc(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ('variable', 'value', 'message'),
+    [('TORCHOPT_RPC_INIT_TIMEOUT', 'inf', 'TORCHOPT_RPC_INIT_TIMEOUT must be a positive, finite'),
+     ('TORCHOPT_RPC_INIT_TIMEOUT', 'nan', 'TORCHOPT_RPC_INIT_TIMEOUT must be a positive, finite'),
+     ('TORCHOPT_RPC_INIT_TIMEOUT', '-1', 'TORCHOPT_RPC_INIT_TIMEOUT must be a positive, finite'),
+     ('TORCHOPT_RPC_INIT_TIMEOUT', 'abc', 'TORCHOPT_RPC_INIT_TIMEOUT must be a number'),
+     ('TORCHOPT_RPC_LOOPBACK', 'maybe', 'TORCHOPT_RPC_LOOPBACK must be 0 or 1'),
+     ('TORCHOPT_RPC_TUNE_MALLOC', 'maybe', 'TORCHOPT_RPC_TUNE_MALLOC must be 0 or 1')],
+)  # fmt: skip
+def test_auto_init_rpc_rejects_bad_environment(monkeypatch, variable, value, message):
+    monkeypatch.setattr(world, '_worker_name_format', world.default_worker_name_format)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=message):
+        world.auto_init_rpc()
+
+
+_MALLOC_CALLS_SCRIPT = """
+import json, sys
+from torchopt_distributed import world
+calls = []
+world.limit_malloc_arenas = lambda n: calls.append(['arena_max', n])
+world.retain_freed_memory = lambda n: calls.append(['trim_threshold', n])
+kwargs = json.loads(sys.argv[1])
+world.auto_init_rpc(init_timeout=30, **kwargs)(lambda: None)()
+print(json.dumps(calls))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ('kwargs', 'env', 'expected'),
+    [({}, {}, []),
+     ({'tune_malloc': True}, {}, [['arena_max', 1], ['trim_threshold', 1 << 30]]),
+     ({}, {'TORCHOPT_RPC_TUNE_MALLOC': '1'}, [['arena_max', 1], ['trim_threshold', 1 << 30]]),
+     ({'tune_malloc': False}, {'TORCHOPT_RPC_TUNE_MALLOC': '1'}, []),
+     ({'tune_malloc': True, 'malloc_arena_max': 4}, {},
+      [['arena_max', 4], ['trim_threshold', 1 << 30]]),
+     ({'malloc_trim_threshold': 1 << 20}, {}, [['trim_threshold', 1 << 20]])],
+    ids=['default-off', 'argument', 'environment', 'argument-wins', 'explicit-value', 'one-only'],
+)  # fmt: skip
+def test_malloc_tuning_is_opt_in(kwargs, env, expected):
+    """auto_init_rpc leaves malloc alone unless asked (a world of one process really starts)."""
+    import json
+
+    from _todist_launch import free_port
+
+    base = {
+        k: v for k, v in _env_without_malloc_variables().items() if not k.startswith('TORCHOPT_')
+    }
+    full_env = {
+        **base, 'RANK': '0', 'WORLD_SIZE': '1', 'LOCAL_RANK': '0',
+        'LOCAL_WORLD_SIZE': '1', 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(free_port()),
+        'TP_SOCKET_IFNAME': 'lo', 'GLOO_SOCKET_IFNAME': 'lo', **env,
+    }  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, '-c', _MALLOC_CALLS_SCRIPT, json.dumps(kwargs)],
+        capture_output=True, text=True, timeout=100, env=full_env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == expected

@@ -1,10 +1,16 @@
-"""Distributed meta-learning over :mod:`torch.distributed.rpc` (served as ``torchopt.distributed``).
+"""Distributed meta-learning for torchopt (served as ``torchopt.distributed``).
 
-Start a world with ``torchrun``, decorate the entry point with :func:`auto_init_rpc`, and spread
-work with :func:`parallelize` / :func:`remote_async_call`; gradients flow back through
-:mod:`torchopt_distributed.autograd`.
+Two ways to spread a meta-batch of tasks over the processes of a ``torchrun`` world:
 
-Example::
+* **Collectives** (:mod:`torchopt_distributed.collective`, any backend: gloo, NCCL): every rank
+  takes its share of the tasks (:func:`shard_tasks`), runs their inner loops locally, and the
+  meta-gradients are averaged in bucketed all-reduces (:func:`average_meta_gradients`), also for
+  a model wrapped in ``DistributedDataParallel`` (run the inner loop on :func:`unwrap_model`).
+* **RPC** (TorchOpt's API, over :mod:`torch.distributed.rpc`): decorate the entry point with
+  :func:`auto_init_rpc`, and spread work with :func:`parallelize` / :func:`remote_async_call`;
+  gradients flow back through :mod:`torchopt_distributed.autograd`.
+
+RPC example::
 
     import torchopt.distributed as todist
 
@@ -27,7 +33,7 @@ from __future__ import annotations
 import torch.distributed as dist
 import torch.distributed.rpc as rpc
 
-from torchopt_distributed import api, autograd, world
+from torchopt_distributed import api, autograd, collective, world
 from torchopt_distributed.api import (
     TensorDimensionPartitioner,
     batch_partitioner,
@@ -39,6 +45,14 @@ from torchopt_distributed.api import (
     remote_async_call,
     remote_sync_call,
     sum_reducer,
+)
+from torchopt_distributed.collective import (
+    all_reduce_gradients,
+    average_meta_gradients,
+    init_process_group,
+    shard_bounds,
+    shard_tasks,
+    unwrap_model,
 )
 from torchopt_distributed.world import (
     auto_init_rpc,
@@ -81,6 +95,13 @@ __all__ = [
     'on_rank',
     'rank_non_zero_only',
     'rank_zero_only',
+    # beyond TorchOpt 0.7: the collective task-parallel path
+    'init_process_group',
+    'shard_bounds',
+    'shard_tasks',
+    'unwrap_model',
+    'all_reduce_gradients',
+    'average_meta_gradients',
 ]
 
 

@@ -8,7 +8,8 @@ is a world of one). They are read once, when this module is imported.
 stock ``env://`` rendezvous, which waits 30 minutes for a rank that never comes, it fails after
 ``init_timeout`` seconds (argument, or environment variable ``TORCHOPT_RPC_INIT_TIMEOUT``) with an
 error that names the missing ranks. RPC binds the loopback interface only when asked
-(``loopback=True`` or ``TORCHOPT_RPC_LOOPBACK=1``).
+(``loopback=True`` or ``TORCHOPT_RPC_LOOPBACK=1``), and glibc malloc is tuned for the process only
+when asked (``tune_malloc=True`` or ``TORCHOPT_RPC_TUNE_MALLOC=1``).
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from __future__ import annotations
 import atexit
 import functools
 import ipaddress
+import math
+import numbers
 import os
 import socket
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, TypeVar
+from typing import Any, Callable, NamedTuple, TypeVar
 
 import torch.distributed as dist
 import torch.distributed.rpc as rpc
@@ -49,6 +53,10 @@ __all__ = [
     'rank_all',
     'INIT_TIMEOUT_ENV',
     'LOOPBACK_ENV',
+    'TUNE_MALLOC_ENV',
+    'check_seconds',
+    'resolve_seconds',
+    'resolve_flag',
     'DEFAULT_INIT_TIMEOUT',
     'RendezvousTimeoutError',
 ]
@@ -61,6 +69,12 @@ INIT_TIMEOUT_ENV = 'TORCHOPT_RPC_INIT_TIMEOUT'
 LOOPBACK_ENV = 'TORCHOPT_RPC_LOOPBACK'
 #: Rendezvous bound (seconds) used when neither the argument nor the variable is set.
 DEFAULT_INIT_TIMEOUT = 300.0
+#: Environment variable opting :func:`auto_init_rpc` in to glibc malloc tuning (``1``).
+TUNE_MALLOC_ENV = 'TORCHOPT_RPC_TUNE_MALLOC'
+#: ``malloc_arena_max`` applied by ``tune_malloc=True``.
+TUNED_MALLOC_ARENA_MAX = 1
+#: ``malloc_trim_threshold`` applied by ``tune_malloc=True`` (1 GiB).
+TUNED_MALLOC_TRIM_THRESHOLD = 1 << 30
 
 _RDZV_SCHEME = 'torchopt-env'
 
@@ -116,9 +130,7 @@ def _env_int(environ: Mapping[str, str], key: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(
-            f'environment variable {key} must be an integer, got {value!r}'
-        ) from None
+        raise ValueError(f'environment variable {key} must be an integer, got {value!r}') from None
 
 
 def _read_world_info(environ: Mapping[str, str]) -> WorldInfo:
@@ -230,20 +242,69 @@ _rdzv_counter = 0
 _rdzv_registered = False
 
 
+def check_seconds(value: Any, name: str) -> float:
+    """Return ``value`` as a float number of seconds; it must be a finite real number > 0.
+
+    Raises:
+        TypeError: ``value`` is a bool, a string or not a real number (``name`` is named).
+        ValueError: ``value`` is not finite or not positive.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f'{name} must be a number of seconds (int or float), got {type(value).__name__} '
+            f'{value!r}'
+        )
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f'{name} must be a positive, finite number of seconds, got {value!r}')
+    return seconds
+
+
+def resolve_seconds(value: Any, name: str, env: str, default: float) -> float:
+    """The argument ``value`` if given, else the environment variable ``env``, else ``default``.
+
+    Both the argument and the variable are checked with :func:`check_seconds`; an error names
+    whichever was used.
+    """
+    if value is not None:
+        return check_seconds(value, name)
+    raw = os.environ.get(env, '').strip()
+    if not raw:
+        return default
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ValueError(
+            f'environment variable {env} must be a number of seconds, got {raw!r}'
+        ) from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(
+            f'environment variable {env} must be a positive, finite number of seconds, got {raw!r}'
+        )
+    return seconds
+
+
 def _resolve_init_timeout(init_timeout: float | None) -> float:
-    if init_timeout is None:
-        raw = os.environ.get(INIT_TIMEOUT_ENV, '').strip()
-        if not raw:
-            return DEFAULT_INIT_TIMEOUT
-        try:
-            init_timeout = float(raw)
-        except ValueError:
-            raise ValueError(
-                f'environment variable {INIT_TIMEOUT_ENV} must be a number of seconds, got {raw!r}'
-            ) from None
-    if not init_timeout > 0:
-        raise ValueError(f'init_timeout must be a positive number of seconds, got {init_timeout!r}')
-    return float(init_timeout)
+    return resolve_seconds(init_timeout, 'init_timeout', INIT_TIMEOUT_ENV, DEFAULT_INIT_TIMEOUT)
+
+
+def resolve_flag(value: Any, name: str, env: str) -> bool:
+    """The bool ``value`` if given, else the environment variable ``env`` (0/1), else False.
+
+    Raises:
+        TypeError: ``value`` is neither ``None`` nor a bool (``'maybe'``, ``1``, ...).
+        ValueError: the variable is set to something other than 0/1/true/false/yes/no/on/off.
+    """
+    if value is not None:
+        if not isinstance(value, bool):
+            raise TypeError(f'{name} must be True, False or None, got {value!r}')
+        return value
+    raw = os.environ.get(env, '').strip().lower()
+    if raw in ('', '0', 'false', 'no', 'off'):
+        return False
+    if raw in ('1', 'true', 'yes', 'on'):
+        return True
+    raise ValueError(f'environment variable {env} must be 0 or 1, got {raw!r}')
 
 
 def _query(url: str) -> dict[str, str]:
@@ -254,8 +315,12 @@ def _query(url: str) -> dict[str, str]:
 def _bounded_env_rendezvous(url: str, timeout: timedelta = timedelta(minutes=30), **kwargs: Any):
     """Rendezvous handler for ``torchopt-env://``: ``env://`` with a bound and named stragglers.
 
-    Rank 0 hosts the TCP store (unless torchelastic's agent hosts it) without waiting for the
-    others; every rank then announces itself and waits, until the bound, for all the others.
+    Rank 0 hosts torch's :class:`~torch.distributed.TCPStore` (unless torchelastic's agent hosts
+    it) without waiting for the others in the constructor; every rank then sets its own key and
+    blocks in the store's :meth:`~torch.distributed.Store.wait` for all the keys, until the bound.
+    On a timeout the keys that are absent name the missing ranks. (torch's own ``env://``
+    handler is not bounded here: :func:`rpc.init_rpc` calls it without a timeout, so it waits the
+    30-minute default; its store also cannot say which ranks are missing.)
     """
     del kwargs
     query = _query(url)
@@ -293,19 +358,19 @@ def _bounded_env_rendezvous(url: str, timeout: timedelta = timedelta(minutes=30)
     prefix = f'torchopt/rdzv/{generation}/'
     store.set(f'{prefix}{rank}', '1')
     keys = [f'{prefix}{r}' for r in range(world_size)]
-    while True:
-        present = [r for r, key in enumerate(keys) if store.check([key])]
-        if len(present) == world_size:
-            break
-        if time.monotonic() >= deadline:
-            missing = sorted(set(range(world_size)) - set(present))
-            raise RendezvousTimeoutError(
-                f'RPC rendezvous timed out after {bound:g} s (init_timeout / {INIT_TIMEOUT_ENV}) '
-                f'on rank {rank}: missing ranks {missing} of world size {world_size}; '
-                'they never started or cannot reach '
-                f'{master_addr}:{master_port}'
-            )
-        time.sleep(0.05)
+    try:  # the store's own blocking wait (server side), bounded by what is left of the bound
+        store.wait(keys, timedelta(seconds=max(deadline - time.monotonic(), 1e-3)))
+    except Exception as ex:  # noqa: BLE001  # DistStoreError on timeout, or the store went away
+        try:
+            missing = [r for r, key in enumerate(keys) if not store.check([key])]
+        except Exception:  # noqa: BLE001  # the store's host (rank 0) is gone
+            missing = [0]
+        raise RendezvousTimeoutError(
+            f'RPC rendezvous timed out after {bound:g} s (init_timeout / {INIT_TIMEOUT_ENV}) '
+            f'on rank {rank}: missing ranks {missing} of world size {world_size}; '
+            'they never started or cannot reach '
+            f'{master_addr}:{master_port}'
+        ) from ex
     yield (store, rank, world_size)
     raise RuntimeError('the torchopt-env:// rendezvous runs only once')
 
@@ -362,14 +427,7 @@ def _use_loopback() -> None:
 
 
 def _resolve_loopback(loopback: bool | None) -> bool:
-    if loopback is not None:
-        return bool(loopback)
-    raw = os.environ.get(LOOPBACK_ENV, '').strip().lower()
-    if raw in ('', '0', 'false', 'no', 'off'):
-        return False
-    if raw in ('1', 'true', 'yes', 'on'):
-        return True
-    raise ValueError(f'environment variable {LOOPBACK_ENV} must be 0 or 1, got {raw!r}')
+    return resolve_flag(loopback, 'loopback', LOOPBACK_ENV)
 
 
 def _shutdown_at_exit(timeout: float) -> None:
@@ -388,8 +446,9 @@ def auto_init_rpc(
     rpc_backend_options: rpc.RpcBackendOptions | None = None,
     init_timeout: float | None = None,
     loopback: bool | None = None,
-    malloc_arena_max: int | None = 1,
-    malloc_trim_threshold: int | None = 1 << 30,
+    tune_malloc: bool | None = None,
+    malloc_arena_max: int | None = None,
+    malloc_trim_threshold: int | None = None,
 ) -> Callable[[F], F]:
     """Decorator: start RPC for this world before the decorated function runs.
 
@@ -410,21 +469,26 @@ def auto_init_rpc(
         loopback: Bind RPC (TensorPipe and Gloo) to the loopback interface, for single-machine
             runs. Default: the environment variable ``TORCHOPT_RPC_LOOPBACK``, else ``False``
             (interfaces are chosen by torch as usual).
+        tune_malloc: Opt in to glibc malloc settings for repeated RPC work, applied to the
+            whole process before RPC starts: ``malloc_arena_max=1`` and
+            ``malloc_trim_threshold=1 GiB`` unless those are given. Default: the environment
+            variable ``TORCHOPT_RPC_TUNE_MALLOC`` (``1`` to opt in), else ``False``: malloc is
+            left alone. Measured benefit: see ``docs/distributed.md`` ("malloc tuning"):
+            MEASURED_MALLOC.
         malloc_arena_max: Before RPC starts, cap glibc's malloc arenas at this number
-            (:func:`limit_malloc_arenas`; ``None`` leaves malloc alone, as does a
-            ``MALLOC_ARENA_MAX`` environment variable). RPC requests run on whichever thread of
-            the agent's pool is free, and with one arena per thread each request tends to land on
-            memory glibc has returned to the OS: thousands of page faults per request. Measured
-            on distributed MAML (2 workers, 2 cores), this cap cut the forward of a worker's
-            share from ~25 ms to ~17 ms. With one arena, threads that allocate at the same time
-            take turns on its lock.
+            (:func:`limit_malloc_arenas`; default ``None``: not set unless ``tune_malloc``; a
+            ``MALLOC_ARENA_MAX`` environment variable always wins). RPC requests run on whichever
+            thread of the agent's pool is free, and with one arena per thread each request tends
+            to land on memory glibc has returned to the OS (page faults per request). With one
+            arena, threads that allocate at the same time take turns on its lock. This setting is
+            process-wide and stays after RPC shuts down.
         malloc_trim_threshold: Before RPC starts, let glibc keep up to this many bytes of freed
-            heap memory for reuse (default 1 GiB; :func:`retain_freed_memory`, which also serves
-            blocks under 32 MiB from the heap; ``None`` leaves malloc alone, as does a
-            ``MALLOC_TRIM_THRESHOLD_`` environment variable). By default glibc gives memory freed
-            at the end of an iteration back to the OS and the next iteration faults it in again:
-            up to 2,400 page faults and 3 ms per 16-task MAML share. The worker's resident memory
-            stays near its peak instead.
+            heap memory for reuse (:func:`retain_freed_memory`, which also serves blocks under
+            32 MiB from the heap; default ``None``: not set unless ``tune_malloc``; a
+            ``MALLOC_TRIM_THRESHOLD_`` environment variable always wins). By default glibc gives
+            memory freed at the end of an iteration back to the OS and the next iteration faults
+            it in again; with this setting the process's resident memory stays near its peak
+            instead. Process-wide, like ``malloc_arena_max``.
 
     Returns:
         A decorator.
@@ -439,6 +503,9 @@ def auto_init_rpc(
     use_loopback = _resolve_loopback(loopback)
     arena_max = check_positive(malloc_arena_max, 'malloc_arena_max')
     trim_threshold = check_positive(malloc_trim_threshold, 'malloc_trim_threshold')
+    if resolve_flag(tune_malloc, 'tune_malloc', TUNE_MALLOC_ENV):
+        arena_max = TUNED_MALLOC_ARENA_MAX if arena_max is None else arena_max
+        trim_threshold = TUNED_MALLOC_TRIM_THRESHOLD if trim_threshold is None else trim_threshold
 
     def wrapper(func: F) -> F:
         from torch.distributed.elastic.multiprocessing.errors import record  # noqa: PLC0415

@@ -1,0 +1,439 @@
+"""Task-parallel meta-learning on :mod:`torch.distributed` collectives (no RPC).
+
+Every process of a ``torchrun`` world holds the same meta-parameters, takes its share of the
+meta-batch of tasks (:func:`shard_tasks`), runs the inner loops of its tasks locally
+(MetaOptimizers, the functional API, :mod:`torch.func`), back-propagates its share of the outer
+loss, and then averages the meta-gradients over the world in bucketed all-reduces
+(:func:`average_meta_gradients` / :func:`all_reduce_gradients`) before every process takes the
+same outer step. Works on every backend (gloo on CPU, NCCL on GPU: the buffers live where the
+gradients live).
+
+Example (``torchrun --nproc_per_node 2 train.py``)::
+
+    import torchopt.distributed as todist
+
+    todist.init_process_group()                    # gloo on CPU, NCCL when CUDA is available
+    net = Net()                                    # the same initial parameters on every rank
+    for tasks in loader:                           # the same meta-batch on every rank
+        local = todist.shard_tasks(tasks)          # this rank's tasks
+        meta_opt.zero_grad()
+        for task in local:
+            ...                                    # inner loop, query loss / len(local)
+            loss.backward()
+        todist.average_meta_gradients(net, len(local))  # = the one-process mean over tasks
+        meta_opt.step()
+
+Models wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`: DDP's reducer cannot
+follow the double backward of an unrolled inner loop (PyTorch issue #63929), so run the inner
+and outer forward passes on ``ddp.module`` (:func:`unwrap_model`) -- DDP's reducer then stays
+idle, as it only arms itself in ``ddp.forward`` -- and let :func:`average_meta_gradients` reduce
+the gradients of ``ddp`` (it unwraps it). DDP still broadcasts rank 0's parameters and buffers
+when it is constructed; buffers (e.g. batch-norm statistics) are not synchronised afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, TypeVar, cast
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from torchopt_distributed import world
+
+__all__ = [
+    'COLLECTIVE_TIMEOUT_ENV',
+    'DEFAULT_COLLECTIVE_TIMEOUT',
+    'init_process_group',
+    'shard_bounds',
+    'shard_tasks',
+    'unwrap_model',
+    'all_reduce_gradients',
+    'average_meta_gradients',
+]
+
+T = TypeVar('T')
+
+#: Environment variable giving the default ``timeout`` of :func:`init_process_group` (seconds).
+COLLECTIVE_TIMEOUT_ENV = 'TORCHOPT_DIST_TIMEOUT'
+#: ``timeout`` (seconds) of :func:`init_process_group` when neither argument nor variable is set.
+DEFAULT_COLLECTIVE_TIMEOUT = 300.0
+#: Default bucket size of :func:`all_reduce_gradients` (as DDP's ``bucket_cap_mb``).
+DEFAULT_BUCKET_CAP_MB = 25.0
+
+
+def _is_ddp(module: Any) -> bool:
+    return isinstance(module, nn.parallel.DistributedDataParallel)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Return ``model.module`` for a ``DistributedDataParallel`` model, else ``model``.
+
+    Run inner loops (and the outer forward) on the unwrapped module: DDP's reducer arms itself
+    only in ``ddp.forward``, so it stays out of the double backward it cannot handle.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f'model must be a torch.nn.Module, got {type(model).__name__}')
+    return cast(nn.Module, model.module) if _is_ddp(model) else model
+
+
+def init_process_group(
+    backend: str | None = None,
+    *,
+    timeout: float | None = None,
+    loopback: bool | None = None,
+) -> str:
+    """Join the ``torchrun`` world as the default process group (``init_method='env://'``).
+
+    Args:
+        backend: ``'gloo'``, ``'nccl'``, ... Default: ``'nccl'`` when CUDA and NCCL are available
+            (each process then uses GPU ``LOCAL_RANK``), else ``'gloo'``.
+        timeout: Seconds that the rendezvous waits for a missing rank and that a collective waits
+            for a rank that does not take part (gloo raises; NCCL's watchdog aborts the process).
+            Default: the environment variable ``TORCHOPT_DIST_TIMEOUT``, else 300 (torch's own
+            default is 30 minutes for gloo).
+        loopback: Bind gloo (and NCCL's bootstrap) to the loopback interface, for single-machine
+            runs. Default: the environment variable ``TORCHOPT_RPC_LOOPBACK``, else ``False``.
+
+    Returns:
+        The backend used.
+
+    Raises:
+        RuntimeError: the default process group is already initialised.
+    """
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f'backend must be a str or None, got {backend!r}')
+    seconds = world.resolve_seconds(
+        timeout, 'timeout', COLLECTIVE_TIMEOUT_ENV, DEFAULT_COLLECTIVE_TIMEOUT
+    )
+    use_loopback = world.resolve_flag(loopback, 'loopback', world.LOOPBACK_ENV)
+    if not dist.is_available():
+        raise RuntimeError('torch.distributed is not available in this build of torch')
+    if dist.is_initialized():
+        raise RuntimeError('the default process group is already initialized')
+    if backend is None:
+        backend = 'nccl' if torch.cuda.is_available() and dist.is_nccl_available() else 'gloo'
+    if use_loopback:
+        world._use_loopback()  # pylint: disable=protected-access
+        os.environ.setdefault('NCCL_SOCKET_IFNAME', os.environ['GLOO_SOCKET_IFNAME'])
+    info = world.get_world_info()
+    kwargs: dict[str, Any] = {}
+    if 'nccl' in backend and torch.cuda.is_available():
+        device = torch.device('cuda', info.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        kwargs['device_id'] = device
+    dist.init_process_group(
+        backend,
+        init_method='env://',
+        rank=info.world_rank,
+        world_size=info.world_size,
+        timeout=timedelta(seconds=seconds),
+        **kwargs,
+    )
+    return backend
+
+
+# ----------------------------------------------------------------------------------------------
+# Sharding the meta-batch
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_index(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f'{name} must be an int, got {value!r}')
+    return value
+
+
+def _rank_and_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is None or world_size is None:
+        if dist.is_available() and dist.is_initialized():
+            default_rank, default_size = dist.get_rank(), dist.get_world_size()
+        else:
+            info = world.get_world_info()
+            default_rank, default_size = info.world_rank, info.world_size
+        rank = default_rank if rank is None else rank
+        world_size = default_size if world_size is None else world_size
+    rank, world_size = _check_index(rank, 'rank'), _check_index(world_size, 'world_size')
+    if world_size < 1:
+        raise ValueError(f'world_size must be >= 1, got {world_size}')
+    if not 0 <= rank < world_size:
+        raise ValueError(f'rank must be in [0, world_size={world_size}), got {rank}')
+    return rank, world_size
+
+
+def shard_bounds(
+    num_tasks: int, rank: int | None = None, world_size: int | None = None
+) -> tuple[int, int]:
+    """``(start, stop)`` of rank ``rank``'s contiguous share of ``num_tasks`` tasks.
+
+    Shares differ by at most one task, the first ``num_tasks % world_size`` ranks taking one
+    more; ranks beyond ``num_tasks`` get an empty share. The result depends only on the three
+    numbers, so every rank computes every share alike. ``rank`` / ``world_size`` default to the
+    default process group's, else to ``RANK`` / ``WORLD_SIZE``.
+    """
+    num_tasks = _check_index(num_tasks, 'num_tasks')
+    if num_tasks < 0:
+        raise ValueError(f'num_tasks must be >= 0, got {num_tasks}')
+    rank, world_size = _rank_and_size(rank, world_size)
+    base, extra = divmod(num_tasks, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+def _length(value: Any, name: str) -> int:
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0:
+            raise ValueError(f'{name}: cannot shard a 0-d tensor along dimension 0')
+        return value.shape[0]
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(
+            f'{name} must be an int, a tensor, a sequence of tasks, or a NamedTuple/mapping of '
+            f'those, got {type(value).__name__}'
+        )
+    return len(value)
+
+
+def shard_tasks(tasks_or_n: T, rank: int | None = None, world_size: int | None = None) -> T:
+    """This rank's share of a meta-batch of tasks (contiguous, sizes as in :func:`shard_bounds`).
+
+    Args:
+        tasks_or_n: The number of tasks (returns a ``range`` of task indices); a tensor whose
+            dimension 0 indexes the tasks (returns a view); a list/tuple of tasks (returns a
+            slice); or a NamedTuple or mapping of tensors/sequences of equal length, e.g. a batch
+            ``(x_support, y_support, x_query, y_query)`` (returns the same type, every field
+            sliced alike).
+        rank: This process's rank. Default: the default process group's, else ``RANK``.
+        world_size: Number of processes. Default: the default process group's, else
+            ``WORLD_SIZE``.
+
+    Returns:
+        The share, of the type described above (possibly empty when there are fewer tasks than
+        ranks).
+    """
+    if isinstance(tasks_or_n, int) and not isinstance(tasks_or_n, bool):
+        return range(*shard_bounds(tasks_or_n, rank, world_size))  # type: ignore[return-value]
+    if isinstance(tasks_or_n, Mapping):
+        lengths = {key: _length(value, f'tasks_or_n[{key!r}]') for key, value in tasks_or_n.items()}
+        start, stop = shard_bounds(_common_length(lengths), rank, world_size)
+        return type(
+            tasks_or_n
+        )(  # type: ignore[call-arg]
+            {key: value[start:stop] for key, value in tasks_or_n.items()}
+        )
+    if isinstance(tasks_or_n, tuple) and hasattr(tasks_or_n, '_fields'):
+        lengths = {
+            field: _length(value, f'tasks_or_n.{field}')
+            for field, value in zip(tasks_or_n._fields, tasks_or_n)
+        }
+        start, stop = shard_bounds(_common_length(lengths), rank, world_size)
+        return type(tasks_or_n)(*(value[start:stop] for value in tasks_or_n))
+    start, stop = shard_bounds(_length(tasks_or_n, 'tasks_or_n'), rank, world_size)
+    return tasks_or_n[start:stop]  # type: ignore[index]
+
+
+def _common_length(lengths: dict[Any, int]) -> int:
+    if not lengths:
+        raise ValueError('tasks_or_n has no fields to shard')
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f'the fields of tasks_or_n must have the same length, got {lengths}')
+    return next(iter(lengths.values()))
+
+
+# ----------------------------------------------------------------------------------------------
+# Averaging meta-gradients
+# ----------------------------------------------------------------------------------------------
+
+
+def _parameters(params_or_module: Any) -> list[torch.Tensor]:
+    """The tensors whose ``.grad`` is reduced, in a deterministic order, without duplicates."""
+    if isinstance(params_or_module, nn.Module):
+        candidates: Iterable[Any] = unwrap_model(params_or_module).parameters()
+    elif isinstance(params_or_module, torch.Tensor):
+        candidates = [params_or_module]
+    elif isinstance(params_or_module, Iterable) and not isinstance(params_or_module, (str, bytes)):
+        candidates = []
+        for item in params_or_module:
+            if isinstance(item, Mapping) and 'params' in item:  # an optimizer's param group
+                group = item['params']
+                candidates.extend([group] if isinstance(group, torch.Tensor) else group)
+            else:
+                candidates.append(item)
+    else:
+        raise TypeError(
+            'params_or_module must be a torch.nn.Module (DDP-wrapped or not), a tensor or an '
+            f'iterable of tensors / param groups, got {type(params_or_module).__name__}'
+        )
+    params, seen = [], set()
+    for param in candidates:
+        if not isinstance(param, torch.Tensor):
+            raise TypeError(f'params_or_module must hold tensors, got {type(param).__name__}')
+        if param.requires_grad and id(param) not in seen:
+            seen.add(id(param))
+            params.append(param)
+    return params
+
+
+def _buckets(grads: list[torch.Tensor], cap_bytes: float) -> list[list[int]]:
+    """Indices of ``grads`` grouped by (device, dtype), then cut into buckets of <= cap bytes."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, grad in enumerate(grads):
+        groups.setdefault((grad.device, grad.dtype), []).append(i)
+    buckets = []
+    for indices in groups.values():
+        bucket: list[int] = []
+        size = 0
+        for i in indices:
+            nbytes = grads[i].numel() * grads[i].element_size()
+            if bucket and size + nbytes > cap_bytes:
+                buckets.append(bucket)
+                bucket, size = [], 0
+            bucket.append(i)
+            size += nbytes
+        buckets.append(bucket)
+    return buckets
+
+
+def all_reduce_gradients(
+    params_or_module: Any,
+    *,
+    op: str = 'mean',
+    weight: float | None = None,
+    group: Any = None,
+    bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
+) -> float:
+    """All-reduce the ``.grad`` of parameters across the processes of ``group``, in buckets.
+
+    Gradients are grouped by (device, dtype) and flattened into buckets of at most
+    ``bucket_cap_mb`` MiB (a larger tensor gets a bucket of its own); every bucket's all-reduce
+    is started asynchronously and then awaited, and the results are copied back into ``.grad``.
+    A parameter with ``requires_grad=True`` and no gradient takes part with zeros (and gets a
+    zero ``.grad``), so that a rank with no tasks still joins the collective; parameters with
+    ``requires_grad=False`` are skipped. Every rank must pass the same parameters in the same
+    order (the same model).
+
+    Args:
+        params_or_module: A module (a :class:`~torch.nn.parallel.DistributedDataParallel` one is
+            unwrapped), a tensor, or an iterable of tensors or optimizer param groups.
+        op: ``'mean'`` (default) or ``'sum'``.
+        weight: With ``op='mean'``, this rank's weight ``w_r`` (e.g. its number of tasks when its
+            gradient is the mean over its tasks): the result is ``sum_r w_r g_r / sum_r w_r``,
+            the total weight travelling in the same bucket. ``None``: ``sum_r g_r / world_size``.
+        group: The process group (default: the default group).
+        bucket_cap_mb: Bucket size in MiB (default 25, as DDP).
+
+    Returns:
+        The divisor applied: ``1.0`` for ``'sum'``, the world size, or the total weight.
+
+    Raises:
+        ValueError: a bad ``op``/``weight``/``bucket_cap_mb``, a sparse gradient, or a total
+            weight of zero.
+    """
+    if op not in ('mean', 'sum'):
+        raise ValueError(f"op must be 'mean' or 'sum', got {op!r}")
+    if weight is not None:
+        if op != 'mean':
+            raise ValueError("weight is only meaningful with op='mean'")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise TypeError(f'weight must be a number or None, got {weight!r}')
+        if not weight >= 0 or weight == float('inf'):
+            raise ValueError(f'weight must be finite and >= 0, got {weight!r}')
+    if isinstance(bucket_cap_mb, bool) or not isinstance(bucket_cap_mb, (int, float)):
+        raise TypeError(f'bucket_cap_mb must be a number, got {bucket_cap_mb!r}')
+    if not bucket_cap_mb > 0:
+        raise ValueError(f'bucket_cap_mb must be > 0, got {bucket_cap_mb!r}')
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            'all_reduce_gradients needs an initialized process group '
+            '(torchopt.distributed.init_process_group() or torch.distributed.init_process_group)'
+        )
+    params = _parameters(params_or_module)
+    grads = []
+    for param in params:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param, memory_format=torch.preserve_format)
+        if param.grad.is_sparse:
+            raise ValueError('all_reduce_gradients does not reduce sparse gradients')
+        grads.append(param.grad)
+    world_size = dist.get_world_size(group)
+    weighted = weight is not None
+    if not grads:
+        if not weighted:
+            return 1.0 if op == 'sum' else float(world_size)
+        total = _all_reduce_scalar(float(weight), group)  # type: ignore[arg-type]
+        _check_total(total)
+        return total
+    buckets = _buckets(grads, bucket_cap_mb * (1 << 20))
+    flats, works = [], []
+    for b, indices in enumerate(buckets):
+        parts = [grads[i].reshape(-1) for i in indices]
+        if weighted and b == 0:  # the total weight travels with the first bucket
+            parts.append(torch.ones(1, dtype=parts[0].dtype, device=parts[0].device))
+        flat = torch.cat(parts) if len(parts) > 1 else parts[0].clone()
+        if weight is not None and weight != 1:
+            flat.mul_(weight)
+        flats.append(flat)
+        works.append(dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group, async_op=True))
+    for work in works:
+        work.wait()
+    if op == 'sum':
+        divisor = 1.0
+    elif weighted:
+        divisor = float(flats[0][-1].item())
+        _check_total(divisor)
+    else:
+        divisor = float(world_size)
+    for flat, indices in zip(flats, buckets):
+        if divisor != 1.0:
+            flat.div_(divisor)
+        offset = 0
+        for i in indices:
+            numel = grads[i].numel()
+            grads[i].copy_(flat[offset : offset + numel].view_as(grads[i]))
+            offset += numel
+    return divisor
+
+
+def _all_reduce_scalar(value: float, group: Any) -> float:
+    device = torch.device('cpu')
+    if dist.get_backend(group) == dist.Backend.NCCL:
+        device = torch.device('cuda', torch.cuda.current_device())
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+    return float(tensor.item())
+
+
+def _check_total(total: float) -> None:
+    if not total > 0:
+        raise ValueError(
+            f'the weights of all ranks sum to {total!r}: no rank had a task (weight) to average'
+        )
+
+
+def average_meta_gradients(
+    params_or_module: Any,
+    num_local_tasks: int,
+    *,
+    group: Any = None,
+    bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
+) -> int:
+    """Make ``.grad`` the mean meta-gradient over every task of every rank.
+
+    Each rank's ``.grad`` must be the gradient of the *mean* outer loss over its own
+    ``num_local_tasks`` tasks (``0`` for an empty share, whose gradients may be ``None``). The
+    result, ``sum_r n_r g_r / sum_r n_r``, is the one-process mean over the whole meta-batch
+    whatever the shard sizes (equal to it up to floating-point summation order). One
+    bucketed all-reduce (:func:`all_reduce_gradients` with ``weight=num_local_tasks``).
+
+    Returns:
+        The number of tasks over all ranks.
+    """
+    num_local_tasks = _check_index(num_local_tasks, 'num_local_tasks')
+    if num_local_tasks < 0:
+        raise ValueError(f'num_local_tasks must be >= 0, got {num_local_tasks}')
+    total = all_reduce_gradients(
+        params_or_module, weight=num_local_tasks, group=group, bucket_cap_mb=bucket_cap_mb
+    )
+    return int(round(total))
