@@ -13,12 +13,12 @@ version), while :mod:`torch.compile` traces, and for the first call of each func
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ['FAST_VMAP', 'check_scalar', 'vmap_call']
+__all__ = ['FAST_VMAP', 'check_scalar', 'vmap_call', 'vmap_one']
 
 try:  # the primitives of torch/_functorch/vmap.py (_flat_vmap), stable since torch 2.0
     from torch._C._functorch import (
@@ -72,6 +72,21 @@ def vmap_call(
     level = _vmap_increment_nesting(size, randomness)
     try:
         output = check_scalar(fn(*[_add_batch_dim(value, 0, level) for value in inputs]))
+        return _remove_batch_dim(output, level, size, 0)
+    finally:
+        _vmap_decrement_nesting()
+
+
+def vmap_one(fn: Callable[[Tensor], Tensor], rows: Tensor, randomness: str) -> Tensor:
+    """:func:`vmap_call` for a function of one tensor, after its first call (the common case)."""
+    if not FAST_VMAP or _is_compiling():
+        return vmap_call(fn, (rows,), randomness)
+    size = rows.shape[0]
+    level = _vmap_increment_nesting(size, randomness)
+    try:
+        output = fn(_add_batch_dim(rows, 0, level))
+        if not isinstance(output, Tensor) or output.ndim != 0:
+            check_scalar(output)  # raises
         return _remove_batch_dim(output, level, size, 0)
     finally:
         _vmap_decrement_nesting()

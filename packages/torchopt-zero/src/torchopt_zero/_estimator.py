@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from torchopt_zero._batching import check_scalar, vmap_call
+from torchopt_zero._batching import check_scalar, vmap_call, vmap_one
 
 __all__ = [
     'METHODS',
@@ -54,12 +55,12 @@ Sampler = Callable[[torch.Size], Any]
 
 
 class EstimatorConfig(NamedTuple):
-    """Validated hyper-parameters of one zero-order estimator.
+    r"""Validated hyper-parameters of one zero-order estimator.
 
     Attributes:
         method: One of :data:`METHODS`.
         num_samples: Number of noise draws :math:`N` per estimate.
-        sigma: Perturbation scale :math:`\\sigma > 0`.
+        sigma: Perturbation scale :math:`\sigma > 0`.
         chunk_size: Noise draws evaluated per batched call, or ``None`` to pick it from
             :data:`DEFAULT_CHUNK_ELEMENTS`.
         vectorize: ``True`` (always :func:`torch.func.vmap`), ``False`` (always a Python loop)
@@ -113,10 +114,8 @@ def make_sampler(distribution: Any) -> Sampler:
     return functools.partial(_sample, distribution)
 
 
-def _sample_noise(sample: Sampler, num: int, dim: int, like: Tensor) -> Tensor:
-    """Draw ``num`` noise vectors of ``dim`` elements, shape ``(num, dim)``, cast like ``like``."""
-    shape = torch.Size((num, dim))
-    noise = sample(shape)
+def _as_noise(noise: Any, shape: torch.Size, like: Tensor) -> Tensor:
+    """``noise`` (a draw of ``shape``) as a tensor of that shape, cast like ``like``."""
     if not isinstance(noise, Tensor):
         noise = torch.as_tensor(noise)
     if noise.shape != shape:
@@ -128,6 +127,24 @@ def _sample_noise(sample: Sampler, num: int, dim: int, like: Tensor) -> Tensor:
     if noise.dtype != like.dtype or noise.device != like.device:
         noise = noise.to(like)  # like's device and dtype
     return noise
+
+
+def _sample_noise(sample: Sampler, num: int, dim: int, like: Tensor) -> Tensor:
+    """Draw ``num`` noise vectors of ``dim`` elements, shape ``(num, dim)``, cast like ``like``."""
+    shape = torch.Size((num, dim))
+    return _as_noise(sample(shape), shape, like)
+
+
+class _LeafPlan(NamedTuple):
+    """The layout of one perturbed leaf (the one-leaf path), computed once per layout."""
+
+    size: torch.Size  # the noise drawn per chunk: (chunk, numel)
+    dim: int  # numel
+    rows: tuple[int, ...]  # the perturbed rows' shape: (-1, *leaf.shape)
+    flat: bool  # the leaf is 1-D (no reshapes)
+    signs: Tensor | None  # [[[sigma]], [[-sigma]]] (antithetic) or None
+    dtype: torch.dtype
+    device: torch.device
 
 
 class _Group(NamedTuple):
@@ -205,7 +222,7 @@ class Estimator:
     elements, leaves in order), cast to the group's device and dtype.
     """
 
-    __slots__ = ('config', 'mode', '_signs', '_antithetic', '_forward', '_scale')
+    __slots__ = ('config', 'mode', '_signs', '_antithetic', '_forward', '_scale', '_plans')
 
     def __init__(self, config: EstimatorConfig) -> None:
         """Start an estimator with validated hyper-parameters (see ``check_config``)."""
@@ -215,6 +232,7 @@ class Estimator:
         self._antithetic = config.method == 'antithetic'
         self._forward = config.method == 'forward'
         self._scale = 1.0 / (config.num_samples * config.sigma * (2 if self._antithetic else 1))
+        self._plans: dict[tuple[torch.Size, torch.dtype, torch.device], _LeafPlan] = {}
 
     def __call__(
         self,
@@ -225,7 +243,7 @@ class Estimator:
         f0: Tensor | None,
         grad_output: Tensor,
     ) -> list[Tensor | None]:
-        """Estimate the gradient of ``fn`` at ``leaves``, times ``grad_output``.
+        r"""Estimate the gradient of ``fn`` at ``leaves``, times ``grad_output``.
 
         Args:
             fn: The objective as a function of the flat list of differentiable leaves; it must
@@ -247,36 +265,81 @@ class Estimator:
         if len(leaves) == 1:  # the common case, kept lean: its overhead matters most
             if not perturb[0]:
                 return [None]
-            total = self._sum(fn, sample, leaves[0], f0, alpha)
+            total = self._one_leaf(fn, sample, leaves[0], f0, alpha)
             if post is not None:
                 total.mul_(post.to(total.dtype))
-            return [total if total.shape == leaves[0].shape else total.view(leaves[0].shape)]
+            return [total]
         return self._estimate_groups(fn, sample, leaves, perturb, f0, alpha, post)
 
-    def _sum(
-        self, fn: Callable[..., Tensor], sample: Sampler, leaf: Tensor, f0: Tensor | None,
+    def _plan(self, leaf: Tensor) -> _LeafPlan:
+        """What the one-leaf path needs to know about a leaf's layout, computed once per layout."""
+        key = (leaf.shape, leaf.dtype, leaf.device)
+        plan = self._plans.get(key)
+        if plan is None:
+            dim = leaf.numel()
+            chunk = _chunk_size(self.config, dim)
+            plan = self._plans[key] = _LeafPlan(
+                size=torch.Size((chunk, dim)),
+                dim=dim,
+                rows=(-1, *leaf.shape),
+                flat=leaf.ndim == 1,
+                signs=self._signs_like(leaf) if self._antithetic else None,
+                dtype=leaf.dtype,
+                device=leaf.device,
+            )
+        return plan
+
+    def _one_leaf(
+        self,
+        fn: Callable[..., Tensor],
+        sample: Sampler,
+        leaf: Tensor,
+        f0: Tensor | None,
         alpha: float,
     ) -> Tensor:
-        """``alpha * sum_i w_i u_i`` for a single leaf (flat, ``leaf.numel()`` elements)."""
-        num_samples, sigma = self.config.num_samples, self.config.sigma
-        dim = leaf.numel()
-        signs = self._signs_like(leaf) if self._antithetic else None
-        chunk = _chunk_size(self.config, dim)
+        """``alpha * sum_i w_i u_i`` for a single leaf, shaped like it."""
+        plan = self._plans.get((leaf.shape, leaf.dtype, leaf.device)) or self._plan(leaf)
+        num_samples = self.config.num_samples
+        theta = leaf if plan.flat else leaf.reshape(-1)
+        size = plan.size
         total = None
         done = 0
         while done < num_samples:
-            num = min(chunk, num_samples - done)
-            noise = _sample_noise(sample, num, dim, leaf)
-            values = self._evaluate(fn, [_perturbed(leaf, noise, sigma, signs)])
-            weights = self._weights(values, num, f0)
-            if weights.dtype != noise.dtype or weights.device != noise.device:
+            if done + size[0] > num_samples:  # the last, partial chunk
+                size = torch.Size((num_samples - done, plan.dim))
+            noise = sample(size)
+            if (  # the checks and the cast, when the sampler did not return them ready
+                type(noise) is not Tensor  # pylint: disable=unidiomatic-typecheck
+                or noise.dtype is not plan.dtype
+                or noise.shape != size
+                or noise.device != plan.device
+            ):
+                noise = _as_noise(noise, size, leaf)
+            if plan.signs is None:
+                rows = torch.add(theta, noise, alpha=self.config.sigma)
+            else:  # (2, num, dim): the + rows, then the - rows, in one kernel
+                rows = torch.addcmul(theta, plan.signs, noise)
+            if plan.signs is not None or not plan.flat:
+                rows = rows.view(plan.rows)
+            weights = self._weights(self._evaluate_one(fn, rows), size[0], f0)
+            if weights.dtype is not plan.dtype or weights.device != plan.device:
                 weights = weights.to(noise)
             if total is None:  # beta=0: the uninitialised input is ignored
-                total = torch.addmv(noise.new_empty(dim), noise.T, weights, beta=0, alpha=alpha)
+                total = torch.addmv(
+                    noise.new_empty(plan.dim), noise.T, weights, beta=0, alpha=alpha
+                )
             else:
                 total.addmv_(noise.T, weights, alpha=alpha)
-            done += num
-        return total
+            done += size[0]
+        return total if plan.flat else total.view(leaf.shape)
+
+    def _evaluate_one(self, fn: Callable[..., Tensor], rows: Tensor) -> Tensor:
+        """``fn`` at each row of ``rows``: the direct vmap call once the mode is known."""
+        mode = self.mode
+        if (mode == 'error' or mode == 'different') and self.config.vectorize is not False:
+            if rows.shape[0] > _LOOP_MAX or self.config.vectorize:
+                return vmap_one(fn, rows, mode)
+        return self._evaluate(fn, [rows])
 
     def _estimate_groups(
         self,

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -37,7 +38,7 @@ class WrappedSamplable(Samplable):  # pylint: disable=too-few-public-methods
         """Wrap ``sample_fn``, called with the requested ``sample_shape``."""
         self._sample_fn = sample_fn
 
-    def sample(self, sample_shape: Size = Size()) -> Tensor | Sequence[Any]:
+    def sample(self, sample_shape: Size = Size()) -> Tensor | Sequence[Any]:  # noqa: B008
         """Draw samples of shape ``sample_shape`` by calling the wrapped function."""
         return self._sample_fn(sample_shape)
 
@@ -198,8 +199,10 @@ def _flat_function(
         layout.append((position, spec, len(leaves), len(leaves) + len(flat)))
         leaves.extend(flat)
 
-    if not kwargs and len(args) == len(leaves) and all(
-        spec is None and position == start for position, spec, start, _ in layout
+    if (
+        not kwargs
+        and len(args) == len(leaves)
+        and all(spec is None and position == start for position, spec, start, _ in layout)
     ):
         return fn, leaves  # fn(x, y) differentiated in every argument: fn is its own flat form
 

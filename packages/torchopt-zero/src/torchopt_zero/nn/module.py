@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import abc
 import functools
-from typing import Any, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -145,6 +146,6 @@ class ZeroOrderGradientModule(nn.Module, Samplable):
         raise NotImplementedError
 
     @abc.abstractmethod
-    def sample(self, sample_shape: Size = torch.Size()) -> Tensor | Sequence[Any]:
+    def sample(self, sample_shape: Size = torch.Size()) -> Tensor | Sequence[Any]:  # noqa: B008
         """Draw noise of shape ``sample_shape`` (used to perturb every parameter)."""
         raise NotImplementedError
