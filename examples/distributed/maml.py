@@ -1,12 +1,20 @@
 """Distributed MAML on rotated digits (40 classes, 5-way 1-shot) with torchopt.distributed.
 
-Run with ``torchrun --nproc_per_node 2 examples/distributed/maml.py --quick``.
+Run with ``torchrun --nproc_per_node 2 examples/distributed/maml.py --quick`` and
+``--backend collective`` (the default) or ``--backend rpc``.
 
-Rank 0 owns the meta-parameters of a small MLP and samples a meta-batch of tasks. The
-meta-batch is split along the task dimension over every worker (rank 0 included); each worker
-adapts the parameters on its tasks' support sets with a differentiable SGD inner loop
-(``torchopt.sgd``) and returns the summed query losses. The losses are summed across workers
-and the meta-gradient flows back to rank 0 through distributed autograd:
+``--backend collective`` (torch.distributed collectives; gloo on CPU, NCCL on GPU): every rank
+holds the same meta-parameters and draws the same meta-batch, takes its contiguous share of the
+tasks (``todist.shard_tasks``), adapts and back-propagates its share of the mean query loss
+locally, and the meta-gradients are summed over the ranks in bucketed all-reduces
+(``todist.all_reduce_gradients(params, op='sum')``) before every rank takes the same Adam step.
+
+``--backend rpc`` (torch.distributed.rpc, TorchOpt's API): rank 0 owns the meta-parameters of a
+small MLP and samples a meta-batch of tasks. The meta-batch is split along the task dimension
+over every worker (rank 0 included); each worker adapts the parameters on its tasks' support
+sets with a differentiable SGD inner loop (``torchopt.sgd``) and returns the summed query
+losses. The losses are summed across workers and the meta-gradient flows back to rank 0 through
+distributed autograd:
 
 .. math::
 
@@ -17,7 +25,7 @@ and the meta-gradient flows back to rank 0 through distributed autograd:
 (with ``--inner-steps`` steps instead of one). Rank 0 writes the plot ``outputs/maml.png`` (or
 ``--out DIR``): meta-train query loss and accuracy per meta-iteration, with the meta-test
 accuracy before and after. ``--bench`` prints one JSON line of timings instead (no plot), used by
-``benchmarks/distributed_bench.py --separate-worlds``.
+``benchmarks/distributed_bench.py --separate-worlds`` (RPC backend).
 """
 
 from __future__ import annotations
@@ -27,9 +35,11 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 import torchopt
@@ -40,7 +50,16 @@ from common import add_common_args, output_dir, progress, pyplot  # noqa: E402  
 from fewshot_digits import FewShotDigits  # noqa: E402  (examples/fewshot_digits.py)
 
 __all__ = [
-    'init_params', 'forward', 'adapt_and_evaluate', 'task_losses', 'meta_step', 'rpc_options', 'main',
+    'init_params',
+    'forward',
+    'adapt_and_evaluate',
+    'task_losses',
+    'meta_step',
+    'rpc_options',
+    'local_task_losses',
+    'collective_meta_step',
+    'train_collective',
+    'main',
 ]
 
 torch.set_num_threads(1)
@@ -52,7 +71,9 @@ def init_params(sizes: list[int], seed: int = 0) -> list[torch.Tensor]:
     params = []
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
         bound = (6.0 / fan_in) ** 0.5
-        params.append(((torch.rand(fan_in, fan_out, generator=gen) * 2 - 1) * bound).requires_grad_())
+        params.append(
+            ((torch.rand(fan_in, fan_out, generator=gen) * 2 - 1) * bound).requires_grad_()
+        )
         params.append(torch.zeros(fan_out, requires_grad=True))
     return params
 
@@ -147,7 +168,9 @@ def meta_step(
 def evaluate(params, data, args, num_tasks: int) -> float:
     """Mean query accuracy after adaptation on held-out classes (distributed, no meta-grad)."""
     tasks = data.batch(num_tasks)
-    out = task_losses([p.detach().requires_grad_() for p in params], *tasks, args.inner_steps, args.inner_lr)
+    out = task_losses(
+        [p.detach().requires_grad_() for p in params], *tasks, args.inner_steps, args.inner_lr
+    )
     return out[1].item() / num_tasks
 
 
@@ -155,7 +178,9 @@ def evaluate(params, data, args, num_tasks: int) -> float:
 def train(args: argparse.Namespace) -> dict[str, float]:
     """Meta-train on rank 0, fanning the tasks out to all workers; returns the headline numbers."""
     torch.manual_seed(args.seed)
-    train_data = FewShotDigits(n_way=5, k_shot=1, k_query=args.k_query, split='train', seed=args.seed)
+    train_data = FewShotDigits(
+        n_way=5, k_shot=1, k_query=args.k_query, split='train', seed=args.seed
+    )
     test_data = FewShotDigits(n_way=5, k_shot=1, k_query=args.k_query, split='test', seed=args.seed)
     params = init_params([64, *[args.hidden] * args.layers, 5], seed=args.seed)
     meta_opt = torchopt.Adam(params, lr=args.meta_lr)
@@ -196,8 +221,108 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     return {'before': before, 'after': after, 'train_loss': curve[-1][0], 'train_acc': curve[-1][1]}
 
 
+def local_task_losses(params, tasks, args) -> torch.Tensor:
+    """``[sum of query losses, sum of query accuracies]`` over ``tasks`` (zeros if none)."""
+    if tasks.x_support.shape[0] == 0:  # more ranks than tasks: an empty share
+        return params[0].new_zeros(2)
+    return task_losses.__wrapped__(params, *tasks, args.inner_steps, args.inner_lr)
+
+
+def collective_meta_step(params, meta_opt, tasks, args, device=None) -> tuple[torch.Tensor, float]:
+    """One meta-iteration of the collective backend on this rank.
+
+    ``tasks`` is the whole meta-batch (the same on every rank); this rank adapts on its share,
+    back-propagates ``(sum of its query losses) / T`` and the gradients are summed over the
+    ranks: the mean over all ``T`` tasks whatever the shard sizes.
+
+    Returns:
+        This rank's ``[loss sum, accuracy sum]`` (detached) and the seconds spent in the
+        gradient all-reduce.
+    """
+    num_tasks = tasks.x_support.shape[0]
+    local = todist.shard_tasks(tasks)
+    if device is not None:
+        local = type(local)(*(part.to(device) for part in local))
+    meta_opt.zero_grad()
+    out = local_task_losses(params, local, args)
+    if out.requires_grad:
+        (out[0] / num_tasks).backward()
+    start = time.perf_counter()
+    todist.all_reduce_gradients(params, op='sum')
+    comm = time.perf_counter() - start
+    meta_opt.step()
+    return out.detach(), comm
+
+
+def _global_sums(local: torch.Tensor) -> torch.Tensor:
+    total = local.clone()
+    dist.all_reduce(total)
+    return total
+
+
+def evaluate_collective(params, data, args, num_tasks: int, device=None) -> float:
+    """Mean query accuracy after adaptation on held-out classes, each rank its share."""
+    local = todist.shard_tasks(data.batch(num_tasks))
+    if device is not None:
+        local = type(local)(*(part.to(device) for part in local))
+    detached = [p.detach().requires_grad_() for p in params]
+    return _global_sums(local_task_losses(detached, local, args).detach())[1].item() / num_tasks
+
+
+def train_collective(args: argparse.Namespace) -> dict[str, float] | None:
+    """Meta-train on every rank of the world; rank 0 prints, plots and returns the numbers."""
+    backend = todist.init_process_group()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device('cuda', torch.cuda.current_device()) if backend == 'nccl' else None
+    torch.manual_seed(args.seed)  # the same data and parameters on every rank
+    train_data = FewShotDigits(
+        n_way=5, k_shot=1, k_query=args.k_query, split='train', seed=args.seed
+    )
+    test_data = FewShotDigits(n_way=5, k_shot=1, k_query=args.k_query, split='test', seed=args.seed)
+    params = init_params([64, *[args.hidden] * args.layers, 5], seed=args.seed)
+    if device is not None:
+        params = [p.detach().to(device).requires_grad_() for p in params]
+    meta_opt = torchopt.Adam(params, lr=args.meta_lr)
+    if rank == 0:
+        print(f'distributed MAML ({backend} collectives): {world} worker(s), '
+              f'{args.tasks} tasks per meta-batch', flush=True)  # fmt: skip
+    before = evaluate_collective(params, test_data, args, args.eval_tasks, device)
+    times: list[float] = []
+    comms: list[float] = []
+    curve: list[tuple[float, float]] = []
+    iterations: Iterable[int] = range(1, args.iterations + 1)
+    if rank == 0:
+        iterations = progress(iterations, 'meta-train')
+    for it in iterations:
+        tasks = train_data.batch(args.tasks)
+        start = time.perf_counter()
+        local, comm = collective_meta_step(params, meta_opt, tasks, args, device)
+        times.append(time.perf_counter() - start)
+        comms.append(comm)
+        sums = _global_sums(local)  # for the log only
+        loss, acc = sums[0].item() / args.tasks, sums[1].item() / args.tasks
+        curve.append((loss, acc))
+        if rank == 0 and not args.bench and (it % args.log_every == 0 or it == args.iterations):
+            print(f'iter {it:4d}  query loss {loss:.4f}  query acc {acc:.3f}', flush=True)
+    after = evaluate_collective(params, test_data, args, args.eval_tasks, device)
+    dist.destroy_process_group()
+    if rank != 0:
+        return None
+    print(f'meta-test accuracy (5-way 1-shot): {before:.3f} before, {after:.3f} after', flush=True)
+    if args.bench:
+        result = {'workers': world, **_summary(times[args.warmup :])}
+        result['allreduce_s'] = _summary(comms[args.warmup :])['median_s']
+        print('BENCH ' + json.dumps(result), flush=True)
+    else:
+        print(f'plot written to {plot(curve, before, after, world, args)}', flush=True)
+    return {'before': before, 'after': after, 'train_loss': curve[-1][0], 'train_acc': curve[-1][1]}
+
+
 def plot(
-    curve: list[tuple[float, float]], before: float, after: float, world: int,
+    curve: list[tuple[float, float]],
+    before: float,
+    after: float,
+    world: int,
     args: argparse.Namespace,
 ) -> Path:
     """Write ``maml.png`` (rank 0): meta-train query loss and accuracy, meta-test accuracy."""
@@ -214,8 +339,10 @@ def plot(
     ax_acc.legend(fontsize=8)
     for ax in (ax_loss, ax_acc):
         ax.set_xlabel('meta-iteration')
-    fig.suptitle(f'distributed MAML, 5-way 1-shot rotated digits, {world} worker(s), '
-                 f'{args.tasks} tasks per meta-batch')
+    fig.suptitle(
+        f'distributed MAML ({args.backend}), 5-way 1-shot rotated digits, {world} worker(s), '
+        f'{args.tasks} tasks per meta-batch'
+    )
     fig.tight_layout()
     path = output_dir(args.out) / 'maml.png'
     fig.savefig(path, dpi=100)
@@ -232,6 +359,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
     add_common_args(parser, __file__)
+    parser.add_argument(
+        '--backend', choices=['collective', 'rpc'], default='collective',
+        help='torch.distributed collectives (all-reduced meta-gradients) or RPC (TorchOpt API)',
+    )  # fmt: skip
     parser.add_argument('--bench', action='store_true', help='print timings as JSON')
     parser.add_argument('--iterations', type=int, default=300)
     parser.add_argument('--tasks', type=int, default=16, help='tasks per meta-batch')
@@ -266,8 +397,10 @@ def rpc_options(transport: str) -> todist.rpc.TensorPipeRpcBackendOptions | None
 
 
 def main(argv: list[str] | None = None) -> dict[str, float] | None:
-    """Start RPC for the torchrun world and meta-train; rank 0 returns the headline numbers."""
+    """Join the torchrun world and meta-train; rank 0 returns the headline numbers."""
     args = parse_args(argv)
+    if args.backend == 'collective':
+        return train_collective(args)
     return todist.auto_init_rpc(rpc_backend_options=rpc_options(args.rpc_transport))(train)(args)
 
 

@@ -113,8 +113,10 @@ def test_dead_worker_surfaces_on_rank_zero():
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not shutil.which('torchrun', path=os.path.dirname(sys.executable)),
                     reason='torchrun is not installed next to this interpreter')  # fmt: skip
-def test_example_runs_under_torchrun():
-    """``torchrun --nproc_per_node 2 examples/distributed/maml.py --quick`` trains and exits."""
+@pytest.mark.parametrize('backend', ['collective', 'rpc'])
+def test_example_runs_under_torchrun(backend, tmp_path):
+    """``torchrun --nproc_per_node 2 examples/distributed/maml.py --quick --backend B`` trains,
+    writes its plot and exits."""
     root = Path(__file__).resolve().parents[3]
     script = root / 'examples' / 'distributed' / 'maml.py'
     torchrun = os.path.join(os.path.dirname(sys.executable), 'torchrun')
@@ -122,6 +124,7 @@ def test_example_runs_under_torchrun():
     cmd = [
         torchrun, '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
         '--master_port', str(free_port()), str(script), '--quick', '--iterations', '8',
+        '--backend', backend, '--out', str(tmp_path),
     ]  # fmt: skip
     start = time.monotonic()
     proc = subprocess.Popen(
@@ -135,6 +138,7 @@ def test_example_runs_under_torchrun():
         out, err = proc.communicate()
         pytest.fail(f'torchrun did not finish in 100 s:\n{out}\n{err[-4000:]}')
     assert proc.returncode == 0, err[-4000:]
-    assert '2 worker(s)' in out
-    assert 'iter    8' in out and 'meta-test accuracy' in out
+    assert '2 worker(s)' in out and ('collectives' in out) == (backend == 'collective')
+    assert out.count('iter    8') == 1 and out.count('meta-test accuracy') == 1  # rank 0 only
+    assert (tmp_path / 'maml.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert time.monotonic() - start < 100

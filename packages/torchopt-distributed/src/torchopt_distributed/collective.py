@@ -88,6 +88,9 @@ def init_process_group(
 ) -> str:
     """Join the ``torchrun`` world as the default process group (``init_method='env://'``).
 
+    Outside ``torchrun`` (``WORLD_SIZE`` unset or 1, no ``MASTER_ADDR``/``MASTER_PORT``) the
+    process is a world of one, backed by an in-memory store.
+
     Args:
         backend: ``'gloo'``, ``'nccl'``, ... Default: ``'nccl'`` when CUDA and NCCL are available
             (each process then uses GPU ``LOCAL_RANK``), else ``'gloo'``.
@@ -120,14 +123,15 @@ def init_process_group(
         world._use_loopback()  # pylint: disable=protected-access
         os.environ.setdefault('NCCL_SOCKET_IFNAME', os.environ['GLOO_SOCKET_IFNAME'])
     info = world.get_world_info()
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {'init_method': 'env://'}
+    if info.world_size == 1 and not (os.environ.get('MASTER_ADDR') or os.environ.get('MASTER_PORT')):
+        kwargs = {'store': dist.HashStore()}  # a world of one outside torchrun: no sockets
     if 'nccl' in backend and torch.cuda.is_available():
         device = torch.device('cuda', info.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
         kwargs['device_id'] = device
     dist.init_process_group(
         backend,
-        init_method='env://',
         rank=info.world_rank,
         world_size=info.world_size,
         timeout=timedelta(seconds=seconds),
