@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _todist_launch import free_port, launch
 
 pytestmark = pytest.mark.slow
@@ -41,7 +40,9 @@ def world_of_three(tmp_path_factory):
     out = tmp_path_factory.mktemp('checks') / 'results.json'
     ranks = launch('checks.py', 3, timeout=60, args=[str(out)])
     for rank in ranks:
-        assert rank.returncode == 0, f'rank {rank.rank} exited {rank.returncode}:\n{rank.stderr[-4000:]}'
+        assert rank.returncode == 0, (
+            f'rank {rank.rank} exited {rank.returncode}:\n{rank.stderr[-4000:]}'
+        )
     return json.loads(out.read_text())
 
 
@@ -59,7 +60,9 @@ def test_distributed_equals_serial(world_of_three, check):
 
 def _result(rank):
     lines = [line for line in rank.stdout.splitlines() if line.startswith('RESULT ')]
-    assert lines, f'rank {rank.rank} reported nothing (rc={rank.returncode}):\n{rank.stderr[-4000:]}'
+    assert lines, (
+        f'rank {rank.rank} reported nothing (rc={rank.returncode}):\n{rank.stderr[-4000:]}'
+    )
     return json.loads(lines[-1][len('RESULT ') :])
 
 

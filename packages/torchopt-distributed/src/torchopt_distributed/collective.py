@@ -124,7 +124,9 @@ def init_process_group(
         os.environ.setdefault('NCCL_SOCKET_IFNAME', os.environ['GLOO_SOCKET_IFNAME'])
     info = world.get_world_info()
     kwargs: dict[str, Any] = {'init_method': 'env://'}
-    if info.world_size == 1 and not (os.environ.get('MASTER_ADDR') or os.environ.get('MASTER_PORT')):
+    if info.world_size == 1 and not (
+        os.environ.get('MASTER_ADDR') or os.environ.get('MASTER_PORT')
+    ):
         kwargs = {'store': dist.HashStore()}  # a world of one outside torchrun: no sockets
     if 'nccl' in backend and torch.cuda.is_available():
         device = torch.device('cuda', info.local_rank % torch.cuda.device_count())
