@@ -1,8 +1,8 @@
-"""Torch-like and Meta classes of the optimizers beyond TorchOpt 0.7 (#20).
+"""Torch-like and Meta classes of every row of the optimizer table.
 
-The classes are made from the alias's signature (:mod:`torchopt.optim._generated`): the class
-step must follow torch.optim where it has the optimizer (float64, <= 1e-12 after 20 steps) and
-the functional alias everywhere; the Meta class must give the functional out-of-place update.
+The class step must give the functional alias's in-place result (float64, <= 1e-12 after 20
+steps; the references themselves are matched in ``test_parity_torch_optim.py``), and the Meta
+class the functional out-of-place update, differentiable, with every option of the row.
 """
 
 from __future__ import annotations
@@ -13,15 +13,8 @@ import pytest
 import torch
 
 import torchopt
-from optimizer_table import FUNCTIONAL_CASES, MATRIX_SHAPES, init_params
 from optimizer_table import loss as _loss
-
-CLASS_OF = {
-    'amsgrad': 'AMSGrad', 'adafactor': 'Adafactor', 'rprop': 'Rprop', 'asgd': 'ASGD',
-    'muon': 'Muon', 'adabelief': 'AdaBelief', 'yogi': 'Yogi', 'novograd': 'NovoGrad',
-    'adan': 'Adan', 'sign_sgd': 'SignSGD', 'lars': 'LARS',
-}
-ROWS = [(name, fn, ref, kw) for name, _, fn, ref, kw in FUNCTIONAL_CASES]
+from optimizer_table import row_params, rows
 
 
 @pytest.fixture(autouse=True)
@@ -32,9 +25,8 @@ def _float64_default():
     torch.set_default_dtype(old)
 
 
-def _params(fn):
-    shapes = MATRIX_SHAPES if fn is torchopt.muon else None
-    return [p.clone().requires_grad_() for p in init_params(4, n=3, shapes=shapes)]
+def _params(row):
+    return [p.clone().requires_grad_() for p in row_params(row, 4)]
 
 
 def _run_class(opt, params, steps=20):
@@ -59,42 +51,34 @@ def _run_functional(fn, kwargs, params, steps=20):
     return params
 
 
-@pytest.mark.parametrize(('name', 'fn', 'ref', 'kwargs'), ROWS, ids=[r[0] for r in ROWS])
-def test_class_step_matches_the_alias_and_torch_optim(name, fn, ref, kwargs):
-    cls = getattr(torchopt, CLASS_OF[fn.__name__])
-    assert issubclass(cls, torch.optim.Optimizer)
-    params = _params(fn)
-    got = _run_class(cls(params, **kwargs), params)
-    want = _run_functional(fn, kwargs, _params(fn))
+@rows()
+def test_class_step_matches_the_alias(row):
+    assert issubclass(row.cls, torchopt.Optimizer)
+    assert issubclass(row.cls, torch.optim.Optimizer)
+    params = _params(row)
+    got = _run_class(row.cls(params, **row.kwargs), params)
+    want = _run_functional(row.fn, row.kwargs, _params(row))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    if ref is not None:
-        ref_params = _params(fn)
-        expected = _run_class(ref(ref_params, **kwargs), ref_params)
-        for a, b in zip(got, expected):
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize('alias', ['nadam', 'lion', 'lamb', *CLASS_OF])
-def test_meta_class_gives_the_functional_differentiable_update(alias):
-    fn = getattr(torchopt, alias)
-    meta = getattr(torchopt, 'Meta' + CLASS_OF.get(alias, {'nadam': 'NAdam', 'lion': 'Lion',
-                                                           'lamb': 'Lamb'}.get(alias, '')))  # fmt: skip
-    assert 'moment_requires_grad' in inspect.signature(meta).parameters or alias in (
-        'adafactor', 'rprop', 'asgd', 'sign_sgd', 'lars'
-    )
+@rows()
+def test_meta_class_gives_the_functional_differentiable_update(row):
+    assert issubclass(row.meta, torchopt.MetaOptimizer)
+    mrg = inspect.signature(row.meta).parameters.get('moment_requires_grad')
+    assert (mrg is not None) == ('moment_requires_grad' in inspect.signature(row.fn).parameters)
     torch.manual_seed(0)
-    net = torch.nn.Linear(4, 3, bias=alias != 'muon')  # Muon takes matrices only
-    lr = 1e-2
+    net = torch.nn.Linear(4, 3, bias=not row.matrices_only)  # Muon takes matrices only
     x = torch.randn(8, 4)
     ref = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
-    opt = meta(net, lr=lr)
-    opt.step(net(x).pow(2).mean())
-    impl = fn(lr=lr)
+    opt = row.meta(net, **row.meta_kwargs)
+    impl = row.fn(**row.meta_kwargs)
     state = impl.init(ref)
-    loss = torch.func.functional_call(net, ref, (x,)).pow(2).mean()
-    grads = dict(zip(ref, torch.autograd.grad(loss, list(ref.values()), create_graph=True)))
-    updates, _ = impl.update(grads, state, params=ref, inplace=False)
-    new = torchopt.apply_updates(ref, updates, inplace=False)
-    torch.testing.assert_close(net.weight, new['weight'], rtol=1e-12, atol=1e-12)
+    for _ in range(3):  # past the first step: the state is part of the graph
+        opt.step(net(x).pow(2).mean())
+        loss = torch.func.functional_call(net, ref, (x,)).pow(2).mean()
+        grads = dict(zip(ref, torch.autograd.grad(loss, list(ref.values()), create_graph=True)))
+        updates, state = impl.update(grads, state, params=ref, inplace=False)
+        ref = torchopt.apply_updates(ref, updates, inplace=False)
+    torch.testing.assert_close(net.weight, ref['weight'], rtol=1e-12, atol=1e-12)
     assert net.weight.grad_fn is not None  # differentiable: a non-leaf tensor
