@@ -76,9 +76,7 @@ def _overhead(repeat: int) -> None:
 
         def autograd_round_trip():
             with todist.autograd.context() as ctx:
-                loss = todist.remote_sync_call(
-                    _square_sum, args=(xg,), reducer=todist.sum_reducer
-                )
+                loss = todist.remote_sync_call(_square_sum, args=(xg,), reducer=todist.sum_reducer)
                 todist.autograd.grad(ctx, loss, [xg])
 
         rows = {
@@ -114,11 +112,11 @@ def _paired(args: argparse.Namespace) -> None:
     from types import SimpleNamespace
 
     import torch
+    from fewshot_digits import FewShotDigits  # examples/fewshot_digits.py
+    from maml import init_params, meta_step, rpc_options  # examples/distributed/maml.py
 
     import torchopt
     import torchopt.distributed as todist
-    from fewshot_digits import FewShotDigits  # examples/fewshot_digits.py
-    from maml import init_params, meta_step, rpc_options  # examples/distributed/maml.py
 
     torch.set_num_threads(1)
     num_tasks = args.tasks[0]
@@ -155,6 +153,84 @@ def _paired(args: argparse.Namespace) -> None:
     todist.auto_init_rpc(rpc_backend_options=rpc_options(args.rpc_transport), init_timeout=60)(
         measure
     )()
+
+
+# --- worker side: collective backend, 1 and 2 processes alternated in one world ----------------
+
+
+def _collective_paired(args: argparse.Namespace) -> None:
+    """Both ranks of a gloo world of 2 alternate, iteration by iteration, the whole meta-batch on
+    rank 0 alone (its gradients all-reduced over a group of one, as in a world of one; rank 1
+    waits at the next barrier) and the meta-batch split over both ranks with the gradients summed
+    in :func:`todist.all_reduce_gradients`. Each setting has its own parameters and Adam state.
+    A barrier starts every timed meta-iteration; after it, one more all-reduce of the same
+    gradients, timed after a barrier, gives the communication alone."""
+    sys.path[:0] = [str(EXAMPLE.parent), str(EXAMPLE.parent.parent)]
+    from types import SimpleNamespace
+
+    import torch
+    import torch.distributed as dist
+    from fewshot_digits import FewShotDigits  # examples/fewshot_digits.py
+    from maml import init_params, local_task_losses  # examples/distributed/maml.py
+
+    import torchopt
+    import torchopt.distributed as todist
+
+    torch.set_num_threads(1)
+    todist.init_process_group('gloo', timeout=300)
+    rank = dist.get_rank()
+    solo = dist.new_group([0])
+    settings = SimpleNamespace(inner_steps=args.inner_steps, inner_lr=0.4)
+    num_tasks = args.tasks[0]
+    data = FewShotDigits(n_way=5, k_shot=1, k_query=15, split='train', seed=0)
+    params = {w: init_params([64, args.hidden, args.hidden, 5]) for w in (1, 2)}
+    opts = {w: torchopt.Adam(params[w], lr=1e-3) for w in (1, 2)}
+    keys = ('total', 'compute', 'allreduce', 'comm')
+    times: dict[int, dict[str, list[float]]] = {w: {k: [] for k in keys} for w in (1, 2)}
+
+    def step(workers: int, tasks) -> None:
+        start = time.perf_counter()
+        local = tasks if workers == 1 else todist.shard_tasks(tasks)
+        opts[workers].zero_grad()
+        out = local_task_losses(params[workers], local, settings)
+        (out[0] / num_tasks).backward()
+        computed = time.perf_counter()
+        group = solo if workers == 1 else None
+        todist.all_reduce_gradients(params[workers], op='sum', group=group)
+        reduced = time.perf_counter()
+        opts[workers].step()
+        done = time.perf_counter()
+        row = times[workers]
+        row['total'].append(done - start)
+        row['compute'].append(computed - start)
+        row['allreduce'].append(reduced - computed)
+        dist.barrier(group)
+        begin = time.perf_counter()
+        todist.all_reduce_gradients(params[workers], op='sum', group=group)
+        row['comm'].append(time.perf_counter() - begin)
+
+    for it in range(args.warmup + args.paired_iterations):
+        for workers in (1, 2) if it % 2 == 0 else (2, 1):
+            tasks = data.batch(num_tasks)  # the same tasks on both ranks
+            dist.barrier()
+            if workers == 2 or rank == 0:
+                step(workers, tasks)
+    gathered: list[Any] = [None, None]
+    dist.all_gather_object(gathered, _median(times[2]['compute'][args.warmup :]))
+    if rank != 0:
+        dist.destroy_process_group()
+        return
+    result: dict[str, Any] = {
+        str(w): {k: _median(v[args.warmup :]) for k, v in row.items()} for w, row in times.items()
+    }
+    for w in (1, 2):
+        result[str(w)]['min_s'] = min(times[w]['total'][args.warmup :])
+        result[str(w)]['iterations'] = len(times[w]['total']) - args.warmup
+    result['2']['compute_by_rank'] = gathered
+    numel = sum(p.numel() for p in params[2])
+    result['grad_bytes'] = numel * params[2][0].element_size()
+    print('BENCH ' + json.dumps(result), flush=True)
+    dist.destroy_process_group()
 
 
 # --- orchestrator -------------------------------------------------------------------------------
@@ -207,8 +283,12 @@ def _world(
         cpu = {cpus[rank % len(cpus)]}
         procs.append(
             subprocess.Popen(  # noqa: S603
-                [sys.executable, *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True, start_new_session=True,
+                [sys.executable, *cmd],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
                 preexec_fn=(lambda cpu=cpu: os.sched_setaffinity(0, cpu)) if pin else None,
             )  # fmt: skip
         )
@@ -243,7 +323,8 @@ def _separate_worlds(args: argparse.Namespace, tasks: int) -> tuple[dict, dict, 
     ``--rounds`` rounds (best median of each); the world of 1 also times the meta-iterations
     without RPC."""
     maml = [
-        str(EXAMPLE), '--bench', '--iterations', str(args.iterations), '--warmup', '2',
+        str(EXAMPLE), '--backend', 'rpc', '--bench', '--iterations', str(args.iterations),
+        '--warmup', '2',
         '--tasks', str(tasks), '--hidden', str(args.hidden), '--inner-steps',
         str(args.inner_steps), '--k-query', '15', '--eval-tasks', '2',
         '--rpc-transport', args.rpc_transport,
@@ -257,10 +338,71 @@ def _separate_worlds(args: argparse.Namespace, tasks: int) -> tuple[dict, dict, 
     one, two = best[1], best[2]
     rows = (('local, no RPC', one['local']), ('1 worker (RPC to self)', one), ('2 workers', two))
     method = (
-        f'separate worlds, best of {args.rounds} rounds, median of {one["iterations"]} '
-        'iterations'
+        f'separate worlds, best of {args.rounds} rounds, median of {one["iterations"]} iterations'
     )
     return one, two, rows, method
+
+
+def _collective_table(args: argparse.Namespace, tasks: int) -> tuple[float, float, float]:
+    """The collective backend's table for ``tasks`` tasks (1 vs 2 processes, paired) and the
+    hardware ceiling; returns the 1- and 2-process medians and the ceiling speed-up."""
+    result = _world(
+        [__file__, '--backend', 'collective', '--role', 'collective-paired', '--tasks',
+         str(tasks), '--paired-iterations', str(args.paired_iterations), '--warmup', '2',
+         '--hidden', str(args.hidden), '--inner-steps', str(args.inner_steps)],
+        2, timeout=600, pin=args.pin,
+    )  # fmt: skip
+    one, two = result['1'], result['2']
+    print(
+        f'Collective MAML meta-iteration ({tasks} tasks of 5-way 1-shot rotated digits, '
+        f'MLP 64-{args.hidden}-{args.hidden}-5, {args.inner_steps} inner steps; gloo on '
+        f'127.0.0.1; {len(os.sched_getaffinity(0))} CPUs, '
+        f'{"one pinned per rank" if args.pin else "unpinned"}; 1 and 2 processes alternated in '
+        f'one world of 2, median of {one["iterations"]} meta-iterations each; gradients '
+        f'{result["grad_bytes"] / 1024:.0f} KiB)'
+    )
+    print(
+        f'| {"setting":<22} | {"median (ms)":>11} | {"min (ms)":>9} | {"speed-up":>8} '
+        f'| {"fwd+bwd (ms)":>12} | {"all-reduce in step (ms)":>23} | {"comm alone (ms)":>15} |'
+    )
+    print(f'|{"-" * 24}|{"-" * 13}|{"-" * 11}|{"-" * 10}|{"-" * 14}|{"-" * 25}|{"-" * 17}|')
+    for name, row in (('1 process', one), ('2 processes', two)):
+        print(
+            f'| {name:<22} | {1e3 * row["total"]:>11.1f} | {1e3 * row["min_s"]:>9.1f} | '
+            f'{one["total"] / row["total"]:>7.2f}x | {1e3 * row["compute"]:>12.1f} | '
+            f'{1e3 * row["allreduce"]:>23.2f} | {1e3 * row["comm"]:>15.2f} |'
+        )
+    by_rank = ', '.join(f'{1e3 * t:.1f}' for t in two['compute_by_rank'])
+    print(
+        f'2 processes: fwd+bwd of the 8-task shares by rank {by_rank} ms; the all-reduce in the '
+        'step includes waiting for the slower rank, "comm alone" is one all-reduce of the same '
+        'gradients after a barrier.'
+    )
+    ceiling = _ceiling_line(args, tasks)
+    print()
+    return one['total'], two['total'], ceiling
+
+
+def _ceiling_line(args: argparse.Namespace, tasks: int) -> float:
+    """Print the hardware-ceiling line (two independent processes, no communication)."""
+    share, seconds = max(tasks // 2, 1), 2.0 if args.quick else 4.0
+
+    def ceiling_cmd() -> list[str]:  # all processes start computing at the same moment
+        return [
+            __file__, '--role', 'ceiling', '--start-at', str(time.time() + 10), '--seconds',
+            str(seconds), '--tasks', str(share), '--hidden', str(args.hidden),
+            '--inner-steps', str(args.inner_steps),
+        ]  # fmt: skip
+
+    alone = _world(ceiling_cmd(), 1, timeout=120, pin=args.pin, every_rank=True)[0]['median_s']
+    both = _world(ceiling_cmd(), 2, timeout=120, pin=args.pin, every_rank=True)
+    slowest = max(r['median_s'] for r in both)
+    print(
+        f'Hardware ceiling (no communication): one {share}-task share (fwd+bwd) '
+        f'{1e3 * alone:.1f} ms alone, {1e3 * slowest:.1f} ms while another process runs one -> '
+        f'at most {2 * alone / slowest:.2f}x for 2 processes on this machine'
+    )
+    return 2 * alone / slowest
 
 
 def _maml_table(args: argparse.Namespace, tasks: int) -> tuple[float, float, float]:
@@ -302,31 +444,23 @@ def _maml_table(args: argparse.Namespace, tasks: int) -> tuple[float, float, flo
             f'{one["median_s"] / row["median_s"]:>7.2f}x | '
             f'{_ms(row.get("forward_s")):>8} | {_ms(row.get("backward_s")):>8} |'
         )
-    share, seconds = max(tasks // 2, 1), 2.0 if args.quick else 4.0
-
-    def ceiling_cmd() -> list[str]:  # all processes start computing at the same moment
-        return [
-            __file__, '--role', 'ceiling', '--start-at', str(time.time() + 10), '--seconds',
-            str(seconds), '--tasks', str(share), '--hidden', str(args.hidden),
-            '--inner-steps', str(args.inner_steps),
-        ]  # fmt: skip
-
-    alone = _world(ceiling_cmd(), 1, timeout=120, pin=args.pin, every_rank=True)[0]['median_s']
-    both = _world(ceiling_cmd(), 2, timeout=120, pin=args.pin, every_rank=True)
-    slowest = max(r['median_s'] for r in both)
-    print(
-        f'Hardware ceiling (no RPC): one {share}-task share (fwd+bwd) {1e3 * alone:.1f} ms alone, '
-        f'{1e3 * slowest:.1f} ms while another process runs one -> at most '
-        f'{2 * alone / slowest:.2f}x for 2 workers on this machine'
-    )
+    ceiling = _ceiling_line(args, tasks)
     print()
-    return one['median_s'], two['median_s'], 2 * alone / slowest
+    return one['median_s'], two['median_s'], ceiling
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
     parser.add_argument('--quick', action='store_true')
+    parser.add_argument(
+        '--backend', choices=['rpc', 'collective'], default='rpc',
+        help='RPC (parallelize + distributed autograd) or collectives (all-reduced gradients)',
+    )  # fmt: skip
+    parser.add_argument(
+        '--tune-malloc', action='store_true',
+        help='RPC: opt in to auto_init_rpc glibc malloc tuning (TORCHOPT_RPC_TUNE_MALLOC=1)',
+    )  # fmt: skip
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument(
         '--iterations', type=int, default=12, help='per world and round (--separate-worlds)'
@@ -365,6 +499,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.role == 'paired':
         _paired(args)
         return
+    if args.role == 'collective-paired':
+        _collective_paired(args)
+        return
     if args.role == 'ceiling':
         _ceiling(args.start_at, args.seconds, args.tasks[0], args.hidden, args.inner_steps)
         return
@@ -372,8 +509,12 @@ def main(argv: list[str] | None = None) -> None:
         args.rounds, args.iterations, args.paired_iterations, args.repeat = 1, 6, 8, 100
         args.tasks = args.tasks[:1]
 
-    rows = {tasks: _maml_table(args, tasks) for tasks in args.tasks}
-    print('Summary: 2-worker speed-up against the work per meta-iteration')
+    if args.tune_malloc:
+        os.environ['TORCHOPT_RPC_TUNE_MALLOC'] = '1'
+    print(f'load before: {_load()}')
+    table = _collective_table if args.backend == 'collective' else _maml_table
+    rows = {tasks: table(args, tasks) for tasks in args.tasks}
+    print(f'Summary ({args.backend}): 2-process speed-up against the work per meta-iteration')
     print(
         f'| {"tasks per meta-batch":<20} | {"1 worker (ms)":>13} | {"2 workers (ms)":>14} '
         f'| {"speed-up":>8} | {"ceiling":>7} | {"of ceiling":>10} |'
@@ -384,8 +525,24 @@ def main(argv: list[str] | None = None) -> None:
             f'| {tasks:<20} | {1e3 * one:>13.1f} | {1e3 * two:>14.1f} | {one / two:>7.2f}x '
             f'| {ceiling:>6.2f}x | {100 * one / two / ceiling:>9.0f}% |'
         )
-    if args.skip_overhead:
-        return
+    if not args.skip_overhead and args.backend == 'rpc':
+        _overhead_table(args)
+    print(f'load after: {_load()}')
+    for tasks, (one, two, ceiling) in rows.items():
+        where = f' [{tasks} tasks]' if len(rows) > 1 else ''
+        print(f'speed-up 2 vs 1 processes: {one / two:.2f}x (ceiling {ceiling:.2f}x){where}')
+
+
+def _load() -> str:
+    """The 1/5/15-minute load averages (other work on the machine skews the timings)."""
+    try:
+        return ' '.join(f'{x:.2f}' for x in os.getloadavg()) + f' on {os.cpu_count()} CPUs'
+    except OSError:
+        return 'unknown'
+
+
+def _overhead_table(args: argparse.Namespace) -> None:
+    """The RPC per-call overhead table (world of 2)."""
     print()
     over = _world([__file__, '--role', 'overhead', '--repeat', str(args.repeat)], 2, timeout=300)
     base = over['local call']

@@ -200,6 +200,8 @@ def test_meta_gradients_equal_one_process(world_size, sizes):
     ranks = launch('collective.py', world_size, timeout=100, args=['grads', *map(str, sizes)])
     kinds = ['module_mean', 'functional_mean', 'functional_sum']
     _check_meta_gradients(ranks, world_size, sizes, kinds)
+    zero = [r for r in _results(ranks) if r['check'] == 'zero_total']
+    assert len(zero) == world_size and all('no rank had a task' in r['error'] for r in zero)
 
 
 @pytest.mark.slow

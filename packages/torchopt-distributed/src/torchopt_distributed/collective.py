@@ -365,6 +365,11 @@ def all_reduce_gradients(
         grads.append(param.grad)
     world_size = dist.get_world_size(group)
     weighted = weight is not None
+    if world_size == 1:  # nothing to exchange: sum_r w_r g_r / sum_r w_r = g
+        if weighted:
+            _check_total(float(weight))  # type: ignore[arg-type]
+            return float(weight)  # type: ignore[arg-type]
+        return 1.0
     if not grads:
         if not weighted:
             return 1.0 if op == 'sum' else float(world_size)

@@ -140,6 +140,16 @@ def check_grads(sizes: list[int]) -> None:
                diff=max_diff(par_s, ref_f), same=identical_on_all_ranks(par_s))  # fmt: skip
 
 
+def check_zero_total() -> None:
+    """Every rank with an empty share: a clear error on every rank, not a division by zero."""
+    try:
+        todist.average_meta_gradients(make_net(), 0)
+    except ValueError as ex:
+        report(check='zero_total', error=str(ex))
+    else:
+        report(check='zero_total', error=None)
+
+
 def check_ddp(n: int) -> None:
     ref = make_net(seed=0)
     module_meta_grads(ref, range(n), 1.0 / n)
@@ -196,6 +206,7 @@ def main() -> None:
         os._exit(3)
     if mode == 'grads':
         check_grads([int(n) for n in sys.argv[2:]])
+        check_zero_total()
     elif mode == 'ddp':
         check_ddp(int(sys.argv[2]))
     elif mode in ('dies', 'stalls'):
