@@ -1,35 +1,52 @@
 """Speed of ``torchopt.diff.zero_order`` against a hand-written batched ES estimator.
 
-For N = 1, 10, 100, 1000 noise samples, times one gradient estimate (forward + backward) as a
+For N = 10, 100, 1000 noise samples, times one gradient estimate (forward + backward) as a
 ratio to a hand-written estimator that draws the noise with ``torch.randn`` and evaluates all
 perturbations in one call of a hand-vectorised objective, measured in the same process,
-interleaved and paired (these machines are noisy): each round times both, the table shows the
-medians over rounds and the median of the per-round ratios. ``overhead`` is the median of the
-per-round differences (library - hand), the library's cost per call beyond the arithmetic.
+interleaved and paired (these machines are noisy): each round times every variant, the table
+shows the medians over rounds and the median of the per-round ratios. ``overhead`` is the median
+of the per-round differences (library - hand), the library's cost per call beyond the
+arithmetic. The clock is the thread's CPU time by default (``--clock thread``: with one thread,
+the wall time minus the time the thread was preempted, which on a shared machine is most of the
+noise); ``--clock wall`` times wall-clock seconds.
+
+Columns beside ``ratio`` (all against the same hand-written step, same rounds):
+
+* ``floor``: an ``autograd.Function`` whose backward does only what the hand-written code does,
+  but evaluates the *per-sample* objective with one direct ``vmap`` call (no argument handling,
+  no checks, no sampler): the cost of the two things the API cannot avoid for a per-sample
+  objective, the autograd node and ``vmap``'s per-operation cost inside the objective;
+* ``batched``: the library with ``batched=True`` and the hand-vectorised objective (the user
+  writes the batch, as the hand-written estimator does; no ``vmap``);
+* ``loop``: the perturbations evaluated one at a time (``vectorize=False``), as TorchOpt 0.7
+  does (for N up to ``--loop-max``).
 
 Objectives:
 
 * ``quadratic``: ``f(x) = 0.5 x^T A x + b^T x`` in d = 100 (cheap: the fixed cost of each call
   and the batching dominate);
+* ``leaves``: the same kind of quadratic over a dict of three leaves of 50, 30 and 4x5
+  elements (d = 100, noise per leaf: the pytree path);
 * ``mlp``: a small MLP regression loss, parameters a dict of three leaves (noise per leaf);
 * ``module``: the same MLP as a ``ZeroOrderGradientModule`` (its ``sample`` method is the noise
   source, whatever ``--samplers`` says).
 
 Noise samplers (every form ``zero_order`` accepts): ``callable`` (``lambda shape:
 torch.randn(shape)``), ``normal`` (``torch.distributions.Normal(0, 1)``) and ``samplable`` (an
-object with a ``sample(sample_shape)`` method). The ``loop`` column (``--loop-max``) evaluates
-the perturbations one at a time, as TorchOpt 0.7 does.
+object with a ``sample(sample_shape)`` method).
 
 Usage::
 
-    python benchmarks/zero_order_bench.py [--objectives quadratic mlp module]
-        [--samplers callable normal samplable] [--methods antithetic] [--sizes 1 10 100 1000]
-        [--repeats 60] [--threads 1] [--device cpu] [--loop-max 100]
+    python benchmarks/zero_order_bench.py [--objectives quadratic leaves mlp module]
+        [--samplers callable normal samplable] [--methods naive forward antithetic]
+        [--sizes 10 100 1000] [--repeats 60] [--threads 1] [--device cpu] [--loop-max 10]
+        [--clock thread]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from typing import Any, Callable, NamedTuple
@@ -38,6 +55,7 @@ import torch
 from torch import Tensor, nn
 
 import torchopt
+from torchopt_zero._batching import vmap_call
 
 __all__ = ['main']
 
@@ -45,13 +63,17 @@ METHODS = ('naive', 'forward', 'antithetic')
 SIGMA = 0.05
 
 
+Factory = Callable[[Any, str, int, bool | None], Callable[[], None]]  # (sampler, ...) -> step
+
+
 class Problem(NamedTuple):
     """A zero-order benchmark problem: parameters, the decorated-function call and the baseline."""
 
     params: dict[str, Tensor]  # leaves whose .grad the steps set
-    library: Callable[[Any, str, int, bool | None], Callable[[], None]]  # (sampler, ...) -> step
+    library: Factory  # the decorated per-sample objective
     objective: Callable[[dict[str, Tensor]], Tensor]  # per-sample, on the params dict
     batched: Callable[[dict[str, Tensor]], Tensor]  # every leaf with a leading sample dimension
+    batched_library: Factory | None  # the decorated hand-vectorised objective (batched=True)
 
 
 class RandnSampler:  # pylint: disable=too-few-public-methods
@@ -74,14 +96,18 @@ def make_sampler(kind: str, device: torch.device) -> Any:
 
 
 def decorated_step(
-    objective: Callable[..., Tensor], params: dict[str, Tensor], args: tuple[Any, ...]
-) -> Callable[[Any, str, int, bool | None], Callable[[], None]]:
+    objective: Callable[..., Tensor],
+    params: dict[str, Tensor],
+    args: tuple[Any, ...],
+    batched: bool = False,
+) -> Factory:
     """``zero_order(...)(objective)(params, *args).backward()`` as a step factory."""
 
     def factory(sampler: Any, method: str, n: int, vectorize: bool | None) -> Callable[[], None]:
-        fn = torchopt.diff.zero_order(
-            sampler, method=method, num_samples=n, sigma=SIGMA, vectorize=vectorize
-        )(objective)
+        extra = {'batched': True} if batched else {'vectorize': vectorize}
+        fn = torchopt.diff.zero_order(sampler, method=method, num_samples=n, sigma=SIGMA, **extra)(
+            objective
+        )
 
         def step() -> None:
             for v in params.values():
@@ -107,19 +133,66 @@ def quadratic(device: torch.device, dim: int = 100) -> Problem:
         x = p['x']
         return 0.5 * ((x @ a) * x).sum(-1) + x @ b
 
-    def factory(sampler: Any, method: str, n: int, vectorize: bool | None) -> Callable[[], None]:
-        fn = torchopt.diff.zero_order(
-            sampler, method=method, num_samples=n, sigma=SIGMA, vectorize=vectorize
-        )(f)
-        x = params['x']
+    def make_factory(objective: Callable[[Tensor], Tensor], batch: bool) -> Factory:
+        def factory(
+            sampler: Any, method: str, n: int, vectorize: bool | None
+        ) -> Callable[[], None]:
+            extra = {'batched': True} if batch else {'vectorize': vectorize}
+            fn = torchopt.diff.zero_order(
+                sampler, method=method, num_samples=n, sigma=SIGMA, **extra
+            )(objective)
+            x = params['x']
 
-        def step() -> None:
-            x.grad = None
-            fn(x).backward()
+            def step() -> None:
+                x.grad = None
+                fn(x).backward()
 
-        return step
+            return step
 
-    return Problem(params, factory, lambda p: f(p['x']), batched)
+        return factory
+
+    return Problem(
+        params,
+        make_factory(f, False),
+        lambda p: f(p['x']),
+        batched,
+        make_factory(lambda x: batched({'x': x}), True),
+    )
+
+
+def leaves(device: torch.device) -> Problem:
+    """A d = 100 quadratic over three leaves (50, 30 and 4x5 elements): noise per leaf."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = {'u': (50,), 'v': (30,), 'w': (4, 5)}
+    mats, vecs, params = {}, {}, {}
+    for k, shape in shapes.items():
+        dim = math.prod(shape)
+        q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=gen))
+        mats[k] = ((q * torch.linspace(0.5, 2.0, dim)) @ q.T).to(device)
+        vecs[k] = torch.randn(dim, generator=gen).to(device)
+        params[k] = (0.3 * torch.randn(shape, generator=gen)).to(device).requires_grad_()
+
+    def objective(p: dict[str, Tensor]) -> Tensor:
+        total = 0.0
+        for k, value in p.items():
+            x = value.reshape(-1)
+            total = total + 0.5 * x @ mats[k] @ x + vecs[k] @ x
+        return total
+
+    def batched(p: dict[str, Tensor]) -> Tensor:
+        total = 0.0
+        for k, value in p.items():
+            x = value.flatten(1)
+            total = total + 0.5 * ((x @ mats[k]) * x).sum(-1) + x @ vecs[k]
+        return total
+
+    return Problem(
+        params,
+        decorated_step(objective, params, ()),
+        objective,
+        batched,
+        decorated_step(batched, params, (), batched=True),
+    )
 
 
 def _mlp_data(device: torch.device, batch: int = 64, hidden: int = 32, features: int = 16):
@@ -150,7 +223,13 @@ def _mlp_functions(x: Tensor, y: Tensor):
 def mlp(device: torch.device) -> Problem:
     x, y, params = _mlp_data(device)
     objective, batched = _mlp_functions(x, y)
-    return Problem(params, decorated_step(objective, params, (x, y)), objective, batched)
+    return Problem(
+        params,
+        decorated_step(objective, params, (x, y)),
+        objective,
+        batched,
+        decorated_step(lambda p, x, y: batched(p), params, (x, y), batched=True),
+    )
 
 
 def module(device: torch.device) -> Problem:
@@ -188,7 +267,7 @@ def module(device: torch.device) -> Problem:
 
         return step
 
-    return Problem(params, factory, objective, batched)
+    return Problem(params, factory, objective, batched, None)
 
 
 def hand_written(problem: Problem, method: str, n: int) -> Callable[[], None]:
@@ -200,8 +279,10 @@ def hand_written(problem: Problem, method: str, n: int) -> Callable[[], None]:
             f0 = problem.objective(params)  # the forward pass
             noise = {k: torch.randn((n, *v.shape), device=v.device) for k, v in params.items()}
             if method == 'antithetic':
-                pert = {k: torch.cat((v + SIGMA * noise[k], v - SIGMA * noise[k]))
-                        for k, v in params.items()}
+                pert = {
+                    k: torch.cat((v + SIGMA * noise[k], v - SIGMA * noise[k]))
+                    for k, v in params.items()
+                }
                 vals = problem.batched(pert)
                 weights = (vals[:n] - vals[n:]) / (2 * n * SIGMA)
             else:
@@ -213,85 +294,174 @@ def hand_written(problem: Problem, method: str, n: int) -> Callable[[], None]:
     return step
 
 
+def floor_step(problem: Problem, method: str, n: int) -> Callable[[], None]:
+    """The hand-written estimator around the per-sample objective: autograd node + one vmap.
+
+    What any implementation of this API has to do: an ``autograd.Function`` (the output is
+    differentiated by ``.backward()``) whose backward evaluates the user's per-sample objective
+    at all perturbations with one ``vmap`` call (the direct entry the library uses). Nothing
+    else: no argument handling, no checks, ``torch.randn`` noise.
+    """
+    params = problem.params
+    keys = list(params)
+    objective = problem.objective
+
+    def flat(*values: Tensor) -> Tensor:
+        return objective(dict(zip(keys, values)))
+
+    class Floor(torch.autograd.Function):  # pylint: disable=abstract-method
+        @staticmethod
+        def forward(ctx: Any, *values: Tensor) -> Tensor:  # type: ignore[override]
+            ctx.save_for_backward(*values)
+            return flat(*values)
+
+        @staticmethod
+        def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+            values = ctx.saved_tensors
+            noise = [torch.randn((n, *v.shape), device=v.device) for v in values]
+            if method == 'antithetic':
+                pert = [torch.cat((v + SIGMA * u, v - SIGMA * u)) for v, u in zip(values, noise)]
+                vals = vmap_call(flat, pert, 'error')
+                weights = (vals[:n] - vals[n:]) * (grad / (2 * n * SIGMA))
+            else:
+                pert = [v + SIGMA * u for v, u in zip(values, noise)]
+                vals = vmap_call(flat, pert, 'error')
+                if method == 'forward':
+                    vals = vals - flat(*values)
+                weights = vals * (grad / (n * SIGMA))
+            return tuple((weights @ u.reshape(n, -1)).view_as(v) for v, u in zip(values, noise))
+
+    vmap_call(flat, [v.detach()[None] for v in params.values()], 'error', True)  # set-up
+
+    def step() -> None:
+        for v in params.values():
+            v.grad = None
+        Floor.apply(*params.values()).backward()
+
+    return step
+
+
 def measure(
-    steps: dict[str, Callable[[], None]], repeats: int, sync: Callable[[], None]
+    steps: dict[str, Callable[[], None]],
+    repeats: int,
+    sync: Callable[[], None],
+    clock: Callable[[], float],
 ) -> dict[str, list[float]]:
     """Per-round seconds per call of each step; rounds interleave the steps (order alternates)."""
     for _ in range(3):  # warm-up (the first call also probes how the function batches)
         for step in steps.values():
             step()
     sync()
-    start = time.perf_counter()
+    start = clock()
     steps['hand']()
     sync()
     # ~0.5 ms per timing: short enough that most rounds escape preemption on a busy machine
-    inner = max(1, min(20, int(5e-4 / max(time.perf_counter() - start, 1e-6))))
+    inner = max(1, min(20, int(5e-4 / max(clock() - start, 1e-6))))
     times: dict[str, list[float]] = {k: [] for k in steps}
     names = list(steps)
     for r in range(repeats):
         for k in names if r % 2 == 0 else reversed(names):
             step = steps[k]
             sync()
-            start = time.perf_counter()
+            start = clock()
             for _ in range(inner):
                 step()
             sync()
-            times[k].append((time.perf_counter() - start) / inner)
+            times[k].append((clock() - start) / inner)
     return times
+
+
+def _ratio(times: dict[str, list[float]], key: str) -> str:
+    if key not in times:
+        return f'{"-":>8}'
+    return f'{statistics.median(a / b for a, b in zip(times[key], times["hand"])):>7.2f}x'
 
 
 def run_table(
     name: str, problem: Problem, sampler_kind: str, method: str, args: argparse.Namespace
-) -> None:
+) -> list[tuple[int, float]]:
+    """Print one table; return the (N, ratio) pairs."""
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+    clock = time.thread_time if args.clock == 'thread' else time.perf_counter
     sampler = make_sampler(sampler_kind, device)
     dim = sum(v.numel() for v in problem.params.values())
     label = 'module.sample' if name == 'module' else sampler_kind
     print(f'\n{name} (d={dim}, {len(problem.params)} leaves), sampler={label}, method={method}')
-    print(f'{"N":>6} {"hand (ms)":>10} {"zero_order (ms)":>16} {"ratio":>6} '
-          f'{"overhead (ms)":>14} {"loop ratio":>10}')
+    print(
+        f'{"N":>6} {"hand (ms)":>10} {"zero_order (ms)":>16} {"ratio":>7} '
+        f'{"overhead (ms)":>14} {"floor":>8} {"batched":>8} {"loop":>8}'
+    )
+    ratios = []
     for n in args.sizes:
         steps = {
             'hand': hand_written(problem, method, n),
             'lib': problem.library(sampler, method, n, None),
+            'floor': floor_step(problem, method, n),
         }
+        if problem.batched_library is not None:
+            steps['batched'] = problem.batched_library(sampler, method, n, None)
         if n <= args.loop_max:
             steps['loop'] = problem.library(sampler, method, n, False)
-        times = measure(steps, args.repeats, sync)
+        times = measure(steps, args.repeats, sync, clock)
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         ratio = statistics.median(a / b for a, b in zip(times['lib'], times['hand']))
         extra = statistics.median(a - b for a, b in zip(times['lib'], times['hand'])) * 1e3
-        loop = (f'{statistics.median(a / b for a, b in zip(times["loop"], times["hand"])):>9.1f}x'
-                if 'loop' in times else f'{"-":>10}')
-        print(f'{n:>6} {med["hand"]:>10.3f} {med["lib"]:>16.3f} {ratio:>5.2f}x '
-              f'{extra:>14.3f} {loop}', flush=True)
+        ratios.append((n, ratio))
+        print(
+            f'{n:>6} {med["hand"]:>10.3f} {med["lib"]:>16.3f} {ratio:>6.2f}x '
+            f'{extra:>14.3f} {_ratio(times, "floor")} {_ratio(times, "batched")} '
+            f'{_ratio(times, "loop")}',
+            flush=True,
+        )
+    return ratios
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--objectives', nargs='+', default=['quadratic', 'mlp', 'module'],
-                        choices=['quadratic', 'mlp', 'module'])
-    parser.add_argument('--samplers', nargs='+', default=['callable', 'normal', 'samplable'],
-                        choices=['callable', 'normal', 'samplable'])
-    parser.add_argument('--methods', nargs='+', default=['antithetic'],
-                        choices=[*METHODS, 'all'])
+    parser.add_argument(
+        '--objectives',
+        nargs='+',
+        default=['quadratic', 'leaves', 'mlp', 'module'],
+        choices=['quadratic', 'leaves', 'mlp', 'module'],
+    )
+    parser.add_argument(
+        '--samplers',
+        nargs='+',
+        default=['callable', 'normal', 'samplable'],
+        choices=['callable', 'normal', 'samplable'],
+    )
+    parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=[*METHODS, 'all'])
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--repeats', type=int, default=60)
     parser.add_argument('--threads', type=int, default=1)
-    parser.add_argument('--sizes', type=int, nargs='+', default=[1, 10, 100, 1000])
-    parser.add_argument('--loop-max', type=int, default=100, help='largest N timed with the loop')
+    parser.add_argument('--sizes', type=int, nargs='+', default=[10, 100, 1000])
+    parser.add_argument('--loop-max', type=int, default=10, help='largest N timed with the loop')
+    parser.add_argument(
+        '--clock',
+        choices=['thread', 'wall'],
+        default='thread',
+        help="the thread's CPU time (default) or wall-clock time",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     methods = METHODS if 'all' in args.methods else args.methods
     device = torch.device(args.device)
-    print(f'zero_order benchmark: device={device}, threads={torch.get_num_threads()}, '
-          f'torch {torch.__version__}, sigma={SIGMA}, {args.repeats} paired rounds')
-    builders = {'quadratic': quadratic, 'mlp': mlp, 'module': module}
+    print(
+        f'zero_order benchmark: device={device}, threads={torch.get_num_threads()}, '
+        f'torch {torch.__version__}, sigma={SIGMA}, {args.repeats} paired rounds, '
+        f'clock={args.clock}'
+    )
+    builders = {'quadratic': quadratic, 'leaves': leaves, 'mlp': mlp, 'module': module}
+    summary: dict[tuple[str, int], list[float]] = {}
     for name in args.objectives:
         for method in methods:
             for sampler_kind in ['module'] if name == 'module' else args.samplers:
-                run_table(name, builders[name](device), sampler_kind, method, args)
+                for n, ratio in run_table(name, builders[name](device), sampler_kind, method, args):
+                    summary.setdefault((name, n), []).append(ratio)
+    print('\nsummary: zero_order / hand-written, range over samplers and methods')
+    for (name, n), values in summary.items():
+        print(f'  {name:>10} N={n:<5} {min(values):.2f}x - {max(values):.2f}x')
 
 
 if __name__ == '__main__':

@@ -35,6 +35,7 @@ __all__ = [
     'DEFAULT_CHUNK_ELEMENTS',
     'Estimator',
     'EstimatorConfig',
+    'check_batch',
     'check_scalar',
     'make_sampler',
 ]
@@ -65,6 +66,8 @@ class EstimatorConfig(NamedTuple):
             :data:`DEFAULT_CHUNK_ELEMENTS`.
         vectorize: ``True`` (always :func:`torch.func.vmap`), ``False`` (always a Python loop)
             or ``None`` (try ``vmap``, fall back to the loop if the function cannot be vmapped).
+        batched: The function is vectorised by its author: it takes every differentiable leaf
+            with a leading batch dimension and returns one value per row, shape ``(rows,)``.
     """
 
     method: str
@@ -72,6 +75,7 @@ class EstimatorConfig(NamedTuple):
     sigma: float
     chunk_size: int | None
     vectorize: bool | None
+    batched: bool = False
 
 
 def _sample(distribution: Any, sample_shape: torch.Size) -> Any:
@@ -189,16 +193,33 @@ def _perturbed(leaf: Tensor, noise: Tensor, sigma: float, signs: Tensor | None) 
     return torch.addcmul(theta, signs, noise).view(-1, *leaf.shape)  # from (2, num, numel)
 
 
+def check_batch(values: object, rows: int) -> Tensor:
+    """Return ``values`` if it is a tensor of shape ``(rows,)`` (``batched=True`` functions)."""
+    if not isinstance(values, Tensor) or values.shape != (rows,):
+        got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+        raise RuntimeError(
+            f'zero_order(batched=True): the function must return a 1-D tensor with one value per '
+            f'row of its batched arguments, shape ({rows},); got {got}.'
+        )
+    return values
+
+
 def _of_perturbed(
-    fn: Callable[..., Tensor], leaves: Sequence[Tensor], positions: list[int]
+    fn: Callable[..., Tensor], leaves: Sequence[Tensor], positions: list[int], batched: bool
 ) -> Callable[..., Tensor]:
-    """``fn`` as a function of the perturbed leaves (at ``positions``, in that order) only."""
+    """``fn`` as a function of the perturbed leaves (at ``positions``, in that order) only.
+
+    With ``batched``, the unperturbed leaves are expanded (a view) to the rows of the batch.
+    """
     if positions == list(range(len(leaves))):
         return fn  # every leaf is perturbed, in order
 
     def fn_of_perturbed(*perturbed: Tensor) -> Tensor:
-        # the unperturbed leaves come from the closure: they are not batched
+        # the unperturbed leaves come from the closure: vmap does not batch them
         full = list(leaves)
+        if batched:
+            rows = perturbed[0].shape[0]
+            full = [leaf.expand(rows, *leaf.shape) for leaf in full]
         for j, value in zip(positions, perturbed):
             full[j] = value
         return fn(*full)
@@ -335,6 +356,8 @@ class Estimator:
 
     def _evaluate_one(self, fn: Callable[..., Tensor], rows: Tensor) -> Tensor:
         """``fn`` at each row of ``rows``: the direct vmap call once the mode is known."""
+        if self.config.batched:
+            return check_batch(fn(rows), rows.shape[0])
         mode = self.mode
         if (mode == 'error' or mode == 'different') and self.config.vectorize is not False:
             if rows.shape[0] > _LOOP_MAX or self.config.vectorize:
@@ -357,7 +380,8 @@ class Estimator:
         groups = _groups(leaves, perturb)
         if not groups:
             return grads
-        batched_fn = _of_perturbed(fn, leaves, [j for group in groups for j in group.members])
+        positions = [j for group in groups for j in group.members]
+        batched_fn = _of_perturbed(fn, leaves, positions, self.config.batched)
         signs = [self._signs_like(g.like) if self._antithetic else None for g in groups]
         chunk = _chunk_size(self.config, sum(group.dim for group in groups))
         totals: list[Tensor] = []
@@ -410,6 +434,8 @@ class Estimator:
         Returns the values, shape ``(rows,)``.
         """
         num = inputs[0].shape[0]
+        if self.config.batched:
+            return check_batch(fn(*inputs), num)
         mode, vectorize = self.mode, self.config.vectorize
         if vectorize is False or (num <= _LOOP_MAX and vectorize is None):
             mode = 'loop'
