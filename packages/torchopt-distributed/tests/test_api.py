@@ -109,7 +109,9 @@ def test_module_level_partitioners():
     assert api.exclusive_batch_partitioner.keepdim is True
 
 
-@pytest.mark.parametrize('bad', [{'dim': 1.0}, {'dim': 0, 'workers': []}, {'dim': 0, 'workers': [None]}])
+@pytest.mark.parametrize(
+    'bad', [{'dim': 1.0}, {'dim': 0, 'workers': []}, {'dim': 0, 'workers': [None]}]
+)
 def test_constructor_validates(bad):
     with pytest.raises((TypeError, ValueError)):
         TensorDimensionPartitioner(**bad)

@@ -1,12 +1,12 @@
-"""Remote calls over RPC: partition the inputs, call the workers, reduce the results.
+r"""Remote calls over RPC: partition the inputs, call the workers, reduce the results.
 
 A *partitioner* maps the arguments of a call to a list of ``(worker_id, args, kwargs)``, one per
 remote call; a *reducer* maps the list of results to one value. :func:`remote_async_call` runs a
 function that way, and :func:`parallelize` turns a function into its distributed version.
 
 For a batch of size :math:`B` split over :math:`W` workers, :func:`batch_partitioner` makes
-:math:`K = \\min(B, W)` contiguous chunks of size :math:`\\lfloor B / K \\rfloor` (the last takes
-the remainder), so that with :func:`sum_reducer`, :math:`\\sum_k f(x_{[k]}) = f(x)` for any ``f``
+:math:`K = \min(B, W)` contiguous chunks of size :math:`\lfloor B / K \rfloor` (the last takes
+the remainder), so that with :func:`sum_reducer`, :math:`\sum_k f(x_{[k]}) = f(x)` for any ``f``
 additive over the batch.
 """
 
@@ -15,12 +15,13 @@ from __future__ import annotations
 import functools
 import itertools
 import sys
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed.rpc as rpc
-from torchopt import pytree
 
+from torchopt import pytree
 from torchopt_distributed.world import get_worker_id, get_world_rank, get_world_size
 
 __all__ = [
@@ -39,7 +40,8 @@ __all__ = [
 ]
 
 T = TypeVar('T')
-#: The sentinel timeout meaning "use the RPC agent's default timeout" (as in ``torch.distributed.rpc``).
+#: The sentinel timeout meaning "use the RPC agent's default timeout" (as in
+#: ``torch.distributed.rpc``).
 UNSET_RPC_TIMEOUT: float = float(getattr(getattr(rpc, 'api', None), 'UNSET_RPC_TIMEOUT', -1.0))
 
 Args = tuple[Any, ...]

@@ -1,15 +1,15 @@
-"""Distributed autograd with the local ergonomics of :func:`torch.autograd.backward` / ``grad``.
+r"""Distributed autograd with the local ergonomics of :func:`torch.autograd.backward` / ``grad``.
 
 Inside ``with context() as context_id:``, RPCs that carry tensors requiring grad are recorded;
 :func:`backward` runs the backward pass across every worker involved, then accumulates this
-worker's gradients into ``.grad`` (:math:`p.\\mathrm{grad} \\leftarrow p.\\mathrm{grad} +
-\\partial L / \\partial p`), and :func:`grad` returns them instead.
+worker's gradients into ``.grad`` (:math:`p.\mathrm{grad} \leftarrow p.\mathrm{grad} +
+\partial L / \partial p`), and :func:`grad` returns them instead.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed.autograd as _dist_autograd

@@ -206,7 +206,9 @@ def check_maml_meta_gradient():
         torch.testing.assert_close(got, expected, **TOL)
 
 
-CHECKS = {name[len('check_'):]: f for name, f in dict(globals()).items() if name.startswith('check_')}
+CHECKS = {
+    name[len('check_') :]: f for name, f in dict(globals()).items() if name.startswith('check_')
+}
 
 
 @todist.rank_zero_only
