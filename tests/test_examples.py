@@ -33,6 +33,7 @@ path, argv = sys.argv[1], json.loads(sys.argv[2])
 sys.path.insert(0, str(__import__('pathlib').Path(path).parent))
 spec = importlib.util.spec_from_file_location('example_under_test', path)
 module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module  # importable by name, as a script's __main__ (pickle, RPC)
 spec.loader.exec_module(module)
 result = module.main(argv)
 print('RESULT_JSON ' + json.dumps(result, default=str))
@@ -85,6 +86,11 @@ CASES = [
     Example('long_horizon/lr_schedule.py', ('--quick',), 'lr_schedule.png',
             lambda r: r['learned_val'] < 0.9 * r['constant_val'],
             'learned per-step schedule: final validation loss < 0.9 x the best constant rate'),
+    # A world of one process (no launcher); torchrun with 2 processes and both backends runs in
+    # packages/torchopt-distributed/tests/test_worlds.py.
+    Example('distributed/maml.py', ('--quick', '--backend', 'collective'), 'maml.png',
+            lambda r: r['after'] > r['before'] + 0.05,
+            'collective MAML, one process: meta-test accuracy after > before + 0.05'),
 ]
 
 
@@ -135,7 +141,7 @@ def test_visualize_example(tmp_path: Path) -> None:
 def test_every_gallery_example_is_smoke_tested() -> None:
     """Each example folder with a ``main(argv)`` returning results has an entry above."""
     tested = {c.script.split('/')[0] for c in CASES} | {'visualize'}
-    owned_elsewhere = {'distributed'}  # torchrun example: run by packages/torchopt-distributed/tests
+    owned_elsewhere = {'distributed'}  # its torchrun runs: packages/torchopt-distributed/tests
     folders = {p.name for p in EXAMPLES.iterdir() if p.is_dir() and not p.name.startswith(('_', '.'))}
     missing = folders - tested - owned_elsewhere - {'__pycache__'}
     assert not missing, f'examples without a smoke test: {sorted(missing)}'
