@@ -6,6 +6,8 @@ import io
 
 import pytest
 import torch
+from optimizer_table import CASES, row_params, rows
+from optimizer_table import loss as _loss
 
 import torchopt
 
@@ -13,6 +15,12 @@ import torchopt
 def _model():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+
+def _step_params(params, opt):
+    opt.zero_grad()
+    _loss(params).backward()
+    opt.step()
 
 
 def _step(model, opt, x, y):
@@ -23,38 +31,72 @@ def _step(model, opt, x, y):
     return loss.item()
 
 
-@pytest.mark.parametrize(
-    'make',
-    [
-        lambda p: torchopt.Adam(p, lr=1e-2),
-        lambda p: torchopt.SGD(p, lr=1e-2, momentum=0.9),
-        lambda p: torchopt.RMSprop(p, lr=1e-2, centered=True, momentum=0.5),
-        lambda p: torchopt.Adagrad(p, lr=1e-2, lr_decay=0.1),
-        lambda p: torchopt.NAdam(p),
-        lambda p: torchopt.Lion(p, weight_decay=0.1),
-    ],
-)
-def test_save_load_resumes_bit_identically(make, tmp_path):
-    x, y = torch.randn(16, 4), torch.randn(16, 1)
-    model = _model()
-    opt = make(model.parameters())
-    for _ in range(3):
-        _step(model, opt, x, y)
-    path = tmp_path / 'ckpt.pt'
-    torch.save({'model': model.state_dict(), 'opt': opt.state_dict()}, path)
-    for _ in range(3):
-        _step(model, opt, x, y)
-    expected = [p.detach().clone() for p in model.parameters()]
+def _torch_names(row) -> set[str]:
+    params = [p.requires_grad_() for p in row_params(row, 0)]
+    opt = row.make_torch(params)
+    _loss(params).backward()
+    opt.step()
+    return set(opt.state_dict()['state'].get(0, {}))  # plain SGD: no state at all
 
-    resumed = _model()
+
+# Rows whose class writes other per-parameter names than torch.optim (or keeps the whole state
+# under 'torchopt'): their checkpoints do not move to torch.optim. Each is an expected failure
+# of the name test, so that the gap shows in every run and a fix shows as XPASS.
+_NAMES_DIFFER = {
+    'Adadelta': 'no step count in the state (torch.optim keeps step)',
+    'RMSprop': 'no step count in the state (torch.optim keeps step)',
+    'Adafactor': 'the factored moments are kept under torchopt, not row_var/col_var/step',
+    'Rprop': 'prev/step_size kept under torchopt, no step count',
+    'ASGD': 'ax kept under torchopt; torch.optim also stores eta, mu and step',
+    'Muon': 'momentum_buffer kept under torchopt',
+    'SGD-md': 'dampened momentum also stores its step count (torch.optim does not)',
+}
+
+
+def _names_param(row):
+    reason = _NAMES_DIFFER.get(row.id, _NAMES_DIFFER.get(row.id.split('-')[0]))
+    marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+    return pytest.param(row, id=row.id, marks=marks)
+
+
+@rows()
+def test_save_load_resumes_bit_identically(row, tmp_path):
+    params = [p.requires_grad_() for p in row_params(row, 0)]
+    opt = row.cls(params, **row.kwargs)
+    for _ in range(3):
+        _step_params(params, opt)
+    path = tmp_path / 'ckpt.pt'
+    torch.save({'params': [p.detach() for p in params], 'opt': opt.state_dict()}, path)
+    for _ in range(3):
+        _step_params(params, opt)
+    expected = [p.detach().clone() for p in params]
+
     ckpt = torch.load(path)  # weights_only=True, torch's default
-    resumed.load_state_dict(ckpt['model'])
-    opt2 = make(resumed.parameters())
+    resumed = [p.clone().requires_grad_() for p in ckpt['params']]
+    opt2 = row.cls(resumed, **row.kwargs)
     opt2.load_state_dict(ckpt['opt'])
     for _ in range(3):
-        _step(resumed, opt2, x, y)
-    for a, b in zip(resumed.parameters(), expected):
+        _step_params(resumed, opt2)
+    for a, b in zip(resumed, expected):
         assert torch.equal(a.detach(), b)
+
+
+@rows()
+def test_checkpoint_names_are_the_rows(row):
+    params = [p.requires_grad_() for p in row_params(row, 0)]
+    opt = row.cls(params, **row.kwargs)
+    _step_params(params, opt)
+    saved = opt.state_dict()
+    if row.checkpoint:
+        assert set(saved['state']) == set(range(len(params)))
+        assert all(set(s) == set(row.checkpoint) for s in saved['state'].values())
+    else:  # a state the torch.optim layout does not describe: kept whole
+        assert saved['state'] == {} and 'torchopt' in saved
+
+
+@pytest.mark.parametrize('row', [_names_param(r) for r in CASES])
+def test_checkpoint_names_are_torch_optims(row):
+    assert set(row.checkpoint) == _torch_names(row)
 
 
 def test_state_dict_before_first_step_is_uninitialized():
@@ -143,3 +185,51 @@ def test_func_optimizer_accepts_dict_params():
         ref = torchopt.apply_updates(ref, updates, inplace=False)
     for k in params:
         torch.testing.assert_close(params[k], ref[k])
+
+
+def _interop_params():
+    out = []
+    for row in CASES:
+        for direction in ('torch->torchopt', 'torchopt->torch'):
+            reason = None
+            if row.id != 'SGD-md':  # its extra step count is ignored by torch.optim: it moves
+                reason = _NAMES_DIFFER.get(row.id, _NAMES_DIFFER.get(row.id.split('-')[0]))
+                reason = reason and f'checkpoint names differ: {reason}'
+            if row.cls is torchopt.AMSGrad and direction == 'torchopt->torch':
+                reason = ("torchopt.AMSGrad's param groups carry no 'amsgrad' key, so "
+                          'torch.optim.Adam loads them as amsgrad=False; torchopt.Adam('
+                          'amsgrad=True) checkpoints move (the Adam-amsgrad row)')  # fmt: skip
+            # not strict for AMSGrad: where the maximum never binds (AMSGrad-all), it passes
+            strict = row.cls is not torchopt.AMSGrad
+            marks = [pytest.mark.xfail(reason=reason, strict=strict)] if reason else []
+            out.append(pytest.param(row, direction, id=f'{row.id}-{direction}', marks=marks))
+    return out
+
+
+@pytest.mark.parametrize(('row', 'direction'), _interop_params())
+def test_checkpoints_move_between_torch_optim_and_torchopt(row, direction):
+    """10 steps in one, the checkpoint loaded into the other, 10 more: torch.optim's 20 steps."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # torch.optim's NAdam keeps mu_product in it
+    try:
+        start = row_params(row, 5)
+        reference = [p.clone().requires_grad_() for p in start]
+        ref_only = row.make_torch(reference)
+        ours_p, theirs_p = ([p.clone().requires_grad_() for p in start] for _ in range(2))
+        ours, theirs = row.cls(ours_p, **row.kwargs), row.make_torch(theirs_p)
+        first, second = (theirs, ours) if direction == 'torch->torchopt' else (ours, theirs)
+        first_p, second_p = (theirs_p, ours_p) if first is theirs else (ours_p, theirs_p)
+        for _ in range(10):
+            _step_params(reference, ref_only)
+            _step_params(first_p, first)
+        with torch.no_grad():
+            for dst, src in zip(second_p, first_p):
+                dst.copy_(src)
+        second.load_state_dict(first.state_dict())
+        for _ in range(10):
+            _step_params(reference, ref_only)
+            _step_params(second_p, second)
+        err = max((a - b).abs().max().item() for a, b in zip(second_p, reference))
+        assert err <= row.tol
+    finally:
+        torch.set_default_dtype(old)

@@ -1,4 +1,5 @@
-"""A shared conformance suite run over every transformation and optimizer alias."""
+"""A shared conformance suite run over every transformation and every row of the optimizer table.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pickle
 
 import pytest
 import torch
+from optimizer_table import ALL
 
 import torchopt
 from torchopt import transform
@@ -29,36 +31,34 @@ FACTORIES = {
     'add_decayed_weights': lambda: transform.add_decayed_weights(0.1),
     'masked': lambda: transform.masked(transform.scale(2.0), {'a': True, 'b': False, 'c': True}),
     'clip_grad_norm': lambda: torchopt.clip_grad_norm(0.1),
-    'sgd': lambda: torchopt.sgd(0.1, momentum=0.9, weight_decay=0.01),
-    'adam': lambda: torchopt.adam(0.1, weight_decay=0.01),
-    'adamw': lambda: torchopt.adamw(0.1, mask={'a': True, 'b': True, 'c': False}),
-    'adagrad': lambda: torchopt.adagrad(0.1),
-    'adadelta': lambda: torchopt.adadelta(0.1),
-    'adamax': lambda: torchopt.adamax(0.1),
-    'radam': lambda: torchopt.radam(0.1),
-    'rmsprop': lambda: torchopt.rmsprop(0.1, momentum=0.5, centered=True),
-    'nadam': lambda: torchopt.nadam(0.1),
-    'lion': lambda: torchopt.lion(0.1, weight_decay=0.1),
-    'lamb': lambda: torchopt.lamb(0.1, weight_decay=0.1),
+    'adamw_mask': lambda: torchopt.adamw(0.1, mask={'a': True, 'b': True, 'c': False}),
 }
+# Every row of the optimizer table, with its options.
+FACTORIES.update({
+    f'row:{row.id}': (lambda row=row: row.fn(**row.kwargs)) for row in ALL
+})  # fmt: skip
+MATRICES_ONLY = {f'row:{row.id}' for row in ALL if row.matrices_only}
+_current = {'name': ''}  # the factory under test (its rows may need matrices)
+
+
+def _tree(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    matrices = _current['name'] in MATRICES_ONLY
+    return {
+        'a': torch.randn(4, 3, generator=g, dtype=torch.float64),
+        'b': torch.randn(5, 2, generator=g, dtype=torch.float64) if matrices else torch.randn(
+            5, generator=g, dtype=torch.float64),
+        'c': (torch.randn(2, 2, generator=g, dtype=torch.float64) if matrices else torch.randn(
+            2, generator=g, dtype=torch.float64),),
+    }
 
 
 def _params():
-    g = torch.Generator().manual_seed(3)
-    return {
-        'a': torch.randn(4, 3, generator=g, dtype=torch.float64),
-        'b': torch.randn(5, generator=g, dtype=torch.float64),
-        'c': (torch.randn(2, generator=g, dtype=torch.float64),),
-    }
+    return _tree(3)
 
 
 def _grads():
-    g = torch.Generator().manual_seed(4)
-    return {
-        'a': torch.randn(4, 3, generator=g, dtype=torch.float64),
-        'b': torch.randn(5, generator=g, dtype=torch.float64),
-        'c': (torch.randn(2, generator=g, dtype=torch.float64),),
-    }
+    return _tree(4)
 
 
 def _leaves(tree):
@@ -67,7 +67,9 @@ def _leaves(tree):
 
 @pytest.fixture(params=sorted(FACTORIES))
 def name(request):
-    return request.param
+    _current['name'] = request.param
+    yield request.param
+    _current['name'] = ''
 
 
 def test_inplace_and_functional_agree(name):
@@ -116,8 +118,8 @@ def test_none_leaves_pass_through(name):
         assert updates['a'].shape == p['a'].shape
 
 
-# The masks of 'masked' and 'adamw' name leaves of the three-leaf tree.
-@pytest.mark.parametrize('empty_name', sorted(set(FACTORIES) - {'masked', 'adamw'}))
+# The masks of 'masked' and 'adamw_mask' name leaves of the three-leaf tree.
+@pytest.mark.parametrize('empty_name', sorted(set(FACTORIES) - {'masked', 'adamw_mask'}))
 def test_empty_tree(empty_name):
     t = FACTORIES[empty_name]()
     state = t.init({})
