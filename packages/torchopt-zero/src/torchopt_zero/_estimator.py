@@ -133,12 +133,6 @@ def _as_noise(noise: Any, shape: torch.Size, like: Tensor) -> Tensor:
     return noise
 
 
-def _sample_noise(sample: Sampler, num: int, dim: int, like: Tensor) -> Tensor:
-    """Draw ``num`` noise vectors of ``dim`` elements, shape ``(num, dim)``, cast like ``like``."""
-    shape = torch.Size((num, dim))
-    return _as_noise(sample(shape), shape, like)
-
-
 class _LeafPlan(NamedTuple):
     """The layout of one perturbed leaf (the one-leaf path), computed once per layout."""
 
@@ -157,19 +151,19 @@ class _Group(NamedTuple):
     members: list[int]  # positions in the list of leaves
     sizes: list[int]  # their numbers of elements
     dim: int  # the sum of sizes
-    like: Tensor  # a member, for the device and dtype
+    rows: list[tuple[int, ...]]  # each member's perturbed rows' shape: (-1, *leaf.shape)
+    flat: list[bool]  # whether each member is 1-D
+    dtype: torch.dtype
+    device: torch.device
+    signs: Tensor | None  # [[[sigma]], [[-sigma]]] (antithetic) or None
 
 
-def _groups(leaves: Sequence[Tensor], perturb: Sequence[bool]) -> list[_Group]:
-    by_key: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for j, flag in enumerate(perturb):
-        if flag:
-            by_key.setdefault((leaves[j].device, leaves[j].dtype), []).append(j)
-    groups = []
-    for members in by_key.values():
-        sizes = [leaves[j].numel() for j in members]
-        groups.append(_Group(members, sizes, sum(sizes), leaves[members[0]]))
-    return groups
+class _GroupsPlan(NamedTuple):
+    """The layout of several leaves (the grouped path), computed once per layout."""
+
+    groups: list[_Group]
+    positions: list[int]  # the perturbed leaves, group by group
+    chunk: int  # noise draws per chunk
 
 
 def _chunk_size(config: EstimatorConfig, dim: int) -> int:
@@ -177,20 +171,6 @@ def _chunk_size(config: EstimatorConfig, dim: int) -> int:
         return min(config.chunk_size, config.num_samples)
     per_sample = max(dim, 1) * (2 if config.method == 'antithetic' else 1)
     return max(1, min(config.num_samples, DEFAULT_CHUNK_ELEMENTS // per_sample))
-
-
-def _perturbed(leaf: Tensor, noise: Tensor, sigma: float, signs: Tensor | None) -> Tensor:
-    """``leaf + sigma * noise`` per row (then ``leaf - sigma * noise`` rows for ``signs``).
-
-    ``noise`` has shape ``(num, leaf.numel())``; ``signs`` is ``None`` or the tensor
-    ``[[[sigma]], [[-sigma]]]`` (antithetic). The result is contiguous (fast batched kernels),
-    shape ``(num or 2 num, *leaf.shape)``, written by one kernel.
-    """
-    theta = leaf if leaf.ndim == 1 else leaf.reshape(-1)
-    if signs is None:
-        out = torch.add(theta, noise, alpha=sigma)  # (num, numel)
-        return out if leaf.ndim == 1 else out.view(-1, *leaf.shape)
-    return torch.addcmul(theta, signs, noise).view(-1, *leaf.shape)  # from (2, num, numel)
 
 
 def check_batch(values: object, rows: int) -> Tensor:
@@ -243,7 +223,16 @@ class Estimator:
     elements, leaves in order), cast to the group's device and dtype.
     """
 
-    __slots__ = ('config', 'mode', '_signs', '_antithetic', '_forward', '_scale', '_plans')
+    __slots__ = (
+        'config',
+        'mode',
+        '_signs',
+        '_antithetic',
+        '_forward',
+        '_scale',
+        '_plans',
+        '_group_plans',
+    )
 
     def __init__(self, config: EstimatorConfig) -> None:
         """Start an estimator with validated hyper-parameters (see ``check_config``)."""
@@ -254,6 +243,7 @@ class Estimator:
         self._forward = config.method == 'forward'
         self._scale = 1.0 / (config.num_samples * config.sigma * (2 if self._antithetic else 1))
         self._plans: dict[tuple[torch.Size, torch.dtype, torch.device], _LeafPlan] = {}
+        self._group_plans: dict[tuple[Any, ...], _GroupsPlan] = {}
 
     def __call__(
         self,
@@ -364,6 +354,38 @@ class Estimator:
                 return vmap_one(fn, rows, mode)
         return self._evaluate(fn, [rows])
 
+    def _groups_plan(self, leaves: Sequence[Tensor], perturb: Sequence[bool]) -> _GroupsPlan:
+        """Group the perturbed leaves by (device, dtype), once per layout of the leaves."""
+        key = (tuple(perturb), *[(t.shape, t.dtype, t.device) for t in leaves])
+        plan = self._group_plans.get(key)
+        if plan is not None:
+            return plan
+        by_key: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for j, flag in enumerate(perturb):
+            if flag:
+                by_key.setdefault((leaves[j].device, leaves[j].dtype), []).append(j)
+        groups = []
+        for (device, dtype), members in by_key.items():
+            sizes = [leaves[j].numel() for j in members]
+            groups.append(
+                _Group(
+                    members=members,
+                    sizes=sizes,
+                    dim=sum(sizes),
+                    rows=[(-1, *leaves[j].shape) for j in members],
+                    flat=[leaves[j].ndim == 1 for j in members],
+                    dtype=dtype,
+                    device=device,
+                    signs=self._signs_like(leaves[members[0]]) if self._antithetic else None,
+                )
+            )
+        plan = self._group_plans[key] = _GroupsPlan(
+            groups=groups,
+            positions=[j for group in groups for j in group.members],
+            chunk=_chunk_size(self.config, sum(group.dim for group in groups)),
+        )
+        return plan
+
     def _estimate_groups(
         self,
         fn: Callable[..., Tensor],
@@ -377,38 +399,53 @@ class Estimator:
         """The estimate for several leaves, noise drawn per (device, dtype) group."""
         num_samples, sigma = self.config.num_samples, self.config.sigma
         grads: list[Tensor | None] = [None] * len(leaves)
-        groups = _groups(leaves, perturb)
-        if not groups:
+        plan = self._groups_plan(leaves, perturb)
+        if not plan.groups:
             return grads
-        positions = [j for group in groups for j in group.members]
-        batched_fn = _of_perturbed(fn, leaves, positions, self.config.batched)
-        signs = [self._signs_like(g.like) if self._antithetic else None for g in groups]
-        chunk = _chunk_size(self.config, sum(group.dim for group in groups))
+        batched_fn = _of_perturbed(fn, leaves, plan.positions, self.config.batched)
         totals: list[Tensor] = []
         done = 0
         while done < num_samples:
-            num = min(chunk, num_samples - done)
-            noises = [_sample_noise(sample, num, group.dim, group.like) for group in groups]
+            num = min(plan.chunk, num_samples - done)
+            noises = []
             inputs = []
-            for group, noise, sign in zip(groups, noises, signs):
+            for group in plan.groups:
+                size = torch.Size((num, group.dim))
+                noise = sample(size)
+                if (
+                    type(noise) is not Tensor  # pylint: disable=unidiomatic-typecheck
+                    or noise.dtype is not group.dtype
+                    or noise.shape != size
+                    or noise.device != group.device
+                ):
+                    noise = _as_noise(noise, size, leaves[group.members[0]])
+                noises.append(noise)
                 parts = (noise,) if len(group.members) == 1 else noise.split(group.sizes, dim=1)
-                for j, part in zip(group.members, parts):
-                    inputs.append(_perturbed(leaves[j], part, sigma, sign))
+                for j, part, rows, flat in zip(group.members, parts, group.rows, group.flat):
+                    theta = leaves[j] if flat else leaves[j].reshape(-1)
+                    if group.signs is None:
+                        value = torch.add(theta, part, alpha=sigma)
+                    else:  # (2, num, numel): the + rows, then the - rows, in one kernel
+                        value = torch.addcmul(theta, group.signs, part)
+                    inputs.append(value if group.signs is None and flat else value.view(rows))
             weights = self._weights(self._evaluate(batched_fn, inputs), num, f0)
-            for k, noise in enumerate(noises):
-                weight = weights.to(noise)
+            for k, (group, noise) in enumerate(zip(plan.groups, noises)):
+                weight = weights
+                if weight.dtype is not group.dtype or weight.device != group.device:
+                    weight = weight.to(noise)
                 if done == 0:  # beta=0: the uninitialised input is ignored
-                    total = noise.new_empty(noise.shape[1])
+                    total = noise.new_empty(group.dim)
                     totals.append(torch.addmv(total, noise.T, weight, beta=0, alpha=alpha))
                 else:
                     totals[k].addmv_(noise.T, weight, alpha=alpha)
             done += num
 
-        for group, total in zip(groups, totals):
+        for group, total in zip(plan.groups, totals):
             if post is not None:
                 total.mul_(post.to(total.dtype))
-            for j, grad in zip(group.members, total.split(group.sizes)):
-                grads[j] = grad.view(leaves[j].shape)
+            parts = (total,) if len(group.members) == 1 else total.split(group.sizes)
+            for j, grad in zip(group.members, parts):
+                grads[j] = grad if grad.shape == leaves[j].shape else grad.view(leaves[j].shape)
         return grads
 
     def _weights(self, values: Tensor, num: int, f0: Tensor | None) -> Tensor:
