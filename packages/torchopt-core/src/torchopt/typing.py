@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Mapping, Sequence
 from typing import (
+    TYPE_CHECKING,
+    Any,
     Callable,
-    Dict,
-    List,
     Optional,
     Protocol,
-    Sequence,
-    Tuple,
     TypeVar,
     Union,
     runtime_checkable,
@@ -81,30 +80,40 @@ ScalarOrSchedule = Union[float, Schedule]
 #: A tensor or ``None``.
 OptionalTensor = Optional[Tensor]
 #: A list of tensors.
-ListOfTensors = List[Tensor]
+ListOfTensors = list[Tensor]
 #: A tuple of tensors.
-TupleOfTensors = Tuple[Tensor, ...]
+TupleOfTensors = tuple[Tensor, ...]
 #: A sequence of tensors.
 SequenceOfTensors = Sequence[Tensor]
 #: A tensor or a sequence of tensors.
 TensorOrTensors = Union[Tensor, SequenceOfTensors]
-#: A pytree whose leaves are tensors.
-TensorTree = PyTreeTypeVar('TensorTree', Tensor)  # type: ignore[valid-type]
+if TYPE_CHECKING:
+    # What type checkers see: a recursive alias they accept as a type, in which a user's
+    # ``dict[str, Tensor]``, ``list[Tensor]`` or NamedTuple of tensors is a tree (the read-only
+    # ``Sequence``/``Mapping`` are covariant). optree's ``PyTree[Tensor]`` is a class to a type
+    # checker, so no ``dict`` would match it; at run time the alias is optree's, as upstream.
+    #: A pytree whose leaves are tensors.
+    TensorTree = Union[Tensor, Sequence['TensorTree'], Mapping[Any, 'TensorTree']]
+    #: A pytree whose leaves are tensors or ``None``.
+    OptionalTensorTree = Union[
+        Tensor, None, Sequence['OptionalTensorTree'], Mapping[Any, 'OptionalTensorTree']
+    ]
+else:
+    TensorTree = PyTreeTypeVar('TensorTree', Tensor)
+    OptionalTensorTree = PyTreeTypeVar('OptionalTensorTree', OptionalTensor)
 #: A list of tensors or ``None``.
-ListOfOptionalTensors = List[OptionalTensor]
+ListOfOptionalTensors = list[OptionalTensor]
 #: A tuple of tensors or ``None``.
-TupleOfOptionalTensors = Tuple[OptionalTensor, ...]
+TupleOfOptionalTensors = tuple[OptionalTensor, ...]
 #: A sequence of tensors or ``None``.
 SequenceOfOptionalTensors = Sequence[OptionalTensor]
 #: A tensor, ``None`` or a sequence of those.
 OptionalTensorOrOptionalTensors = Union[OptionalTensor, SequenceOfOptionalTensors]
-#: A pytree whose leaves are tensors or ``None``.
-OptionalTensorTree = PyTreeTypeVar('OptionalTensorTree', OptionalTensor)  # type: ignore[valid-type]
 
 #: A ``{name: tensor or None}`` dict, such as a module's ``_parameters``.
-TensorContainer = Dict[str, Optional[Tensor]]
+TensorContainer = dict[str, Optional[Tensor]]
 #: One :data:`TensorContainer` per (sub)module.
-ModuleTensorContainers = Tuple[TensorContainer, ...]
+ModuleTensorContainers = tuple[TensorContainer, ...]
 
 #: The parameters: a pytree of tensors.
 Params = TensorTree
@@ -125,7 +134,7 @@ class Samplable(Protocol):  # pylint: disable=too-few-public-methods
     """Anything with ``sample(sample_shape)``, e.g. a ``torch.distributions.Distribution``."""
 
     @abstractmethod
-    def sample(self, sample_shape: Size = Size()) -> Tensor | Sequence[Numeric]:
+    def sample(self, sample_shape: Size = torch.Size()) -> Tensor | Sequence[Numeric]:
         """Draw samples of shape ``sample_shape + batch_shape + event_shape``."""
         raise NotImplementedError
 
