@@ -29,7 +29,7 @@ pybind11::list split(const std::string& csv) {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "torchopt-accel native extension: fused Adam kernels as torch.ops.torchopt_accel.*";
+  m.doc() = "torchopt-accel native extension: fused Adam and SGD kernels as torch.ops.torchopt_accel.*";
   m.def(
       "build_info",
       []() {
@@ -63,7 +63,8 @@ PYBIND11_MODULE(_C, m) {
         info["compiler"] = std::string("msvc ") + std::to_string(_MSC_VER);
 #endif
         pybind11::list ops;
-        for (const char* name : {"adam_step_", "adam_forward", "adam_backward", "adam_apply_"}) {
+        for (const char* name : {"adam_step_", "adam_forward", "adam_backward", "adam_apply_",
+                                 "sgd_update_"}) {
           ops.append(std::string("torchopt_accel::") + name);
         }
         info["ops"] = ops;

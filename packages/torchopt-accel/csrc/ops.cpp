@@ -1,11 +1,17 @@
 // Schemas of the torchopt_accel ops and their device-independent bodies.
 #include "ops.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
+#include <tuple>
 
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
 namespace torchopt_accel {
@@ -43,6 +49,30 @@ AdamScalars make_apply_scalars(double lr, double b1, double b2, double eps, doub
   s.decay = decoupled ? 1.0 - lr * weight_decay : 1.0;
   // As torch.optim.Adam: step_size = lr / (1 - b1^t), in double.
   s.step_size = lr / (1.0 - std::pow(b1, static_cast<double>(count)));
+  return s;
+}
+
+SgdScalars make_sgd_scalars(double lr, double momentum, double dampening, double weight_decay,
+                            bool nesterov, bool maximize, bool first_step) {
+  const char* op = "torchopt_accel.sgd_update_";
+  TORCH_CHECK(std::isfinite(lr) && lr >= 0.0, op, ": `lr` must be a finite number >= 0, got ", lr);
+  TORCH_CHECK(std::isfinite(momentum) && momentum >= 0.0, op,
+              ": `momentum` must be a finite number >= 0, got ", momentum);
+  TORCH_CHECK(std::isfinite(dampening), op, ": `dampening` must be a finite number, got ",
+              dampening);
+  TORCH_CHECK(std::isfinite(weight_decay) && weight_decay >= 0.0, op,
+              ": `weight_decay` must be a finite number >= 0, got ", weight_decay);
+  TORCH_CHECK(!nesterov || (momentum > 0.0 && dampening == 0.0), op,
+              ": `nesterov=True` requires `momentum` > 0 and `dampening` == 0 (as torch.optim.SGD), "
+              "got momentum=", momentum, ", dampening=", dampening);
+  SgdScalars s;
+  s.neg_lr = -lr;
+  s.momentum = momentum;
+  s.grad_weight = 1.0 - dampening;
+  s.sign = maximize ? -1.0 : 1.0;
+  s.weight_decay = weight_decay;
+  s.nesterov = nesterov;
+  s.first_step = first_step;
   return s;
 }
 
@@ -100,6 +130,53 @@ void check_writable(const char* op, size_t i, const std::vector<at::Tensor>& ts,
                   op, ": `", names[j], "[", i, "]` and `", names[k], "[", i,
                   "]` share memory; every list needs its own tensors");
     }
+  }
+}
+
+// Across leaves: no written tensor may share memory with a tensor of another leaf (the same
+// tensor twice in `grads`, a buffer that is a view of another leaf's gradient, ...), or the
+// result would depend on the order the leaves are processed in. Compares the byte ranges the
+// tensors span (sorted, one sweep), so interleaved views of one storage count as overlapping.
+// Same-leaf pairs are left to check_writable, which looks at the elements themselves.
+void check_across_leaves(const char* op, const std::vector<at::TensorList>& lists,
+                         const std::vector<const char*>& names, size_t n_written) {
+  struct Range {
+    uintptr_t begin, end;
+    size_t list, index;
+  };
+  std::vector<Range> ranges;
+  for (size_t j = 0; j < lists.size(); ++j) {
+    for (size_t i = 0; i < lists[j].size(); ++i) {
+      const auto& t = lists[j][i];
+      if (t.numel() == 0) continue;
+      int64_t last = 0;  // offset of the last element, in elements
+      for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+      const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+      ranges.push_back({begin, begin + static_cast<uintptr_t>((last + 1) * t.element_size()),
+                        j, i});
+    }
+  }
+  std::sort(ranges.begin(), ranges.end(),
+            [](const Range& a, const Range& b) {
+              return std::tie(a.begin, a.list, a.index) < std::tie(b.begin, b.list, b.index);
+            });
+  const Range* any = nullptr;      // the range reaching furthest so far
+  const Range* written = nullptr;  // the written range reaching furthest so far
+  for (const auto& r : ranges) {
+    const bool is_written = r.list < n_written;
+    const Range* clash = nullptr;
+    if (written != nullptr && r.begin < written->end) {
+      clash = written;
+    } else if (is_written && any != nullptr && r.begin < any->end) {
+      clash = any;
+    }
+    if (clash != nullptr && clash->index != r.index) {
+      TORCH_CHECK(false, op, ": `", names[clash->list], "[", clash->index, "]` and `",
+                  names[r.list], "[", r.index, "]` share memory, and at least one of them is "
+                  "written in place; every leaf needs its own tensors");
+    }
+    if (any == nullptr || r.end > any->end) any = &r;
+    if (is_written && (written == nullptr || r.end > written->end)) written = &r;
   }
 }
 
@@ -265,6 +342,76 @@ void adam_apply_impl(at::TensorList params, at::TensorList grads, at::TensorList
   finish(plan);
 }
 
+void sgd_update_impl(at::TensorList grads, at::TensorList bufs, at::TensorList params, double lr,
+                     double momentum, double dampening, double weight_decay, bool nesterov,
+                     bool maximize, bool first_step, SgdRunner run) {
+  const char* op = "torchopt_accel.sgd_update_";
+  const auto s =
+      make_sgd_scalars(lr, momentum, dampening, weight_decay, nesterov, maximize, first_step);
+  const bool decay = weight_decay != 0.0;
+  // The parameters are read only for the weight-decay term: an empty list is allowed (and then
+  // required) when weight_decay == 0; a non-empty one is checked like the others either way.
+  TORCH_CHECK(!decay || params.size() == grads.size(), op, ": `params` has ", params.size(),
+              " tensors but `grads` has ", grads.size(),
+              "; with weight_decay != 0 the parameters are read and must be leaf-aligned");
+  std::vector<at::TensorList> lists{grads, bufs};
+  std::vector<const char*> names{"grads", "bufs", "params"};
+  if (!params.empty()) lists.push_back(params);
+  check_lists(op, lists, names);
+  if (grads.empty()) return;
+  check_across_leaves(op, lists, names, 2);
+  Plan plan = make_plan(grads[0], grads.size());
+  for (size_t i = 0; i < grads.size(); ++i) {
+    const at::Tensor p = params.empty() ? at::Tensor() : params[i];
+    // Written first (grads, bufs), then the read-only parameter.
+    std::vector<at::Tensor> checked{grads[i], bufs[i]};
+    if (p.defined()) checked.push_back(p);
+    check_writable(op, i, checked, names, 2);
+    // The old buffer is not read on the first step, nor the parameter without weight decay.
+    add_leaf(plan, {grads[i], first_step ? at::Tensor() : bufs[i], decay ? p : at::Tensor()},
+             {grads[i], bufs[i]});
+  }
+  run(plan, s);
+  finish(plan);
+}
+
+namespace {
+
+// Autograd kernel of sgd_update_: the in-place update is not differentiable, so it refuses to
+// run when autograd would have to record it (instead of silently producing a graph that ignores
+// it), then runs the device kernel below autograd and bumps the version counters of the two
+// written lists (so a later backward that saved them fails loudly, as for torch's in-place ops).
+void sgd_update_autograd(at::TensorList grads, at::TensorList bufs, at::TensorList params,
+                         double lr, double momentum, double dampening, double weight_decay,
+                         bool nesterov, bool maximize, bool first_step) {
+  if (c10::GradMode::is_enabled()) {
+    auto refuse = [](at::TensorList ts, const char* name) {
+      for (size_t i = 0; i < ts.size(); ++i) {
+        TORCH_CHECK(!(ts[i].defined() && ts[i].requires_grad()),
+                    "torchopt_accel.sgd_update_: `", name, "[", i,
+                    "]` requires grad and grad mode is on; this in-place update is not "
+                    "differentiable: call it under torch.no_grad() (as torch.optim does) or use "
+                    "the out-of-place update");
+      }
+    };
+    refuse(grads, "grads");
+    refuse(bufs, "bufs");
+    if (weight_decay != 0.0) refuse(params, "params");  // read only for the weight decay
+  }
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("torchopt_accel::sgd_update_", "")
+                             .typed<decltype(sgd_update_autograd)>();
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.call(grads, bufs, params, lr, momentum, dampening, weight_decay, nesterov, maximize,
+            first_step);
+  }
+  for (const auto& t : grads) torch::autograd::impl::bump_version(t);
+  for (const auto& t : bufs) torch::autograd::impl::bump_version(t);
+}
+
+}  // namespace
+
 TORCH_LIBRARY(torchopt_accel, m) {
   m.def(
       "adam_step_(Tensor(a!)[] updates, Tensor(b!)[] mu, Tensor(c!)[] nu, float b1, float b2, "
@@ -280,6 +427,14 @@ TORCH_LIBRARY(torchopt_accel, m) {
       "adam_apply_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] mu, Tensor(c!)[] nu, "
       "float lr, float b1, float b2, float eps, float eps_root, int count, "
       "float weight_decay, bool decoupled, bool maximize) -> ()");
+  m.def(
+      "sgd_update_(Tensor(a!)[] grads, Tensor(b!)[] bufs, Tensor[] params, float lr, "
+      "float momentum, float dampening, float weight_decay, bool nesterov, bool maximize, "
+      "bool first_step) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(torchopt_accel, Autograd, m) {
+  m.impl("sgd_update_", &sgd_update_autograd);
 }
 
 }  // namespace torchopt_accel

@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "adam.h"
+#include "sgd.h"
 
 namespace torchopt_accel {
 
@@ -38,6 +39,9 @@ constexpr int n_inputs(Kind kind) {
 // Runs every span of the plan on the device.
 using Runner = void (*)(const Plan& plan, Kind kind, const AdamScalars& s);
 
+// Runs every span of an sgd_update_ plan (in = {g, b, p}, out = {g, b}) on the device.
+using SgdRunner = void (*)(const Plan& plan, const SgdScalars& s);
+
 using TensorVec = std::vector<at::Tensor>;
 using Triple = std::tuple<TensorVec, TensorVec, TensorVec>;
 
@@ -56,5 +60,9 @@ void adam_apply_impl(at::TensorList params, at::TensorList grads, at::TensorList
                      at::TensorList nu, double lr, double b1, double b2, double eps,
                      double eps_root, int64_t count, double weight_decay, bool decoupled,
                      bool maximize, Runner run);
+
+void sgd_update_impl(at::TensorList grads, at::TensorList bufs, at::TensorList params, double lr,
+                     double momentum, double dampening, double weight_decay, bool nesterov,
+                     bool maximize, bool first_step, SgdRunner run);
 
 }  // namespace torchopt_accel

@@ -152,7 +152,8 @@ def test_is_available_and_build_info():
     assert info['torch_match'] is True
     assert info['torch_version'].split('.')[:2] == torch.__version__.split('.')[:2]
     assert set(info['ops']) == {f'torchopt_accel::{n}' for n in ('adam_step_', 'adam_forward',
-                                                                  'adam_backward', 'adam_apply_')}
+                                                                  'adam_backward', 'adam_apply_',
+                                                                  'sgd_update_')}
     assert 'DEFAULT' in info['cpu_capabilities_compiled']
     assert info['cpu_capability'] in info['cpu_capabilities_compiled']
     assert torchopt_accel.is_available(torch.device('cpu'))

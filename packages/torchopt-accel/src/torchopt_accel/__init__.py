@@ -1,8 +1,8 @@
-"""torchopt-accel: fused C++/CUDA Adam kernels behind ``torchopt.accelerated_op``.
+"""torchopt-accel: fused C++/CUDA Adam and momentum-SGD kernels behind ``torchopt.accelerated_op``.
 
 Importing this package loads the compiled extension :mod:`torchopt_accel._C`, which registers
 the PyTorch custom ops ``torch.ops.torchopt_accel.{adam_step_, adam_forward, adam_backward,
-adam_apply_}``
+adam_apply_, sgd_update_}``
 (``torch`` is imported first: the extension links against libtorch). Fake kernels and autograd
 are registered from Python (:mod:`torchopt_accel._ops`).
 
@@ -10,7 +10,8 @@ Users do not call this package directly: ``torchopt.adam(..., use_accelerated_op
 ``torchopt.Adam``/``AdamW``/``MetaAdam``/``MetaAdamW`` with ``use_accelerated_op=True`` and
 ``torchopt.accelerated_op_available(...)`` reach it through core's plugin registry; the
 torch-like ``torchopt.Adam``/``AdamW(use_accelerated_op=True).step()`` runs :func:`adam_apply_`
-(moments, direction and parameter update in one pass).
+(moments, direction and parameter update in one pass). :func:`sgd_update_` is the in-place
+momentum-SGD update (``torchopt.sgd(..., momentum=...).update(..., inplace=True)``) in one pass.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from typing import Any
 import torch
 
 from torchopt_accel import _C  # noqa: F401  (registers the ops)
-from torchopt_accel._ops import adam_apply_, adam_forward, adam_step_
+from torchopt_accel._ops import adam_apply_, adam_forward, adam_step_, sgd_update_
 
-__all__ = ['adam_apply_', 'adam_forward', 'adam_step_', 'build_info', 'is_available']
+__all__ = ['adam_apply_', 'adam_forward', 'adam_step_', 'build_info', 'is_available', 'sgd_update_']
 
 
 def is_available(device: torch.device) -> bool:

@@ -31,7 +31,7 @@ import torch
 
 __all__ = [
     'adam_step_', 'adam_forward', 'adam_apply_', 'adam_backward_reference',
-    'group_by_device_dtype',
+    'group_by_device_dtype', 'sgd_update_', 'sgd_update_reference',
 ]
 
 _ops = torch.ops.torchopt_accel
@@ -51,6 +51,30 @@ def _adam_step_fake(updates, mu, nu, b1, b2, eps, eps_root, count) -> None:  # n
 def _adam_apply_fake(*args) -> None:  # noqa: ANN002
     # (params, grads, mu, nu, lr, b1, b2, eps, eps_root, count, weight_decay, decoupled,
     # maximize): mutates its list arguments in place and returns nothing.
+    return None
+
+
+@torch.library.register_fake(f'{_LIB}::sgd_update_')
+def _sgd_update_fake(grads, bufs, params, lr, momentum, dampening, weight_decay,  # noqa: ANN001
+                     nesterov, maximize, first_step) -> None:  # noqa: ANN001
+    # Mutates grads and bufs in place and returns nothing; the leaf alignment is checked here
+    # too, so a traced (meta / fake / compiled) call fails like the eager kernel does.
+    name = 'torchopt_accel.sgd_update_'
+    if len(bufs) != len(grads) or (params and len(params) != len(grads)):
+        raise RuntimeError(
+            f'{name}: `grads`, `bufs` and `params` must be leaf-aligned, got {len(grads)}, '
+            f'{len(bufs)} and {len(params)} tensors'
+        )
+    if weight_decay != 0.0 and len(params) != len(grads):
+        raise RuntimeError(f'{name}: `params` has {len(params)} tensors but `grads` has '
+                           f'{len(grads)}; with weight_decay != 0 the parameters are read')
+    for lst, arg in ((bufs, 'bufs'), (params, 'params')):
+        for i, (t, g) in enumerate(zip(lst, grads)):
+            if t.shape != g.shape or t.dtype != g.dtype or t.device != g.device:
+                raise RuntimeError(
+                    f'{name}: `{arg}[{i}]` is {tuple(t.shape)} {t.dtype} on {t.device} but '
+                    f'`grads[{i}]` is {tuple(g.shape)} {g.dtype} on {g.device}'
+                )
     return None
 
 
@@ -414,3 +438,119 @@ def adam_apply_(
     hyper = (lr, b1, b2, eps, eps_root, count, weight_decay, decoupled, maximize)
     for _, lists in _per_group(params, grads, mu, nu):
         _ops.adam_apply_(*lists, *hyper)
+
+
+# --------------------------------------------------------------------------------------------
+# Momentum SGD: the in-place update of torchopt.sgd(lr, momentum, ...).update(..., inplace=True).
+
+
+def sgd_update_reference(
+    grads: Sequence[torch.Tensor],
+    bufs: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor] = (),
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    first_step: bool = False,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The math of :func:`sgd_update_` in plain ``torch`` ops, out of place.
+
+    Returns ``(updates, new_bufs)`` and modifies nothing; the tests compare the kernels with it.
+    """
+    updates, new_bufs = [], []
+    for i, (g, b) in enumerate(zip(grads, bufs)):
+        g = -g if maximize else g
+        if weight_decay != 0.0:
+            g = g + weight_decay * params[i]
+        b = g.clone() if first_step else momentum * b + (1.0 - dampening) * g
+        d = g + momentum * b if nesterov else b
+        updates.append(-lr * d)
+        new_bufs.append(b)
+    return updates, new_bufs
+
+
+def sgd_update_(
+    grads: Sequence[torch.Tensor],
+    bufs: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor] = (),
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    first_step: bool = False,
+) -> None:
+    r"""The in-place momentum-SGD update, one fused kernel call per (device, dtype) group.
+
+    Per element, as ``torch.optim.SGD`` and ``torchopt.sgd``'s chain (weight decay, trace,
+    scale by :math:`-\eta`):
+
+    .. math::
+
+        g' = \pm g + \lambda \theta, \quad
+        b \leftarrow g' \text{ (first step) or } \mu b + (1 - d)\, g', \quad
+        g \leftarrow -\eta\,(g' + \mu b \text{ if Nesterov else } b)
+
+    (:math:`-g` when ``maximize``). ``grads`` is overwritten with the update, so
+    ``torch._foreach_add_(params, grads)`` (or ``torchopt.apply_updates``) finishes the step. One
+    pass: ``g`` and ``b`` are read once (``b`` not on the first step), ``params`` only when
+    ``weight_decay != 0``, and ``b`` and ``g`` written once.
+
+    Args:
+        grads: the gradients :math:`g`; overwritten with the update :math:`-\eta d`.
+        bufs: the momentum buffers :math:`b`, updated in place.
+        params: the parameters :math:`\theta`, read for the weight decay only (may be empty
+            when ``weight_decay == 0``).
+        lr: learning rate :math:`\eta \ge 0`.
+        momentum: :math:`\mu \ge 0`.
+        dampening: :math:`d`.
+        weight_decay: :math:`\lambda \ge 0` (L2 term added to the gradient).
+        nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening == 0``).
+        maximize: ascend instead of descend.
+        first_step: the buffers are set to :math:`g'` (not read), as ``torch.optim.SGD``'s
+            first step.
+
+    Raises:
+        TypeError: a list argument is not a list or tuple.
+        ValueError: the lists are not leaf-aligned.
+        RuntimeError: autograd would have to record the in-place update (run it under
+            ``torch.no_grad()``), or the kernel's own checks fail (shapes, dtypes, devices,
+            hyper-parameter ranges, aliasing), naming the argument.
+    """
+    name = 'torchopt_accel.sgd_update_'
+    for arg, value in (('grads', grads), ('bufs', bufs), ('params', params)):
+        if not isinstance(value, (list, tuple)):
+            kind = type(value).__name__
+            raise TypeError(f'{name}: `{arg}` must be a list of tensors, got {kind}')
+    if len(bufs) != len(grads) or (len(params) not in (0, len(grads))):
+        raise ValueError(
+            f'{name}: `grads` and `bufs` (and `params` unless empty) must have one tensor per '
+            f'leaf, got {len(grads)}, {len(bufs)} and {len(params)}'
+        )
+    if weight_decay != 0.0 and len(params) != len(grads):
+        raise ValueError(f'{name}: `params` must have one tensor per leaf when weight_decay != 0, '
+                         f'got {len(params)} for {len(grads)} gradients')
+    hyper = (float(lr), float(momentum), float(dampening), float(weight_decay), bool(nesterov),
+             bool(maximize), bool(first_step))
+    if not grads:
+        return
+    lists = (grads, bufs, params) if params else (grads, bufs)
+    groups = _per_group(*lists)
+    if len(groups) > 1:
+        # Several kernel calls: check everything first, so a bad leaf in a later group cannot
+        # leave the earlier groups updated (one call checks all its leaves before it writes).
+        _sgd_update_fake(grads, bufs, params, *hyper)
+        if torch.is_grad_enabled():
+            read = (*grads, *bufs, *(params if weight_decay != 0.0 else ()))
+            if any(t.requires_grad for t in read):
+                raise RuntimeError(f'{name}: an input requires grad and grad mode is on; this '
+                                   'in-place update is not differentiable: call it under '
+                                   'torch.no_grad() (as torch.optim does)')
+    for _, group in groups:
+        _ops.sgd_update_(group[0], group[1], group[2] if params else [], *hyper)
