@@ -51,6 +51,14 @@ def _square_sum(x):
     return (x * x).sum()
 
 
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (memory handed back to the OS and touched
+    again shows up here, whatever the load on the machine)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _median_us(fn, repeat):
     times = []
     for _ in range(repeat):
@@ -129,15 +137,19 @@ def _paired(args: argparse.Namespace) -> None:
         meta_opt = torchopt.Adam(params, lr=1e-3)
         totals: dict[int, list[float]] = {1: [], 2: []}
         parts: dict[int, list[tuple[float, float]]] = {1: [], 2: []}  # (forward, backward)
+        faults: dict[int, list[tuple[int, int]]] = {1: [], 2: []}  # (rank 0, rank 1)
         for it in range(args.warmup + args.iterations):
             for workers in (1, 2) if it % 2 == 0 else (2, 1):
                 tasks = data.batch(num_tasks)
+                before = (_minor_faults(), todist.rpc.rpc_sync(1, _minor_faults))
                 start = time.perf_counter()
                 meta_step(
                     params, meta_opt, tasks, settings, parts[workers],
                     workers=[0] if workers == 1 else None,
                 )  # fmt: skip
                 totals[workers].append(time.perf_counter() - start)
+                after = (_minor_faults(), todist.rpc.rpc_sync(1, _minor_faults))
+                faults[workers].append((after[0] - before[0], after[1] - before[1]))
         result = {}
         for workers, total in totals.items():
             total, part = total[args.warmup :], parts[workers][args.warmup :]
@@ -147,6 +159,7 @@ def _paired(args: argparse.Namespace) -> None:
                 'forward_s': _median([f for f, _ in part]),
                 'backward_s': _median([b for _, b in part]),
                 'iterations': len(total),
+                'faults': [_median([f[r] for f in faults[workers][args.warmup :]]) for r in (0, 1)],
             }
         print('BENCH ' + json.dumps(result), flush=True)
 
@@ -185,10 +198,11 @@ def _collective_paired(args: argparse.Namespace) -> None:
     data = FewShotDigits(n_way=5, k_shot=1, k_query=15, split='train', seed=0)
     params = {w: init_params([64, args.hidden, args.hidden, 5]) for w in (1, 2)}
     opts = {w: torchopt.Adam(params[w], lr=1e-3) for w in (1, 2)}
-    keys = ('total', 'compute', 'allreduce', 'comm')
+    keys = ('total', 'compute', 'allreduce', 'comm', 'faults')
     times: dict[int, dict[str, list[float]]] = {w: {k: [] for k in keys} for w in (1, 2)}
 
     def step(workers: int, tasks) -> None:
+        faults = _minor_faults()
         start = time.perf_counter()
         local = tasks if workers == 1 else todist.shard_tasks(tasks)
         opts[workers].zero_grad()
@@ -204,6 +218,7 @@ def _collective_paired(args: argparse.Namespace) -> None:
         row['total'].append(done - start)
         row['compute'].append(computed - start)
         row['allreduce'].append(reduced - computed)
+        row['faults'].append(_minor_faults() - faults)
         dist.barrier(group)
         begin = time.perf_counter()
         todist.all_reduce_gradients(params[workers], op='sum', group=group)
@@ -216,7 +231,8 @@ def _collective_paired(args: argparse.Namespace) -> None:
             if workers == 2 or rank == 0:
                 step(workers, tasks)
     gathered: list[Any] = [None, None]
-    dist.all_gather_object(gathered, _median(times[2]['compute'][args.warmup :]))
+    mine = {k: _median(times[2][k][args.warmup :]) for k in ('compute', 'faults')}
+    dist.all_gather_object(gathered, mine)
     if rank != 0:
         dist.destroy_process_group()
         return
@@ -372,11 +388,16 @@ def _collective_table(args: argparse.Namespace, tasks: int) -> tuple[float, floa
             f'{one["total"] / row["total"]:>7.2f}x | {1e3 * row["compute"]:>12.1f} | '
             f'{1e3 * row["allreduce"]:>23.2f} | {1e3 * row["comm"]:>15.2f} |'
         )
-    by_rank = ', '.join(f'{1e3 * t:.1f}' for t in two['compute_by_rank'])
+    by_rank = ', '.join(f'{1e3 * r["compute"]:.1f}' for r in two['compute_by_rank'])
+    faults = ' / '.join(str(r['faults']) for r in two['compute_by_rank'])
     print(
         f'2 processes: fwd+bwd of the 8-task shares by rank {by_rank} ms; the all-reduce in the '
         'step includes waiting for the slower rank, "comm alone" is one all-reduce of the same '
         'gradients after a barrier.'
+    )
+    print(
+        f'Minor page faults per meta-iteration (median): 1 process {one["faults"]}, '
+        f'2 processes {faults} (rank 0 / rank 1)'
     )
     ceiling = _ceiling_line(args, tasks)
     print()
@@ -443,6 +464,13 @@ def _maml_table(args: argparse.Namespace, tasks: int) -> tuple[float, float, flo
             f'| {name:<28} | {1e3 * row["median_s"]:>11.1f} | {1e3 * row["min_s"]:>9.1f} | '
             f'{one["median_s"] / row["median_s"]:>7.2f}x | '
             f'{_ms(row.get("forward_s")):>8} | {_ms(row.get("backward_s")):>8} |'
+        )
+    if 'faults' in two:
+        print(
+            'Minor page faults per meta-iteration (median; rank 0 / rank 1): '
+            f'1 worker {one["faults"][0]} / {one["faults"][1]}, '
+            f'2 workers {two["faults"][0]} / {two["faults"][1]} '
+            f'(malloc tuning {"on" if os.environ.get("TORCHOPT_RPC_TUNE_MALLOC") else "off"})'
         )
     ceiling = _ceiling_line(args, tasks)
     print()
