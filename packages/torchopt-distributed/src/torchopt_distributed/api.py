@@ -385,7 +385,7 @@ def _decorate(
             return future.wait() if wait else future
 
         unwrapped = _register_unwrapped(func, suffix)
-        wrapped.__wrapped__ = unwrapped  # type: ignore[attr-defined]
+        wrapped.__wrapped__ = unwrapped
         return wrapped
 
     return wrapper

@@ -32,7 +32,7 @@ else:  # pragma: no cover  # builds without torch.distributed
         raise RuntimeError('torch.distributed.autograd is not available in this build of torch')
 
     DistAutogradContext = None  # type: ignore[assignment,misc]
-    context = get_gradients = _unavailable  # type: ignore[assignment]
+    context = get_gradients = _unavailable  # type: ignore[assignment,misc]
 
 
 def _as_tensors(
@@ -50,7 +50,7 @@ def _as_tensors(
 def _roots(tensors: tuple[torch.Tensor, ...], name: str) -> list[torch.Tensor]:
     if not tensors:
         raise RuntimeError(f'{name} must hold at least one tensor')
-    roots = []
+    roots: list[torch.Tensor] = []
     for tensor in tensors:
         if not tensor.requires_grad:
             raise RuntimeError(

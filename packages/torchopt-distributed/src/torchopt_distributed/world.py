@@ -213,7 +213,7 @@ def get_worker_id(id: str | int | None = None) -> int:  # noqa: A002
         return id
     if id is not None and not isinstance(id, str):
         raise TypeError(f'id must be a worker name, an int rank or None, got {type(id).__name__}')
-    return rpc.get_worker_info(id).id  # type: ignore[arg-type]
+    return rpc.get_worker_info(id).id
 
 
 def barrier(
