@@ -86,7 +86,8 @@ def test_rows_are_complete():
     assert len(set(ALL_IDS)) == len(ALL_IDS)
     for row in ALL:
         assert (row.torch_cls is None) != (row.reference is None), row.id  # exactly one
-        assert issubclass(row.cls, torchopt.Optimizer) and issubclass(row.meta, torchopt.MetaOptimizer)
+        assert issubclass(row.cls, torchopt.Optimizer), row.id
+        assert issubclass(row.meta, torchopt.MetaOptimizer), row.id
         assert callable(row.fn) and getattr(torchopt, row.fn.__name__) is row.fn
 
 

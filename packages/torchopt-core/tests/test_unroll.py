@@ -108,10 +108,10 @@ def _assert_rel(got, ref, rtol=1e-12):
 @pytest.mark.parametrize('dropout', [False, True], ids=['plain', 'dropout'])
 @pytest.mark.parametrize('name', sorted(OPTIMIZERS))
 def test_checkpointed_equals_full_unroll(name, dropout):
-    try:
-        ref, ref_loss, ref_rng = _meta_grads(name, 50, dropout)
-    except RuntimeError as ex:  # not torchopt.unroll's business: the plain loop fails
-        pytest.skip(f'{name}: differentiating the recorded loop itself fails: {ex}')
+    # The plain recorded loop (the reference) must itself differentiate, for every optimizer
+    # (Muon's included: its Newton-Schulz iteration is recorded like any other op).
+    ref, ref_loss, ref_rng = _meta_grads(name, 50, dropout)
+    assert all(g is not None and torch.isfinite(g).all() for g in ref)
     assert any(float(g.abs().max()) > 0 for g in ref)
     for checkpoints in (5, 'sqrt'):
         got, loss, rng = _meta_grads(name, 50, dropout, checkpoints=checkpoints)
