@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TypeVar
 
 __all__ = ['backward_advances', 'min_advances', 'reverse', 'rightmost_path', 'split']
@@ -96,7 +96,7 @@ def reverse(
     first: S,
     stored: dict[int, S],
     advance: Callable[[S, int, int], S],
-) -> Iterator[tuple[int, S]]:
+) -> Generator[tuple[int, S], None, None]:
     """Yield ``(j, x_j)`` for ``j = n - 1, ..., 0`` holding at most ``c`` states.
 
     Args:

@@ -117,7 +117,7 @@ class ChainedGradientTransformation(GradientTransformation):
                 new_state.append(s)
             return updates, tuple(new_state)
 
-        instance = super().__new__(cls, init=init_fn, update=update_fn)  # type: ignore[call-arg]
+        instance = super().__new__(cls, init=init_fn, update=update_fn)
         instance.transformations = flat
         return instance
 
@@ -151,7 +151,7 @@ class IdentityGradientTransformation(GradientTransformation):
     """Leaves updates and state unchanged."""
 
     def __new__(cls) -> IdentityGradientTransformation:
-        return super().__new__(cls, init=cls.init_fn, update=cls.update_fn)  # type: ignore[call-arg]
+        return super().__new__(cls, init=cls.init_fn, update=cls.update_fn)
 
     @staticmethod
     def init_fn(params: Params) -> OptState:  # noqa: ARG004

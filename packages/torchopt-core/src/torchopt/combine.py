@@ -62,7 +62,7 @@ class FlatChain(FlatTransformation):
                 if done is not None:
                     return done
             for i in checked:  # every state is checked before any member writes
-                checks[i](updates, state[i], treespec)
+                checks[i](updates, state[i], treespec)  # type: ignore[misc]  # not None at i
             new_state = []
             for fn, s in zip(updates_fns, state):
                 updates, s = fn(updates, s, params=params, inplace=inplace, treespec=treespec)

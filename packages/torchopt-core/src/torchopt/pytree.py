@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import optree
 import optree.typing as typing  # noqa: F401  (re-exported as upstream)
@@ -16,6 +16,12 @@ import torch
 from optree import *  # noqa: F403
 
 from torchopt.typing import Future, PyTree, Scalar, TensorTree
+
+if TYPE_CHECKING:
+    # optree's names come in through `*`. The project's mypy configuration checks against optree
+    # as untyped (its tree annotations reject dicts and lists), so `*` brings no names there:
+    # the re-exports read as Any.
+    def __getattr__(name: str) -> Any: ...
 
 __all__ = [
     *optree.__all__,

@@ -130,17 +130,16 @@ def exponential_decay(
             if end_value is not None:
                 value = value.clamp(min=end_value) if lower else value.clamp(max=end_value)
             return value.to(_result_dtype(count))
-        steps = count - transition_begin
-        if steps <= 0:
-            value = init_value
+        n = count - transition_begin
+        v: float
+        if n <= 0:
+            v = init_value
         else:
-            exponent = steps / transition_steps
-            if staircase:
-                exponent = math.floor(exponent)
-            value = init_value * decay_rate**exponent
+            e = n / transition_steps
+            v = init_value * decay_rate ** (math.floor(e) if staircase else e)
         if end_value is not None:
-            value = max(value, end_value) if lower else min(value, end_value)
-        return value
+            v = max(v, end_value) if lower else min(v, end_value)
+        return v
 
     return schedule
 
@@ -157,12 +156,12 @@ def cosine_decay_schedule(
 
     def schedule(count: Numeric) -> Numeric:
         if isinstance(count, torch.Tensor):
-            c = _clip(count.to(torch.float64), 0, decay_steps)
+            c = torch.clamp(count.to(torch.float64), 0, decay_steps)
             cosine = 0.5 * (1 + torch.cos(math.pi * c / decay_steps))
             return (init_value * ((1 - alpha) * cosine**exponent + alpha)).to(_result_dtype(count))
-        c = _clip(count, 0, decay_steps)
-        cosine = 0.5 * (1 + math.cos(math.pi * c / decay_steps))
-        return init_value * ((1 - alpha) * cosine**exponent + alpha)
+        n = min(max(count, 0), decay_steps)
+        cos = 0.5 * (1 + math.cos(math.pi * n / decay_steps))
+        return init_value * ((1 - alpha) * cos**exponent + alpha)
 
     return schedule
 
@@ -265,11 +264,11 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
             for b, fn in zip(boundaries, schedules[1:]):
                 out = torch.where(c < b, out, _as_float64(fn(c - b)))
             return out.to(_result_dtype(count))
-        out = schedules[0](count)
+        value = schedules[0](count)
         for b, fn in zip(boundaries, schedules[1:]):
             if count >= b:
-                out = fn(count - b)
-        return out
+                value = fn(count - b)
+        return value
 
     return schedule
 

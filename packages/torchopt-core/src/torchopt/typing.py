@@ -139,4 +139,4 @@ class Samplable(Protocol):  # pylint: disable=too-few-public-methods
         raise NotImplementedError
 
 
-Samplable.register(Distribution)  # type: ignore[attr-defined]
+Samplable.register(Distribution)

@@ -232,7 +232,8 @@ class _Engine:
                 adjoint, step_grads = _vjp(inputs, out, adjoint, self.closure, self.t0 + j)
                 for k, g in enumerate(step_grads):
                     if g is not None:
-                        closure_grads[k] = g if closure_grads[k] is None else closure_grads[k] + g
+                        prev = closure_grads[k]
+                        closure_grads[k] = g if prev is None else prev + g
                 del inputs, out, step_grads
         schedule.close()
         return adjoint, closure_grads

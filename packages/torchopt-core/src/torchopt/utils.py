@@ -174,7 +174,7 @@ def extract_module_containers(
         if m._parameters:
             params.append(cast(TensorContainer, m._parameters))
         if with_buffers and m._buffers:
-            buffers.append(cast(TensorContainer, m._buffers))
+            buffers.append(m._buffers)
     return tuple(params), tuple(buffers)
 
 
@@ -405,7 +405,10 @@ def recover_state_dict(
             _check_containers('buffer', buffers_containers, buffers)
             if state.detach_buffers:
                 deepcopy = _replicator('deepcopy', None)
-                buffers = [type(c)((k, deepcopy(v)) for k, v in c.items()) for c in buffers]
+                buffers = [
+                    type(c)((k, None if v is None else deepcopy(v)) for k, v in c.items())
+                    for c in buffers
+                ]
         for tgt, src in itertools.chain(
             zip(params_containers, state.params), zip(buffers_containers, buffers)
         ):
@@ -541,7 +544,7 @@ def module_clone(
             with_buffers=True,
             detach_buffers=detach_buffers,
         )
-        recover_state_dict(cloned, state)
+        recover_state_dict(cast(Any, cloned), state)
         return cloned
 
     replicate = _replicator(mode, dev)

@@ -44,7 +44,7 @@ __all__ = [
 class EmaState(NamedTuple):
     """State of :func:`ema`: the moving averages and per-leaf step counts."""
 
-    count: list
+    count: list  # type: ignore[assignment]  # shadows tuple.count
     ema: list
 
 
@@ -332,7 +332,7 @@ def incremental_update(
 class ParamsEMAState(NamedTuple):
     """State of :func:`params_ema`: the number of updates (0-dim float32) and the averages."""
 
-    count: torch.Tensor
+    count: torch.Tensor  # type: ignore[assignment]  # shadows tuple.count
     ema: Any
 
 

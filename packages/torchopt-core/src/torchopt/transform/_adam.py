@@ -44,33 +44,47 @@ __all__ = [
 ]
 
 
+def check_moment_args(*betas: Any, eps: float, eps_root: float | None = None) -> None:
+    """Validate the betas (each in ``[0, 1)``) and epsilons of an Adam-like scaler."""
+    for i, b in enumerate(betas):
+        _checks.check_beta(f'beta parameter at index {i}', b)
+    _checks.check_nonnegative('epsilon value', eps)
+    if eps_root is not None:
+        _checks.check_nonnegative('eps_root value', eps_root)
+
+
+def moment_pair(
+    params: list, moment_requires_grad: bool, *, fill: float = 0.0, start: float = 0.0
+) -> tuple[list, list, list]:
+    """``(mu, nu, counts)`` of an Adam-like state: two moment buffers shaped like ``params``
+    (filled with ``fill``) and the per-parameter step counts (starting at ``start``)."""
+    return (
+        zeros_like(params, moment_requires_grad, fill=fill),
+        zeros_like(params, moment_requires_grad, fill=fill),
+        counts_like(params, start),
+    )
+
+
 class ScaleByAdamState(NamedTuple):
     """State of :func:`scale_by_adam`: first and second moments and step counts (flat lists)."""
 
     mu: list
     nu: list
-    count: list
+    count: list  # type: ignore[assignment]  # shadows tuple.count
 
 
 def _adam(
     name: str, b1: float, b2: float, eps: float, eps_root: float, moment_requires_grad: bool,
     accel: bool,
 ) -> FlatTransformation:
-    _checks.check_beta('beta parameter at index 0', b1)
-    _checks.check_beta('beta parameter at index 1', b2)
-    _checks.check_nonnegative('epsilon value', eps)
-    _checks.check_nonnegative('eps_root value', eps_root)
+    check_moment_args(b1, b2, eps=eps, eps_root=eps_root)
     # Learnable betas (tensors that require grad, e.g. from ``inject_hyperparams``): the fused
     # kernels and the autograd node take the betas as constants, so only the op-by-op path
     # differentiates through them. Plain numbers keep every fast path.
     learned = any(isinstance(b, torch.Tensor) and b.requires_grad for b in (b1, b2))
 
     def init_fn(params: list, treespec: Any) -> ScaleByAdamState:
-        return ScaleByAdamState(
-            mu=zeros_like(params, moment_requires_grad),
-            nu=zeros_like(params, moment_requires_grad),
-            count=counts_like(params),
-        )
+        return ScaleByAdamState(*moment_pair(params, moment_requires_grad))
 
     def step(
         g: list, s: ScaleByAdamState, p: Any, inplace: bool
@@ -106,7 +120,7 @@ def _accel_step(
     g: list, mu: list, nu: list, counts: list, inplace: bool, hyper: tuple
 ) -> tuple[list, ScaleByAdamState]:
     """``torchopt_accel``'s kernels, one call per group of equal step counts."""
-    kernels = _dispatch.accel_kernels(g)
+    kernels: Any = _dispatch.accel_kernels(g)  # not None: the dispatcher chose this path
     values = count_scalars(counts)
     groups: dict[float, list[int]] = {}
     for i, v in enumerate(values if isinstance(values, list) else [values] * len(g)):
@@ -191,16 +205,10 @@ def scale_by_adamax(
 
     Reference: Kingma & Ba, ICLR 2015, section 7.
     """
-    _checks.check_beta('beta parameter at index 0', b1)
-    _checks.check_beta('beta parameter at index 1', b2)
-    _checks.check_nonnegative('epsilon value', eps)
+    check_moment_args(b1, b2, eps=eps)
 
     def init_fn(params: list, treespec: Any) -> ScaleByAdamaxState:
-        return ScaleByAdamaxState(
-            mu=zeros_like(params, moment_requires_grad),
-            nu=zeros_like(params, moment_requires_grad),
-            t=counts_like(params, 1.0),
-        )
+        return ScaleByAdamaxState(*moment_pair(params, moment_requires_grad, start=1.0))
 
     def step(
         g: list, s: ScaleByAdamaxState, p: Any, inplace: bool
@@ -245,17 +253,11 @@ def scale_by_radam(
 
     Reference: Liu et al., *On the Variance of the Adaptive Learning Rate and Beyond*, ICLR 2020.
     """
-    _checks.check_beta('beta parameter at index 0', b1)
-    _checks.check_beta('beta parameter at index 1', b2)
-    _checks.check_nonnegative('epsilon value', eps)
+    check_moment_args(b1, b2, eps=eps)
     rho_inf = 2.0 / (1.0 - b2) - 1.0
 
     def init_fn(params: list, treespec: Any) -> ScaleByRAdamState:
-        return ScaleByRAdamState(
-            mu=zeros_like(params, moment_requires_grad),
-            nu=zeros_like(params, moment_requires_grad),
-            t=counts_like(params, 1.0),
-        )
+        return ScaleByRAdamState(*moment_pair(params, moment_requires_grad, start=1.0))
 
     def factors(t: Any) -> tuple[Any, Any]:
         """(the factor on ``m / (sqrt(v) + eps)``, the factor on ``m``): one of them is 0."""
@@ -298,7 +300,7 @@ class ScaleByNAdamState(NamedTuple):
 
     mu: list
     nu: list
-    count: list
+    count: list  # type: ignore[assignment]  # shadows tuple.count
     mu_product: list
 
 
@@ -321,16 +323,12 @@ def scale_by_nadam(
 
     Reference: Dozat, *Incorporating Nesterov Momentum into Adam*, ICLR 2016 workshop.
     """
-    _checks.check_beta('beta parameter at index 0', b1)
-    _checks.check_beta('beta parameter at index 1', b2)
-    _checks.check_nonnegative('epsilon value', eps)
+    check_moment_args(b1, b2, eps=eps)
     _checks.check_nonnegative('momentum_decay', momentum_decay)
 
     def init_fn(params: list, treespec: Any) -> ScaleByNAdamState:
         return ScaleByNAdamState(
-            mu=zeros_like(params, moment_requires_grad),
-            nu=zeros_like(params, moment_requires_grad),
-            count=counts_like(params),
+            *moment_pair(params, moment_requires_grad),
             mu_product=[
                 None if x is None else torch.ones((), dtype=torch.float64) for x in params
             ],

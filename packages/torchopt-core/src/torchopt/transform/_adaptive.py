@@ -14,6 +14,7 @@ import torch
 
 from torchopt import _checks, _dispatch
 from torchopt import _foreach as _fe
+from torchopt.transform._adam import check_moment_args, moment_pair
 from torchopt.transform._adam_kernels import adam_direction
 from torchopt.transform._flat import FlatTransformation, stateful, stateless
 from torchopt.transform.utils import (
@@ -43,11 +44,6 @@ __all__ = [
 ]
 
 
-def _check_betas(*betas: Any) -> None:
-    for i, b in enumerate(betas):
-        _checks.check_beta(f'beta parameter at index {i}', b)
-
-
 def _recip(x: Any) -> Any:
     return smap(lambda c: 1.0 / c, x)
 
@@ -68,7 +64,7 @@ class ScaleByAmsgradState(NamedTuple):
     mu: list
     nu: list
     nu_max: list
-    count: list
+    count: list  # type: ignore[assignment]  # shadows tuple.count
 
 
 def scale_by_amsgrad(
@@ -99,17 +95,11 @@ def scale_by_amsgrad(
 
     Reference: Reddi et al., *On the Convergence of Adam and Beyond*, ICLR 2018.
     """
-    _check_betas(b1, b2)
-    _checks.check_nonnegative('epsilon value', eps)
-    _checks.check_nonnegative('eps_root value', eps_root)
+    check_moment_args(b1, b2, eps=eps, eps_root=eps_root)
 
     def init_fn(params: list, treespec: Any) -> ScaleByAmsgradState:
-        return ScaleByAmsgradState(
-            mu=zeros_like(params, moment_requires_grad),
-            nu=zeros_like(params, moment_requires_grad),
-            nu_max=zeros_like(params, moment_requires_grad),
-            count=counts_like(params),
-        )
+        mu, nu, count = moment_pair(params, moment_requires_grad)
+        return ScaleByAmsgradState(mu, nu, zeros_like(params, moment_requires_grad), count)
 
     def step(
         g: list, s: ScaleByAmsgradState, p: Any, inplace: bool
@@ -150,7 +140,7 @@ class ScaleByBeliefState(NamedTuple):
 
     mu: list
     nu: list
-    count: list
+    count: list  # type: ignore[assignment]  # shadows tuple.count
 
 
 def scale_by_belief(
@@ -184,16 +174,10 @@ def scale_by_belief(
     Reference: Zhuang et al., *AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed
     Gradients*, NeurIPS 2020.
     """
-    _check_betas(b1, b2)
-    _checks.check_nonnegative('epsilon value', eps)
-    _checks.check_nonnegative('eps_root value', eps_root)
+    check_moment_args(b1, b2, eps=eps, eps_root=eps_root)
 
     def init_fn(params: list, treespec: Any) -> ScaleByBeliefState:
-        return ScaleByBeliefState(
-            mu=zeros_like(params, moment_requires_grad),
-            nu=zeros_like(params, moment_requires_grad),
-            count=counts_like(params),
-        )
+        return ScaleByBeliefState(*moment_pair(params, moment_requires_grad))
 
     def step(
         g: list, s: ScaleByBeliefState, p: Any, inplace: bool
@@ -228,7 +212,7 @@ class ScaleByYogiState(NamedTuple):
 
     mu: list
     nu: list
-    count: list
+    count: list  # type: ignore[assignment]  # shadows tuple.count
 
 
 def scale_by_yogi(
@@ -260,18 +244,12 @@ def scale_by_yogi(
 
     Reference: Zaheer et al., *Adaptive Methods for Nonconvex Optimization*, NeurIPS 2018.
     """
-    _check_betas(b1, b2)
-    _checks.check_nonnegative('epsilon value', eps)
-    _checks.check_nonnegative('eps_root value', eps_root)
+    check_moment_args(b1, b2, eps=eps, eps_root=eps_root)
     _checks.check_nonnegative('initial_accumulator_value', initial_accumulator_value)
 
     def init_fn(params: list, treespec: Any) -> ScaleByYogiState:
         fill = initial_accumulator_value
-        return ScaleByYogiState(
-            mu=zeros_like(params, moment_requires_grad, fill=fill),
-            nu=zeros_like(params, moment_requires_grad, fill=fill),
-            count=counts_like(params),
-        )
+        return ScaleByYogiState(*moment_pair(params, moment_requires_grad, fill=fill))
 
     def step(g: list, s: ScaleByYogiState, p: Any, inplace: bool) -> tuple[list, ScaleByYogiState]:
         counts = advance(s.count, inplace)
@@ -300,7 +278,7 @@ class ScaleByNovogradState(NamedTuple):
 
     mu: list
     nu: list
-    count: list
+    count: list  # type: ignore[assignment]  # shadows tuple.count
 
 
 def scale_by_novograd(
@@ -333,9 +311,7 @@ def scale_by_novograd(
     Reference: Ginsburg et al., *Stochastic Gradient Methods with Layer-wise Adaptive Moments for
     Training of Deep Networks*, 2019.
     """
-    _check_betas(b1, b2)
-    _checks.check_nonnegative('epsilon value', eps)
-    _checks.check_nonnegative('eps_root value', eps_root)
+    check_moment_args(b1, b2, eps=eps, eps_root=eps_root)
     _checks.check_nonnegative('weight_decay value', weight_decay)
 
     def init_fn(params: list, treespec: Any) -> ScaleByNovogradState:
@@ -425,9 +401,7 @@ def scale_by_adan(
     Reference: Xie et al., *Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing Deep
     Models*, 2022 (Algorithm 1).
     """
-    _check_betas(b1, b2, b3)
-    _checks.check_nonnegative('epsilon value', eps)
-    _checks.check_nonnegative('eps_root value', eps_root)
+    check_moment_args(b1, b2, b3, eps=eps, eps_root=eps_root)
 
     def init_fn(params: list, treespec: Any) -> ScaleByAdanState:
         return ScaleByAdanState(

@@ -145,7 +145,7 @@ def zero_nans() -> FlatTransformation:
 class AddNoiseState(NamedTuple):
     """State of :func:`add_noise`: per-leaf step counts and the random key (a 0-dim int64)."""
 
-    count: list
+    count: list  # type: ignore[assignment]  # shadows tuple.count
     rng_key: torch.Tensor
 
 

@@ -38,7 +38,7 @@ class InjectHyperparamsState(NamedTuple):
         inner_state: the state of the inner transformation.
     """
 
-    count: torch.Tensor
+    count: torch.Tensor  # type: ignore[assignment]  # shadows tuple.count
     hyperparams: dict
     inner_state: Any
 

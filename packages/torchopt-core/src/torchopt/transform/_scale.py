@@ -29,7 +29,7 @@ def scale(step_size: Numeric) -> FlatTransformation:
 class ScaleByScheduleState(NamedTuple):
     """State of :func:`scale_by_schedule`: the number of updates each leaf has seen."""
 
-    count: list
+    count: list  # type: ignore[assignment]  # shadows tuple.count
 
 
 def scale_by_schedule(step_size_fn: Schedule) -> FlatTransformation:

@@ -132,7 +132,7 @@ class ScaleByASGDState(NamedTuple):
     """State of :func:`scale_by_asgd`: the averaged parameters ``ax`` and per-leaf step counts."""
 
     ax: list
-    count: list
+    count: list  # type: ignore[assignment]  # shadows tuple.count
 
 
 def scale_by_asgd(
@@ -230,7 +230,7 @@ class ScaleByAdafactorState(NamedTuple):
     row_var: list
     col_var: list
     variance: list
-    count: list
+    count: list  # type: ignore[assignment]  # shadows tuple.count
 
 
 def _factored_shapes(shape: torch.Size) -> tuple[tuple, tuple]:
@@ -292,7 +292,9 @@ def scale_by_adafactor(
     name = 'scale_by_adafactor'
 
     def init_fn(params: list, treespec: Any) -> ScaleByAdafactorState:
-        rows, cols, variances = [], [], []
+        rows: list = []
+        cols: list = []
+        variances: list = []
         for x in params:
             if x is None:
                 rows.append(None)
@@ -454,7 +456,10 @@ def scale_by_adafactor(
         ):
             u = _inplace_cpu(g, p, rows, cols, variances, ts)
         else:
-            outs = [leaf(*args, inplace) for args in zip(g, p, rows, cols, variances, ts)]
+            outs = [
+                leaf(*args, inplace)  # type: ignore[call-arg]  # mypy: zip(6 lists) -> tuple[Any, ...]
+                for args in zip(g, p, rows, cols, variances, ts)
+            ]
             u, rows, cols, variances = ([o[k] for o in outs] for k in range(4))
         new = ScaleByAdafactorState(
             row_var=put(state.row_var, idx, rows), col_var=put(state.col_var, idx, cols),

@@ -35,7 +35,7 @@ class DampenedTraceState(NamedTuple):
     """
 
     trace: list
-    count: list
+    count: list  # type: ignore[assignment]  # shadows tuple.count
 
 
 def trace(

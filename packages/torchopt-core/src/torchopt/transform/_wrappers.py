@@ -191,7 +191,7 @@ def lookahead(
         slow = treespec.flatten_up_to(params.slow)
         slow_u: list = [None] * len(u_leaves)
         if sync:
-            new_fast = []
+            new_fast: list = []
             for i, (u, f, s) in enumerate(zip(u_leaves, fast, slow)):
                 if u is None:
                     new_fast.append(None)
@@ -216,4 +216,5 @@ def lookahead(
             LookaheadState(fast_state=fast_state, steps_since_sync=steps),
         )
 
-    return GradientTransformation(init_fn, update_fn)
+    # update_fn takes its own state class, narrower than the protocol's OptState.
+    return GradientTransformation(init_fn, update_fn)  # type: ignore[arg-type]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 from torch import nn
@@ -97,7 +97,7 @@ class MetaOptimizer:
                 updates, self.state_groups[i] = self.impl.update(
                     grads, state, params=params, inplace=False
                 )
-                new_params = apply_updates(params, updates, inplace=False)
+                new_params: Any = apply_updates(params, updates, inplace=False)  # a tuple
                 if not create_graph:
                     new_params = tuple(
                         p.detach().requires_grad_(True) for p in new_params  # keep trainable
@@ -113,7 +113,7 @@ class MetaOptimizer:
         """
         from torchopt.utils import stop_gradient
 
-        stop_gradient((self.param_containers_groups, self.state_groups))
+        stop_gradient(cast(Any, (self.param_containers_groups, self.state_groups)))
         return self
 
     def state_dict(self) -> tuple[Any, ...]:
