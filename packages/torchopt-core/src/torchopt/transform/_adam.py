@@ -56,8 +56,11 @@ def check_moment_args(*betas: Any, eps: float, eps_root: float | None = None) ->
 def moment_pair(
     params: list, moment_requires_grad: bool, *, fill: float = 0.0, start: float = 0.0
 ) -> tuple[list, list, list]:
-    """``(mu, nu, counts)`` of an Adam-like state: two moment buffers shaped like ``params``
-    (filled with ``fill``) and the per-parameter step counts (starting at ``start``)."""
+    """``(mu, nu, counts)`` of an Adam-like state.
+
+    Two moment buffers shaped like ``params`` (filled with ``fill``) and the per-parameter step
+    counts (starting at ``start``); the scalers of ``_adaptive.py`` share them.
+    """
     return (
         zeros_like(params, moment_requires_grad, fill=fill),
         zeros_like(params, moment_requires_grad, fill=fill),
