@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -342,6 +342,7 @@ class Estimator:
             else:
                 total.addmv_(noise.T, weights, alpha=alpha)
             done += size[0]
+        total = cast(Tensor, total)  # the loop ran at least once
         return total if plan.flat else total.view(leaf.shape)
 
     def _evaluate_one(self, fn: Callable[..., Tensor], rows: Tensor) -> Tensor:
@@ -452,8 +453,8 @@ class Estimator:
         """The function-value factor of each noise vector (before the common scale)."""
         if self._antithetic:
             return values[:num] - values[num:]
-        if self._forward:
-            return values - f0
+        if self._forward:  # forward differences are given f(theta)
+            return values - cast(Tensor, f0)
         return values
 
     def _signs_like(self, like: Tensor) -> Tensor:
@@ -482,7 +483,7 @@ class Estimator:
             # is tried first; a function that draws random numbers then gets 'different'.
             for randomness in ('error', 'different') if first else (mode,):
                 try:
-                    values = vmap_call(fn, inputs, randomness, first)
+                    values = vmap_call(fn, inputs, cast(str, randomness), first)
                 except Exception as ex:  # noqa: BLE001 - any failure: "evaluate in a loop"
                     error = ex
                     continue

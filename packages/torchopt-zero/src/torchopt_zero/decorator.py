@@ -48,7 +48,7 @@ class _ZeroOrderFunction(torch.autograd.Function):  # pylint: disable=abstract-m
     """Forward: ``f(theta)``; backward: the ES estimate of the gradient (first order only)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         estimator: Estimator,
         sample: Callable[[Size], Any],
@@ -69,7 +69,7 @@ class _ZeroOrderFunction(torch.autograd.Function):  # pylint: disable=abstract-m
         return output
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, grad_output: Tensor
     ) -> tuple[Tensor | None, ...]:
         if torch.is_grad_enabled():  # create_graph=True: make the estimate a graph constant

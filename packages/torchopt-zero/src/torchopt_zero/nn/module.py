@@ -21,7 +21,7 @@ from torchopt_zero.decorator import check_config, run_flat
 __all__ = ['ZeroOrderGradientModule', 'enable_zero_order_gradients']
 
 _ENABLED = '__zero_order_gradients_enabled__'
-ModuleT = TypeVar('ModuleT', bound=type)
+ModuleT = TypeVar('ModuleT', bound='type[nn.Module]')
 
 
 def _parameter_groups(module: nn.Module) -> list[tuple[Tensor, list[str]]]:
