@@ -200,7 +200,7 @@ class _AdamForwardFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(n: int, hyper: tuple, *flat: torch.Tensor) -> tuple:  # type: ignore[override]
+    def forward(n: int, hyper: tuple, *flat: torch.Tensor) -> tuple:
         with torch.no_grad():
             u, m, v = _ops.adam_forward(
                 list(flat[:n]), list(flat[n : 2 * n]), list(flat[2 * n :]), *hyper
@@ -214,7 +214,7 @@ class _AdamForwardFunction(torch.autograd.Function):
         ctx.save_for_backward(*flat)
 
     @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> tuple:  # type: ignore[override]
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple:
         n = ctx.n
         dg, dm, dv = _backward_lists(
             ctx.saved_tensors, n, ctx.hyper, grads[:n], grads[n : 2 * n], grads[2 * n :],
