@@ -145,7 +145,8 @@ StatelessStep = Callable[[list, 'list | None', bool], list]
 
 
 def stateful(
-    name: str, init: FlatInit, step: FlatStep, *, scalars: tuple[str, ...] = ()
+    name: str, init: FlatInit, step: FlatStep, *, scalars: tuple[str, ...] = (),
+    check: Callable[[list, Any, Any], Any] | None = None,
 ) -> FlatTransformation:
     """A transformation whose state is a NamedTuple of per-leaf lists, with the preamble done once.
 
@@ -156,10 +157,18 @@ def stateful(
     then calls ``step(g, state, params, inplace)`` with every list restricted to the present
     leaves; ``step`` returns ``(new_updates, new_state)`` for those leaves only, and the absent
     leaves keep their state untouched (their counts do not advance, as in ``torch.optim``).
+
+    ``check(updates, state, treespec)`` replaces the default check for a state whose fields are
+    not all shaped like the parameters (Adafactor's factored moments); it must raise the same
+    ``ValueError`` naming the leaf.
     """
 
-    def check(updates: list, state: Any, treespec: Any) -> tuple[str, ...]:
+    def default_check(updates: list, state: Any, treespec: Any) -> tuple[str, ...]:
         return _dispatch.check_state(name, updates, state, scalars, treespec)
+
+    if check is None:
+        check = default_check
+    checker = check
 
     def unchecked(
         updates: list, state: Any, *, params: list | None = None, inplace: bool = True,
@@ -180,10 +189,10 @@ def stateful(
         updates: list, state: Any, *, params: list | None = None, inplace: bool = True,
         treespec: Any = None,
     ) -> tuple[list, Any]:
-        check(updates, state, treespec)
+        checker(updates, state, treespec)
         return unchecked(updates, state, params=params, inplace=inplace, treespec=treespec)
 
-    return FlatTransformation(init, update_fn, name, check=check, unchecked=unchecked)
+    return FlatTransformation(init, update_fn, name, check=checker, unchecked=unchecked)
 
 
 def stateless(name: str, step: StatelessStep, *, uses_params: bool = False) -> FlatTransformation:

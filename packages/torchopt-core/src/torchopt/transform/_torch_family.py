@@ -16,8 +16,6 @@ from torchopt import _checks, _dispatch
 from torchopt import _foreach as _fe
 from torchopt.transform._flat import (
     FlatTransformation,
-    present_indices,
-    put,
     stateful,
     stateless,
     take,
@@ -435,21 +433,15 @@ def scale_by_adafactor(
             torch._foreach_add_(g, [x.detach() for x in p], alpha=-lr * weight_decay)
         return g
 
-    def unchecked(
-        updates: list, state: ScaleByAdafactorState, *, params: list | None = None,
-        inplace: bool = True, treespec: Any = None,
+    def step(
+        g: list, s: ScaleByAdafactorState, p: list | None, inplace: bool
     ) -> tuple[list, ScaleByAdafactorState]:
-        idx = present_indices(updates)
-        g = take(updates, idx)
-        if not g:
-            return updates, state
-        if params is None:
+        if p is None:
             raise ValueError('scale_by_adafactor needs `params`: call update(..., params=params)')
         inplace = inplace and not _dispatch.functorch_active()
-        p = take(params, idx)
-        counts = advance(take(state.count, idx), inplace)
+        counts = advance(s.count, inplace)
         t = count_scalars(counts)
-        rows, cols, variances = (take(x, idx) for x in state[:3])
+        rows, cols, variances = s.row_var, s.col_var, s.variance
         ts = t if isinstance(t, list) else [t] * len(g)
         if inplace and not isinstance(ts[0], torch.Tensor) and all(
             x.device.type == 'cpu' for x in g
@@ -461,20 +453,9 @@ def scale_by_adafactor(
                 for args in zip(g, p, rows, cols, variances, ts)
             ]
             u, rows, cols, variances = ([o[k] for o in outs] for k in range(4))
-        new = ScaleByAdafactorState(
-            row_var=put(state.row_var, idx, rows), col_var=put(state.col_var, idx, cols),
-            variance=put(state.variance, idx, variances), count=put(state.count, idx, counts),
-        )
-        return put(updates, idx, u), new
+        return u, ScaleByAdafactorState(rows, cols, variances, counts)
 
-    def update_fn(
-        updates: list, state: ScaleByAdafactorState, *, params: list | None = None,
-        inplace: bool = True, treespec: Any = None,
-    ) -> tuple[list, ScaleByAdafactorState]:
-        check(updates, state, treespec)
-        return unchecked(updates, state, params=params, inplace=inplace, treespec=treespec)
-
-    return FlatTransformation(init_fn, update_fn, name, check=check, unchecked=unchecked)
+    return stateful(name, init_fn, step, check=check)
 
 
 # --- Muon -----------------------------------------------------------------------------------------
