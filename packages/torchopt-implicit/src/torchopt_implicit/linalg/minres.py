@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Union
+from typing import Any
 
 import torch
 from torchopt.typing import TensorTree
@@ -22,7 +22,9 @@ from torchopt_implicit.linalg.utils import (
 
 __all__ = ['minres', 'minres_with_status']
 
-Scalar = Union[float, torch.Tensor]
+# A Python float, or a 0-d tensor under vmap: the recurrences are written once for both (duck
+# typed), which a type checker cannot follow, so to it a scalar is Any.
+Scalar = Any
 
 
 def _sqrt(a: Scalar) -> Scalar:
@@ -160,6 +162,7 @@ def minres_with_status(
     q = system.initial_residual()  # residual-space Lanczos vector beta_k * M^{-1} v_k
     z = q if precond is None else precond(q)
     beta: Scalar = _sqrt(dot(q, z))
+    tol_sq: Scalar
     try:  # plain Python scalars for the recurrences unless running under vmap
         beta, tol_sq = host_float(beta), host_float(system.tol_sq)
         batched = False
@@ -202,7 +205,7 @@ def minres_with_status(
         v = z / _nonzero(beta, tiny)
         t = matvec(v)
         if check_symmetry and k == 1:  # t = A v2, q_prev = beta_1 v1, beta = beta_2
-            cross = full_dot(q_prev, t)
+            cross: Scalar = full_dot(q_prev, t)
             if not batched:
                 cross = complex(cross.detach()) if cross.is_complex() else host_float(cross)
             gap = _symmetry_gap(cross / beta_prev, beta, alpha, t, batched)

@@ -80,7 +80,7 @@ def ns(
     for mat in mats:
         _check_square(mat)
     b_leaves = treespec.flatten_up_to(b)
-    out = [_ns_series(lambda v, m=m: m @ v, v, maxiter, alpha) for m, v in zip(mats, b_leaves)]
+    out = [_ns_series(m.__matmul__, v, maxiter, alpha) for m, v in zip(mats, b_leaves)]
     return pytree.tree_unflatten(treespec, out)
 
 

@@ -52,7 +52,7 @@ def make_rmatvec(matvec: Matvec, example_x: TensorTree) -> Matvec:
     """
     if isinstance(matvec, LinearOperator) and matvec.rmatvec is not None:
         return matvec.rmatvec
-    _, vjp_fn = torch.func.vjp(matvec, example_x)
+    _, vjp_fn = torch.func.vjp(matvec, example_x)  # type: ignore[misc]  # stub: 3-tuple
     return lambda y: vjp_fn(y)[0]
 
 
@@ -63,7 +63,7 @@ def make_normal_matvec(matvec: Matvec) -> Matvec:
         return lambda y: rmatvec(matvec(y))
 
     def normal_matvec(y: TensorTree) -> TensorTree:
-        matvec_y, vjp_fn = torch.func.vjp(matvec, y)
+        matvec_y, vjp_fn = torch.func.vjp(matvec, y)  # type: ignore[misc]  # stub: 3-tuple
         return vjp_fn(matvec_y)[0]
 
     return normal_matvec
