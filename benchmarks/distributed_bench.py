@@ -190,6 +190,11 @@ def _collective_paired(args: argparse.Namespace) -> None:
     import torchopt.distributed as todist
 
     torch.set_num_threads(1)
+    if os.environ.get('TORCHOPT_RPC_TUNE_MALLOC'):  # --tune-malloc: auto_init_rpc's settings
+        from torchopt_distributed.world import limit_malloc_arenas, retain_freed_memory
+
+        limit_malloc_arenas(1)
+        retain_freed_memory(1 << 30)
     todist.init_process_group('gloo', timeout=300)
     rank = dist.get_rank()
     solo = dist.new_group([0])
@@ -487,7 +492,8 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument(
         '--tune-malloc', action='store_true',
-        help='RPC: opt in to auto_init_rpc glibc malloc tuning (TORCHOPT_RPC_TUNE_MALLOC=1)',
+        help='opt in to auto_init_rpc glibc malloc tuning (TORCHOPT_RPC_TUNE_MALLOC=1); the '
+        'collective workers apply the same settings',
     )  # fmt: skip
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument(
