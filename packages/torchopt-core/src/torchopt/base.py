@@ -79,6 +79,7 @@ class ChainedGradientTransformation(GradientTransformation):
     transformations: tuple[GradientTransformation, ...]
 
     def __new__(cls, *transformations: GradientTransformation) -> ChainedGradientTransformation:
+        """Chain ``transformations``, flattening nested chains."""
         flat = tuple(
             itertools.chain.from_iterable(
                 t.transformations if isinstance(t, ChainedGradientTransformation) else (t,)

@@ -34,6 +34,7 @@ class AdamOp:
         self.b1, self.b2, self.eps, self.eps_root, self.inplace = b1, b2, eps, eps_root, inplace
 
     def __call__(self, mu: Any, nu: Any, updates: Any, count: Any) -> tuple[Any, Any, Any]:
+        """One Adam step: the new ``(mu, nu, updates)``."""
         from torchopt.transform._adam import ScaleByAdamState, scale_by_accelerated_adam
 
         if updates is None:

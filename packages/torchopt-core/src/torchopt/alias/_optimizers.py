@@ -188,10 +188,15 @@ def adamw(
     multiplied by the learning rate, as in PyTorch.
 
     Args:
-        lr, betas, eps, eps_root, moment_requires_grad, maximize, use_accelerated_op: as
-            :func:`adam`.
+        lr: the learning rate :math:`\eta` or a schedule, as :func:`adam`.
+        betas: as :func:`adam`.
+        eps: as :func:`adam`.
         weight_decay: decoupled decay :math:`\lambda`.
+        eps_root: as :func:`adam`.
         mask: bool tree (a prefix of the params) or callable selecting the decayed leaves.
+        moment_requires_grad: as :func:`adam`.
+        maximize: as :func:`adam`.
+        use_accelerated_op: as :func:`adam`.
         amsgrad: AMSGrad's running maximum of :math:`v_t`, as ``torch.optim.AdamW(amsgrad=True)``
             (keyword-only and last: not an argument of TorchOpt 0.7).
 

@@ -38,7 +38,7 @@ def torch_like_class(name: str, alias: Callable[..., Any], *, live_lr: bool = Tr
     """
     sig, has_mrg = _signature(alias, 'params')
 
-    def __init__(self: Any, params: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self: Any, params: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807
         bound = sig.bind(self, params, *args, **kwargs)
         bound.apply_defaults()
         defaults = {k: v for k, v in bound.arguments.items() if k not in ('self', 'params')}
@@ -62,7 +62,7 @@ def meta_class(name: str, alias: Callable[..., Any]) -> type:
         )
         sig = sig.replace(parameters=[*sig.parameters.values(), extra])
 
-    def __init__(self: Any, module: nn.Module, *args: Any, **kwargs: Any) -> None:
+    def __init__(self: Any, module: nn.Module, *args: Any, **kwargs: Any) -> None:  # noqa: N807
         bound = sig.bind(self, module, *args, **kwargs)
         bound.apply_defaults()
         hyper = {k: v for k, v in bound.arguments.items() if k not in ('self', 'module')}

@@ -1,7 +1,7 @@
-"""Adam's element-wise math on flat lists, written once: the reference the fast paths are tested on.
+r"""Adam's element-wise math on flat lists, written once: the reference the fast paths are tested on.
 
 :func:`adam_direction` is the one Python definition of the direction
-:math:`\\hat m / (\\sqrt{\\hat v + \\epsilon_{root}} + \\epsilon)`; :func:`adam_step_untracked` the
+:math:`\hat m / (\sqrt{\hat v + \epsilon_{root}} + \epsilon)`; :func:`adam_step_untracked` the
 out-of-place step that autograd does not record (the fused kernel on copies when eligible).
 The bias corrections ``bc1``/``bc2`` are double-precision scalars per leaf
 (:func:`~torchopt.transform.utils.bias_correction`).

@@ -39,7 +39,9 @@ class ScaleByLionState(NamedTuple):
 def scale_by_lion(
     b1: float = 0.9, b2: float = 0.99, moment_requires_grad: bool = False
 ) -> FlatTransformation:
-    r"""Lion: :math:`u_t = \operatorname{sign}(\beta_1 m_{t-1} + (1-\beta_1) g_t)`, then
+    r"""Lion: the sign of a momentum mix.
+
+    :math:`u_t = \operatorname{sign}(\beta_1 m_{t-1} + (1-\beta_1) g_t)`, then
     :math:`m_t = \beta_2 m_{t-1} + (1-\beta_2) g_t`.
 
     Reference: Chen et al., *Symbolic Discovery of Optimization Algorithms*, 2023.

@@ -44,7 +44,9 @@ def trace(
     nesterov: bool = False,
     moment_requires_grad: bool = False,
 ) -> GradientTransformation:
-    r"""Momentum, as ``torch.optim.SGD``: the first step sets :math:`b_1 = g_1`, then
+    r"""Momentum, as ``torch.optim.SGD``.
+
+    The first step sets :math:`b_1 = g_1`, then
 
     .. math::
 
