@@ -203,11 +203,11 @@ def _collective_paired(args: argparse.Namespace) -> None:
     data = FewShotDigits(n_way=5, k_shot=1, k_query=15, split='train', seed=0)
     params = {w: init_params([64, args.hidden, args.hidden, 5]) for w in (1, 2)}
     opts = {w: torchopt.Adam(params[w], lr=1e-3) for w in (1, 2)}
-    keys = ('total', 'compute', 'allreduce', 'comm', 'faults')
+    keys = ('total', 'compute', 'allreduce', 'comm', 'faults', 'cpu')
     times: dict[int, dict[str, list[float]]] = {w: {k: [] for k in keys} for w in (1, 2)}
 
     def step(workers: int, tasks) -> None:
-        faults = _minor_faults()
+        faults, cpu = _minor_faults(), time.process_time()
         start = time.perf_counter()
         local = tasks if workers == 1 else todist.shard_tasks(tasks)
         opts[workers].zero_grad()
@@ -224,6 +224,7 @@ def _collective_paired(args: argparse.Namespace) -> None:
         row['compute'].append(computed - start)
         row['allreduce'].append(reduced - computed)
         row['faults'].append(_minor_faults() - faults)
+        row['cpu'].append(time.process_time() - cpu)
         dist.barrier(group)
         begin = time.perf_counter()
         todist.all_reduce_gradients(params[workers], op='sum', group=group)
@@ -236,7 +237,7 @@ def _collective_paired(args: argparse.Namespace) -> None:
             if workers == 2 or rank == 0:
                 step(workers, tasks)
     gathered: list[Any] = [None, None]
-    mine = {k: _median(times[2][k][args.warmup :]) for k in ('compute', 'faults')}
+    mine = {k: _median(times[2][k][args.warmup :]) for k in ('compute', 'faults', 'cpu')}
     dist.all_gather_object(gathered, mine)
     if rank != 0:
         dist.destroy_process_group()
@@ -403,6 +404,13 @@ def _collective_table(args: argparse.Namespace, tasks: int) -> tuple[float, floa
     print(
         f'Minor page faults per meta-iteration (median): 1 process {one["faults"]}, '
         f'2 processes {faults} (rank 0 / rank 1)'
+    )
+    cpus = [r['cpu'] for r in two['compute_by_rank']]
+    print(
+        f'CPU time per meta-iteration (process, median): 1 process {1e3 * one["cpu"]:.1f} ms, '
+        f'2 processes {" / ".join(f"{1e3 * c:.1f}" for c in cpus)} ms (rank 0 / rank 1) -> '
+        f'{one["cpu"] / max(cpus):.2f}x in CPU time (what the wall-clock speed-up approaches on '
+        'an idle machine, less the communication latency)'
     )
     ceiling = _ceiling_line(args, tasks)
     print()
