@@ -85,6 +85,8 @@ def _leaf(i: int, treespec: Any) -> str:
 
 
 def _shapes(xs: Sequence[Any]) -> list:
+    if compiling():  # dynamo traces comprehensions, not attrgetter calls; shapes become guards
+        return [None if x is None else x.shape for x in xs]
     try:
         return list(map(_SHAPE, xs))
     except AttributeError:  # None leaves (no gradient, or a parameter without a value)
@@ -197,8 +199,13 @@ def kernel_eligible(*lists: Sequence[torch.Tensor]) -> bool:
     dtype = first.dtype
     if dtype not in FUSED_DTYPES or first.device.type not in ('cpu', 'cuda'):
         return False
-    # map() with C getters: this check runs on every fused step, over every tensor.
     ts = [t for lst in lists for t in lst]
+    if compiling():  # evaluated once at trace time (tensor metadata is guarded)
+        return all(
+            t.dtype == dtype and t.device == first.device and t.layout == torch.strided
+            and t.is_contiguous() for t in ts
+        )
+    # map() with C getters: this check runs on every eager fused step, over every tensor.
     if set(map(_DTYPE, ts)) != {dtype}:
         return False
     if first.is_cuda:
@@ -238,6 +245,8 @@ def accel_kernels(tensors: Sequence[torch.Tensor]) -> Any | None:
     """
     from torchopt import accelerated_op  # the facade is light; the plugin loads lazily
 
+    if compiling():
+        return accelerated_op.kernels({t.device for t in tensors})
     indices = set(map(_GET_DEVICE, tensors))
     if len(indices) == 1:  # one device (the common case): no device object per tensor
         return accelerated_op.kernels({tensors[0].device})

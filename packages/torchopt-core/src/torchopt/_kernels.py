@@ -97,7 +97,7 @@ def _adam(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any
 def _accel_ok(p: list, g: list, mu: list, nu: list) -> bool:
     """Dense strided floating tensors, each gradient/moment of its parameter's dtype and device."""
     ts = [*p, *g, *mu, *nu]
-    dtypes = set(map(_dispatch._DTYPE, ts))
+    dtypes = {t.dtype for t in ts} if _dispatch.compiling() else set(map(_dispatch._DTYPE, ts))
     if len(dtypes) == 1 and len(set(map(_dispatch._GET_DEVICE, ts))) == 1:  # the common case
         return dtypes <= _dispatch.FUSED_DTYPES and {t.layout for t in ts} == {torch.strided}
     for tensors in zip(p, g, mu, nu):
@@ -192,7 +192,9 @@ def fused_update(
         if any(u.is_cuda for u in present):
             return None
         global _ACCEL_CHECKED
-        if not _ACCEL_CHECKED:  # once: the warning when the plugin is missing
+        if _dispatch.compiling():  # checked while tracing (no guard on the flag below)
+            _dispatch.accel_kernels(present)
+        elif not _ACCEL_CHECKED:  # once: the warning when the plugin is missing
             _dispatch.accel_kernels(present)
             _ACCEL_CHECKED = True
     h = fused.hyper

@@ -45,6 +45,7 @@ __all__ = [
     'UPSTREAM_PATHS',
     'KNOWN_PLUGINS',
     'load',
+    'loaded',
     'plugins',
     'is_available',
 ]
@@ -217,6 +218,11 @@ def _conflict_message(name: str, eps: list[metadata.EntryPoint]) -> str:
 
 def _install_hint(name: str) -> str:
     return f'pip install "torchopt-core[{name}]"'
+
+
+def loaded(name: str) -> types.ModuleType | None:
+    """The module of plugin ``name`` if it is loaded already, else ``None`` (never loads it)."""
+    return _loaded.get(name)
 
 
 def load(name: str) -> types.ModuleType:

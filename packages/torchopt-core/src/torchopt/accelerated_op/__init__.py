@@ -79,7 +79,19 @@ def _plugin() -> Any | None:
 
 
 def kernels(devices: Iterable[torch.device] = ()) -> Any | None:
-    """The ``torchopt_accel`` module if it can run on ``devices``, else ``None`` (warns once)."""
+    """The ``torchopt_accel`` module if it can run on ``devices``, else ``None`` (warns once).
+
+    Under ``torch.compile`` the plugin is loaded and checked eagerly while tracing (the loader
+    takes a lock, which dynamo cannot trace) and the graph calls its custom ops.
+    """
+    if torch.compiler.is_compiling():
+        if not _usable(tuple(sorted({str(d) for d in devices}))):
+            return None
+        return plugins.loaded('accel')
+    return _kernels(devices)
+
+
+def _kernels(devices: Iterable[torch.device]) -> Any | None:
     module = _plugin()
     if module is None:
         _warn_once(
@@ -98,6 +110,12 @@ def kernels(devices: Iterable[torch.device] = ()) -> Any | None:
             )
             return None
     return module
+
+
+@torch.compiler.assume_constant_result
+def _usable(devices: tuple[str, ...]) -> bool:
+    """Whether :func:`kernels` finds kernels for ``devices`` (run eagerly by dynamo)."""
+    return _kernels([torch.device(d) for d in devices]) is not None
 
 
 def _reason() -> str:

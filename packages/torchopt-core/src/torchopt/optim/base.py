@@ -16,6 +16,7 @@ and ``torch.optim`` disagree, ``docs/migration.md`` says what was chosen:
 from __future__ import annotations
 
 import types
+import weakref
 from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import optree
@@ -97,6 +98,7 @@ class Optimizer(torch.optim.Optimizer):
         self.state_groups: list[Any] = []
         self._group_impls: list[tuple[Any, GradientTransformation] | None] = []
         super().__init__(_as_groups(params), dict(defaults))
+        _LIVE[id(self)] = self
 
     # --- torch.optim.Optimizer plumbing ------------------------------------------------------
 
@@ -182,6 +184,7 @@ class Optimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._patch_step_function()
+        _LIVE[id(self)] = self
 
     # --- the step ------------------------------------------------------------------------------
 
@@ -203,19 +206,29 @@ class Optimizer(torch.optim.Optimizer):
                     p.grad.requires_grad_(False)
                 p.grad.zero_()
 
+    def _init_states(self) -> None:
+        """Create the state of every param group that has none yet (its first step)."""
+        for i, state in enumerate(self.state_groups):
+            if isinstance(state, UninitializedState):
+                self.state_groups[i] = self.group_impl(i).init(tuple(self.param_groups[i]['params']))
+
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         """Update every parameter that has a gradient; return ``closure()`` if given."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if _dispatch.compiling():
+            # Before the state is read: dynamo runs this eagerly while tracing, so the state
+            # exists before the graph that uses it and the first step is the only compilation.
+            _initialise(id(self))
+        else:
+            self._init_states()
         with torch.no_grad():
             for i, group in enumerate(self.param_groups):
                 impl = self.group_impl(i)
                 params = tuple(group['params'])
                 state = self.state_groups[i]
-                if isinstance(state, UninitializedState):
-                    state = impl.init(params)
                 grads = tuple(p.grad for p in params)
                 self.state_groups[i] = _dispatch.inplace_step(
                     impl, params, grads, state, self.param_treespecs[i]
@@ -246,3 +259,13 @@ class Optimizer(torch.optim.Optimizer):
                 if key != 'params':
                     group[key] = value
         self.state_groups[:] = states
+
+
+_LIVE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+@torch.compiler.assume_constant_result
+def _initialise(key: int) -> int:
+    """Initialise the states of the optimizer ``id() == key`` (run eagerly by dynamo)."""
+    _LIVE[key]._init_states()
+    return 0
