@@ -54,6 +54,18 @@ def _grads(params: list[torch.Tensor], k: int) -> list[torch.Tensor]:
     return [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
 
 
+def _compiled_inplace_step(opt, params, backend):
+    """``step(grads, state) -> state``: the in-place update and ``apply_updates``, compiled."""
+
+    @torch.compile(backend=backend, fullgraph=True)
+    def step(grads, state):
+        updates, state = opt.update(grads, state, params=params, inplace=True)
+        torchopt.apply_updates(params, updates, inplace=True)
+        return state
+
+    return step
+
+
 @rows(ALL)
 def test_functional_inplace_step_compiles_once(row):
     """``update(..., inplace=True)`` + ``apply_updates``: one graph over 100 steps, eager numbers."""
@@ -63,11 +75,7 @@ def test_functional_inplace_step_compiles_once(row):
     state, ref_state = opt.init(params), ref_opt.init(ref)
     backend = CountingBackend()
 
-    @torch.compile(backend=backend, fullgraph=True)
-    def step(grads, state):
-        updates, state = opt.update(grads, state, params=params, inplace=True)
-        torchopt.apply_updates(params, updates, inplace=True)
-        return state
+    step = _compiled_inplace_step(opt, params, backend)
 
     for k in range(STEPS):
         state = step(_grads(params, k), state)
@@ -112,11 +120,7 @@ def test_accelerated_paths_compile_once(name):
     state, ref_state = opt.init(params), ref_opt.init(ref)
     functional = CountingBackend()
 
-    @torch.compile(backend=functional, fullgraph=True)
-    def step(grads, state):
-        updates, state = opt.update(grads, state, params=params, inplace=True)
-        torchopt.apply_updates(params, updates, inplace=True)
-        return state
+    step = _compiled_inplace_step(opt, params, functional)
 
     leaves = [p.detach().clone().requires_grad_() for p in params]
     leaves_ref = [p.detach().clone().requires_grad_() for p in params]
