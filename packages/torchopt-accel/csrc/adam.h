@@ -6,7 +6,8 @@
 //   u  = (m' / bc1) / (sqrt(v' / bc2 + eps_root) + eps),  bc1 = 1 - b1^t, bc2 = 1 - b2^t
 // Backward (exact; s = sqrt(v'/bc2 + eps_root), d = s + eps):
 //   Gm = gm' + gu / (bc1 d)
-//   Gv = gv' - gu m' / (2 bc1 bc2 s d^2)
+//   Gv = gv' - gu m' / (2 bc1 bc2 s d^2)   (the second term is 0 where s = 0: v' = 0 and
+//                                           eps_root = 0, an entry whose gradient was always 0)
 //   dg = (1 - b1) Gm + 2 (1 - b2) g Gv,   dm = b1 Gm,   dv = b2 Gv
 // Apply (one full torch.optim.Adam / AdamW step on the parameters, gradient left untouched):
 //   g' = sign g (+ wd p if coupled),  p <- decay p  (decay = 1 - lr wd if decoupled, else 1)

@@ -42,7 +42,10 @@ void backward_typed(int64_t n, const void* const* in, void* const* out, const Ad
     const V root = at::vec::fmadd(v, ibc2, eps_root).sqrt();
     const V denom = root + eps;
     const V gm = x[1] + gu * ibc1 / denom;
-    const V gv = x[2] - (gu * m * half_ibc12) / (root * denom * denom);
+    // Where s = 0 (v' = 0, eps_root = 0: an entry whose gradient was always 0) the chain through
+    // the square root contributes 0 instead of 0/0 (see adam.h).
+    const V gv = x[2] - V::blendv((gu * m * half_ibc12) / (root * denom * denom), V(O(0)),
+                                  root == V(O(0)));
     y[0] = at::vec::fmadd(c1, gm, two_c2 * g * gv);
     y[1] = b1 * gm;
     y[2] = b2 * gv;

@@ -109,7 +109,8 @@ __global__ void __launch_bounds__(kThreads)
       const O root = dev_sqrt(v * p.ibc2 + p.eps_root);
       const O denom = root + p.eps;
       const O gm = load<T, O>(gm_in, i) + gu * p.ibc1 / denom;
-      const O gv = load<T, O>(gv_in, i) - (gu * m * p.half_ibc12) / (root * denom * denom);
+      const O chain = root > O(0) ? (gu * m * p.half_ibc12) / (root * denom * denom) : O(0);
+      const O gv = load<T, O>(gv_in, i) - chain;  // 0, not 0/0, where s = 0 (see adam.h)
       dg_out[i] = static_cast<T>(p.c1 * gm + p.two_c2 * g * gv);
       dm_out[i] = static_cast<T>(p.b1 * gm);
       dv_out[i] = static_cast<T>(p.b2 * gv);

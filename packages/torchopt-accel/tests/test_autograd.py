@@ -94,6 +94,34 @@ def test_torch_func_grad_and_jacrev():
     torch.testing.assert_close(jf, jr, rtol=1e-12, atol=1e-14)
 
 
+def _zero_entry_inputs():
+    """First step (m = v = 0) of a gradient whose first entries are exactly 0, eps_root = 0."""
+    g = torch.tensor([0.0, 0.0, 0.7, -1.3], dtype=torch.float64)
+    return [g.requires_grad_(), torch.zeros(4, dtype=torch.float64, requires_grad=True),
+            torch.zeros(4, dtype=torch.float64, requires_grad=True)]
+
+
+def test_zero_second_moment_gives_finite_gradients_of_the_right_value():
+    # u = c1 g / (bc1 (sqrt(c2 g^2 / bc2) + eps)) has slope c1 / (bc1 eps) at g = 0; autograd
+    # through sqrt would give 0/0 there. The other entries must match the unrolled reference.
+    hyper = (0.9, 0.999, 1e-3, 0.0, 1)
+    b1, _, eps, _, t = hyper
+    x = _zero_entry_inputs()
+    (dg,) = torch.autograd.grad(_fused(*x, hyper=hyper)[0].sum(), x[0])
+    assert torch.isfinite(dg).all()
+    torch.testing.assert_close(dg[:2], torch.full((2,), (1 - b1) / ((1 - b1**t) * eps),
+                                                  dtype=torch.float64), rtol=1e-12, atol=0)
+    (ref,) = torch.autograd.grad(_unrolled(*x, hyper=hyper)[0].sum(), x[0])
+    torch.testing.assert_close(dg[2:], ref[2:], rtol=1e-12, atol=1e-14)
+    # The differentiable backward (create_graph, torch.func) follows the same rule.
+    (dg2,) = torch.autograd.grad(_fused(*x, hyper=hyper)[0].sum(), x[0], create_graph=True)
+    torch.testing.assert_close(dg2.detach(), dg, rtol=1e-12, atol=0)
+    (h,) = torch.autograd.grad(dg2.sum(), x[0])
+    assert torch.isfinite(h).all()
+    fg = torch.func.grad(lambda g: _fused(g, *x[1:], hyper=hyper)[0].sum())(x[0].detach())
+    torch.testing.assert_close(fg, dg, rtol=1e-12, atol=0)
+
+
 def test_in_place_step_on_graph_tensors_is_recorded():
     g0, m0, v0 = (torch.randn(5, dtype=torch.float64, requires_grad=True) for _ in range(3))
     g, m, v = g0 * 1.0, m0 * 1.0, v0.abs() + 0.1  # non-leaf graph tensors

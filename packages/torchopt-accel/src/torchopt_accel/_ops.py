@@ -15,7 +15,8 @@ when :mod:`torchopt_accel._C` loads). This module registers
       \bar g = (1-\beta_1) G_m + 2 (1-\beta_2)\, g\, G_v, \quad
       \bar m = \beta_1 G_m, \quad \bar v = \beta_2 G_v
 
-  (:math:`\hat b_i = 1 - \beta_i^t`). The fused ``adam_backward`` kernel computes it when no
+  (:math:`\hat b_i = 1 - \beta_i^t`; the :math:`1/s` term is 0 where :math:`s = 0`, an entry
+  whose gradient was always 0 with :math:`\epsilon_{root} = 0`, where autograd would give 0/0). The fused ``adam_backward`` kernel computes it when no
   graph of the backward is needed; otherwise (``create_graph=True``, ``torch.func``) the same
   formula runs as differentiable ``torch`` ops, so higher-order derivatives are exact too.
 
@@ -102,6 +103,13 @@ def _adam_backward_fake(  # noqa: ANN202
 # Autograd of adam_forward.
 
 
+def _sqrt_zero_safe(x: torch.Tensor) -> torch.Tensor:
+    """``torch.sqrt`` whose derivative is 0 (not inf) at 0, so a graph of the backward stays finite."""
+    positive = x > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))),
+                       torch.sqrt(x.detach()))
+
+
 def adam_backward_reference(
     grad_updates: Sequence[torch.Tensor | None],
     grad_mu: Sequence[torch.Tensor | None],
@@ -126,7 +134,7 @@ def adam_backward_reference(
     for i, (g, m0, v0) in enumerate(zip(updates, mu, nu)):
         m = b1 * m0 + (1.0 - b1) * g
         v = b2 * v0 + (1.0 - b2) * g * g
-        root = torch.sqrt(v * inv_bc2 + eps_root)
+        root = _sqrt_zero_safe(v * inv_bc2 + eps_root)
         denom = root + eps
         gu = grad_updates[i]
         gm = grad_mu[i] if grad_mu else None
@@ -135,7 +143,11 @@ def adam_backward_reference(
         total_v = torch.zeros_like(v) if gv is None else gv
         if gu is not None:
             total_m = total_m + gu * inv_bc1 / denom
-            total_v = total_v - gu * m * (0.5 * inv_bc1 * inv_bc2) / (root * denom * denom)
+            # 0 (not 0/0) where root = 0; the inner where keeps its own derivative finite.
+            positive = root > 0
+            safe = torch.where(positive, root, torch.ones_like(root))
+            chain = gu * m * (0.5 * inv_bc1 * inv_bc2) / (safe * denom * denom)
+            total_v = total_v - torch.where(positive, chain, torch.zeros_like(chain))
         dg.append((1.0 - b1) * total_m + (2.0 * (1.0 - b2)) * g * total_v)
         dm.append(b1 * total_m)
         dv.append(b2 * total_v)

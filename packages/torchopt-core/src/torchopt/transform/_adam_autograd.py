@@ -44,8 +44,12 @@ class _AdamUpdate(torch.autograd.Function):
             root = torch.sqrt(new_nu[i] / bc2 + eps_root)  # sqrt(nu_hat + eps_root)
             denom = (root + eps) * bc1
             d_mu = gmu[i] + gu[i] / denom
-            # u = mu' / ((root + eps) bc1);  du/dnu' = -u / (root + eps) / (2 root bc2)
-            d_nu = gnu[i] - gu[i] * new_mu[i] / (denom * (root + eps)) / (2.0 * bc2 * root)
+            # u = mu' / ((root + eps) bc1);  du/dnu' = -u / (root + eps) / (2 root bc2). Where
+            # root is 0 (nu' = 0 and eps_root = 0: an entry whose gradient was always 0) the
+            # chain through the square root contributes 0, as in the recorded path (_foreach).
+            positive = root > 0
+            inv_root = torch.where(positive, 1.0 / torch.where(positive, root, 1.0), 0.0)
+            d_nu = gnu[i] - gu[i] * new_mu[i] / (denom * (root + eps)) * inv_root / (2.0 * bc2)
             out_g.append((1.0 - b1) * d_mu + (2.0 * (1.0 - b2)) * g[i] * d_nu)
             out_mu.append(b1 * d_mu)
             out_nu.append(b2 * d_nu)
