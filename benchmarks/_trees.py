@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def make_tree(num_tensors: int, total: int, dtype=torch.float32, seed: int = 0) -> list[torch.Tensor]:
+def make_tree(
+    num_tensors: int, total: int, dtype=torch.float32, seed: int = 0
+) -> list[torch.Tensor]:
     """``num_tensors`` tensors with ``total`` elements in all, of varied sizes (like a network)."""
     g = torch.Generator().manual_seed(seed)
     weights = torch.rand(num_tensors, generator=g, dtype=torch.float64) ** 3 + 1e-3

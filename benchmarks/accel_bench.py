@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-import torchopt  # noqa: E402
 from _trees import TREES, make_tree  # noqa: E402
+
+import torchopt  # noqa: E402
 
 __all__ = ['main']
 
@@ -79,8 +80,9 @@ def _runners(leaves: list[torch.Tensor], device: str) -> dict:
 
     def raw_apply():
         count_apply[0] += 1
-        torchopt_accel.adam_apply_(p_raw, g_raw, m_raw, v_raw, LR, 0.9, 0.999, 1e-8, 0.0,
-                                   count_apply[0])
+        torchopt_accel.adam_apply_(
+            p_raw, g_raw, m_raw, v_raw, LR, 0.9, 0.999, 1e-8, 0.0, count_apply[0]
+        )
 
     runners['torchopt_accel.adam_apply_ (op only)'] = raw_apply
 
@@ -126,8 +128,10 @@ def _check_step_runs_adam_apply(step) -> None:  # noqa: ANN001
     with Ops() as ops:
         step()
     if ops.names != ['adam_apply_']:
-        sys.exit(f'torchopt.Adam(use_accelerated_op=True).step() ran {ops.names}, '
-                 'expected one torchopt_accel::adam_apply_ call')
+        sys.exit(
+            f'torchopt.Adam(use_accelerated_op=True).step() ran {ops.names}, '
+            'expected one torchopt_accel::adam_apply_ call'
+        )
 
 
 def _time(fn, device: str) -> float:
@@ -160,8 +164,9 @@ def bench_steps(tree: str, rounds: int, device: str) -> dict[str, float]:
 
 
 def _net() -> nn.Module:
-    return nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-                         nn.Linear(256, 10))
+    return nn.Sequential(
+        nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+    )
 
 
 def bench_maml(rounds: int) -> dict[str, float]:
@@ -184,8 +189,9 @@ def bench_maml(rounds: int) -> dict[str, float]:
             t0 = time.perf_counter()
             iteration(accel)
             times[accel].append(time.perf_counter() - t0)
-    return {('with accel' if k else 'without accel'): statistics.median(v)
-            for k, v in times.items()}
+    return {
+        ('with accel' if k else 'without accel'): statistics.median(v) for k, v in times.items()
+    }
 
 
 def main() -> None:
@@ -203,7 +209,7 @@ def main() -> None:
     trees = list(TREES)[1:] if args.quick else list(TREES)
     rounds = 5 if args.quick else args.rounds
     info = torchopt_accel.build_info()
-    dev = torch.cuda.get_device_name() if args.device == 'cuda' else f"CPU {info['cpu_capability']}"
+    dev = torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU {info["cpu_capability"]}'
     print(f'torch {torch.__version__}, {dev}, 1 thread, median of {rounds} interleaved rounds')
     print()
     print('| tree | path | time (ms) | vs torch fused | vs torch foreach | GB/s |')
@@ -213,10 +219,17 @@ def main() -> None:
         fused, foreach = res['torch.optim.Adam fused'], res['torch.optim.Adam foreach']
         n_elem = TREES[tree][1]
         for k, t in res.items():
-            passes = (6 if 'adam_step_' in k else 7 if 'adam_apply_' in k
-                      or k == 'torch.optim.Adam fused' else None)
+            passes = (
+                6
+                if 'adam_step_' in k
+                else 7
+                if 'adam_apply_' in k or k == 'torch.optim.Adam fused'
+                else None
+            )
             bw = f'{passes * 4 * n_elem / t / 1e9:.0f}' if passes else ''
-            print(f'| {tree} | {k} | {t * 1e3:.3f} | {t / fused:.2f}x | {t / foreach:.2f}x | {bw} |')
+            print(
+                f'| {tree} | {k} | {t * 1e3:.3f} | {t / fused:.2f}x | {t / foreach:.2f}x | {bw} |'
+            )
     if args.device == 'cpu' and not args.no_maml:
         res = bench_maml(max(3, rounds // 4))
         ref = res['without accel']

@@ -36,7 +36,9 @@ torch.set_num_threads(1)
 DTYPE = torch.float64
 
 
-def _gd(grad_fn: Callable[[torch.Tensor], torch.Tensor], w: torch.Tensor, lipschitz: float) -> torch.Tensor:
+def _gd(
+    grad_fn: Callable[[torch.Tensor], torch.Tensor], w: torch.Tensor, lipschitz: float
+) -> torch.Tensor:
     g = grad_fn(w)
     tol = 1e-6 * float(g.norm())
     for _ in range(100_000):
@@ -51,17 +53,23 @@ def ridge_problem(seed: int = 0) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(seed)
     n, d = 500, 200
     X = torch.randn(n, d, generator=gen, dtype=DTYPE)
-    y = X @ torch.randn(d, generator=gen, dtype=DTYPE) + 0.5 * torch.randn(n, generator=gen, dtype=DTYPE)
+    y = X @ torch.randn(d, generator=gen, dtype=DTYPE) + 0.5 * torch.randn(
+        n, generator=gen, dtype=DTYPE
+    )
     Xv = torch.randn(n, d, generator=gen, dtype=DTYPE)
     yv = Xv @ torch.randn(d, generator=gen, dtype=DTYPE)
     lam0 = 0.1
 
-    def optimality(w: torch.Tensor, lam: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def optimality(
+        w: torch.Tensor, lam: torch.Tensor, X: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         return X.T @ (X @ w - y) / n + lam * w
 
     lipschitz = float(torch.linalg.eigvalsh(X.T @ X / n).max()) + lam0
 
-    def inner(init: torch.Tensor, lam: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def inner(
+        init: torch.Tensor, lam: torch.Tensor, X: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         return _gd(lambda w: optimality(w, lam, X, y), init, lipschitz)
 
     def outer_loss(w: torch.Tensor) -> torch.Tensor:
@@ -70,12 +78,21 @@ def ridge_problem(seed: int = 0) -> dict[str, Any]:
     def hvp(w: torch.Tensor, lam: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return X.T @ (X @ v) / n + lam * v
 
-    def objective(w: torch.Tensor, lam: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def objective(
+        w: torch.Tensor, lam: torch.Tensor, X: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         return 0.5 * ((X @ w - y) ** 2).mean() + 0.5 * lam * (w * w).sum()
 
     return dict(
-        optimality=optimality, inner=inner, args=(X, y), d=d, lam0=lam0, outer=outer_loss, hvp=hvp,
-        objective=objective, lipschitz=lipschitz,
+        optimality=optimality,
+        inner=inner,
+        args=(X, y),
+        d=d,
+        lam0=lam0,
+        outer=outer_loss,
+        hvp=hvp,
+        objective=objective,
+        lipschitz=lipschitz,
     )
 
 
@@ -89,12 +106,16 @@ def logistic_problem(seed: int = 0) -> dict[str, Any]:
     yv = (Xv @ w_true > 0).to(DTYPE)
     lam0 = 0.05
 
-    def optimality(w: torch.Tensor, lam: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def optimality(
+        w: torch.Tensor, lam: torch.Tensor, X: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         return X.T @ (torch.sigmoid(X @ w) - y) / n + lam * w
 
     lipschitz = 0.25 * float(torch.linalg.eigvalsh(X.T @ X / n).max()) + lam0
 
-    def inner(init: torch.Tensor, lam: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def inner(
+        init: torch.Tensor, lam: torch.Tensor, X: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         return _gd(lambda w: optimality(w, lam, X, y), init, lipschitz)
 
     def outer_loss(w: torch.Tensor) -> torch.Tensor:
@@ -104,13 +125,22 @@ def logistic_problem(seed: int = 0) -> dict[str, Any]:
         s = torch.sigmoid(X @ w)
         return X.T @ (s * (1 - s) * (X @ v)) / n + lam * v
 
-    def objective(w: torch.Tensor, lam: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def objective(
+        w: torch.Tensor, lam: torch.Tensor, X: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         loss = torch.nn.functional.binary_cross_entropy_with_logits(X @ w, y)
         return loss + 0.5 * lam * (w * w).sum()
 
     return dict(
-        optimality=optimality, inner=inner, args=(X, y), d=d, lam0=lam0, outer=outer_loss, hvp=hvp,
-        objective=objective, lipschitz=lipschitz,
+        optimality=optimality,
+        inner=inner,
+        args=(X, y),
+        d=d,
+        lam0=lam0,
+        outer=outer_loss,
+        hvp=hvp,
+        objective=objective,
+        lipschitz=lipschitz,
     )
 
 
@@ -177,7 +207,11 @@ def measure(problem: dict[str, Any], solve: Any, repeats: int) -> tuple[float, f
         fwd.append(t1 - t0)
         total.append(t2 - t1)
     ratios = [b / a for a, b in zip(fwd[1:], total[1:])]
-    return statistics.median(fwd[1:]) * 1e3, statistics.median(total[1:]) * 1e3, statistics.median(ratios)
+    return (
+        statistics.median(fwd[1:]) * 1e3,
+        statistics.median(total[1:]) * 1e3,
+        statistics.median(ratios),
+    )
 
 
 def measure_floor(problem: dict[str, Any], repeats: int) -> tuple[float, float, float]:
@@ -196,7 +230,11 @@ def measure_floor(problem: dict[str, Any], repeats: int) -> tuple[float, float, 
         fwd.append(t1 - t0)
         total.append(t2 - t1)
     ratios = [b / a for a, b in zip(fwd[1:], total[1:])]
-    return statistics.median(fwd[1:]) * 1e3, statistics.median(total[1:]) * 1e3, statistics.median(ratios)
+    return (
+        statistics.median(fwd[1:]) * 1e3,
+        statistics.median(total[1:]) * 1e3,
+        statistics.median(ratios),
+    )
 
 
 def main() -> None:
@@ -212,7 +250,10 @@ def main() -> None:
     }
     print(f'torch {torch.__version__}, threads={torch.get_num_threads()}, dtype={DTYPE}')
     print(f'{"problem":<22}{"linear solve":<28}{"forward ms":>11}{"fwd+bwd ms":>12}{"ratio":>8}')
-    for name, factory in (('ridge n=500 d=200', ridge_problem), ('logistic n=500 d=100', logistic_problem)):
+    for name, factory in (
+        ('ridge n=500 d=200', ridge_problem),
+        ('logistic n=500 d=100', logistic_problem),
+    ):
         problem = factory()
         for label, solve in solvers.items():
             fwd, total, ratio = measure(problem, solve, ns.repeats)
@@ -222,7 +263,9 @@ def main() -> None:
         autograd_problem = with_autograd_gradients(problem)
         for label in ('solve_cg', 'solve_normal_cg (default)'):
             fwd, total, ratio = measure(autograd_problem, solvers[label], ns.repeats)
-            print(f'{name:<22}{"autograd GD, " + label.split()[0]:<28}{fwd:>11.2f}{total:>12.2f}{ratio:>8.2f}')
+            print(
+                f'{name:<22}{"autograd GD, " + label.split()[0]:<28}{fwd:>11.2f}{total:>12.2f}{ratio:>8.2f}'
+            )
 
 
 if __name__ == '__main__':

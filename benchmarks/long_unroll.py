@@ -51,15 +51,24 @@ MODES: dict[str, Any] = {'full': None, 'c=16': 16, 'sqrt': 'sqrt'}
 def make_net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-        nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10),
+        nn.Linear(32, 256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
+        nn.ReLU(),
+        nn.Linear(256, 10),
     )
 
 
 def make_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return (torch.randn(8, 64, 32, generator=g), torch.randint(0, 10, (8, 64), generator=g),
-            torch.randn(64, 32, generator=g), torch.randint(0, 10, (64,), generator=g))
+    return (
+        torch.randn(8, 64, 32, generator=g),
+        torch.randint(0, 10, (8, 64), generator=g),
+        torch.randn(64, 32, generator=g),
+        torch.randint(0, 10, (64,), generator=g),
+    )
 
 
 def functional_iteration(net: nn.Module, data, k: int, checkpoints: Any) -> torch.Tensor:
@@ -84,8 +93,9 @@ def module_iteration(net: nn.Module, data, k: int, checkpoints: Any) -> torch.Te
     xs, ys, xq, yq = data
     module_iteration.snapshot = torchopt.extract_state_dict(net)
     opt = torchopt.MetaAdam(net, lr=LR, eps_root=EPS_ROOT)
-    torchopt.unroll_module(net, opt, lambda t: F.cross_entropy(net(xs[t % 8]), ys[t % 8]), k,
-                           checkpoints=checkpoints)
+    torchopt.unroll_module(
+        net, opt, lambda t: F.cross_entropy(net(xs[t % 8]), ys[t % 8]), k, checkpoints=checkpoints
+    )
     return F.cross_entropy(net(xq), yq)
 
 
@@ -181,14 +191,23 @@ def child(api: str, k: int, mode: str) -> dict[str, Any]:
     outer_iteration(api, net, data, k, MODES[mode])
     seconds = time.perf_counter() - start
     peak = peak_bytes() - base
-    return {'peak': peak, 'exact_peak': exact, 'seconds': seconds,
-            'saved': saved_bytes(api, net, data, k, MODES[mode])}
+    return {
+        'peak': peak,
+        'exact_peak': exact,
+        'seconds': seconds,
+        'saved': saved_bytes(api, net, data, k, MODES[mode]),
+    }
 
 
 def measure_memory(api: str, k: int, mode: str) -> dict[str, Any]:
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    proc = subprocess.run([sys.executable, __file__, '--child', api, str(k), mode],
-                          capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__, '--child', api, str(k), mode],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -209,22 +228,28 @@ def time_child(api: str, k: int, rounds: int) -> dict[str, Any]:
     wall: dict[str, list[float]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {m: [] for m in modes}
     for r in range(rounds):
-        for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
+        for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:
             w, c = time.perf_counter(), time.process_time()
             outer_iteration(api, net, data, k, MODES[mode])
             cpu[mode].append(time.process_time() - c)
             wall[mode].append(time.perf_counter() - w)
     return {
         'median': {m: statistics.median(v) for m, v in wall.items()},
-        'ratio': {m: statistics.median(a / b for a, b in zip(v, cpu['full']))
-                  for m, v in cpu.items()},
+        'ratio': {
+            m: statistics.median(a / b for a, b in zip(v, cpu['full'])) for m, v in cpu.items()
+        },
     }
 
 
 def measure_time(api: str, k: int, rounds: int) -> dict[str, Any]:
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    proc = subprocess.run([sys.executable, __file__, '--time-child', api, str(k), str(rounds)],
-                          capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__, '--time-child', api, str(k), str(rounds)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -240,8 +265,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--ks', default='20,100,1000')
     parser.add_argument('--api', default='functional,module')
     parser.add_argument('--child', nargs=3, metavar=('API', 'K', 'MODE'), help=argparse.SUPPRESS)
-    parser.add_argument('--time-child', nargs=3, metavar=('API', 'K', 'ROUNDS'),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        '--time-child', nargs=3, metavar=('API', 'K', 'ROUNDS'), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.child:
         api, k, mode = args.child
@@ -261,20 +287,27 @@ def main(argv: list[str] | None = None) -> None:
             for m in MODES:
                 t, ratio = timed['median'][m], timed['ratio'][m]
                 rows.append((api, k, m, mem[m], t, ratio))
-                print(f'{api:10s} K={k:5d} {m:5s} peak {mb(mem[m]["peak"]):>10s} held '
-                      f'{mb(mem[m]["saved"]):>10s} time {t:.3f} s ({ratio:.2f}x)', flush=True)
+                print(
+                    f'{api:10s} K={k:5d} {m:5s} peak {mb(mem[m]["peak"]):>10s} held '
+                    f'{mb(mem[m]["saved"]):>10s} time {t:.3f} s ({ratio:.2f}x)',
+                    flush=True,
+                )
     print()
     print('| API | K | checkpoints | peak RSS over baseline | held for backward | time | vs full |')
     print('|---|---:|---|---:|---:|---:|---:|')
     for api, k, m, mem, t, ratio in rows:
-        print(f'| {api} | {k} | {m} | {mb(mem["peak"])} | {mb(mem["saved"])} | {t:.2f} s | '
-              f'{ratio:.2f}x |')
+        print(
+            f'| {api} | {k} | {m} | {mb(mem["peak"])} | {mb(mem["saved"])} | {t:.2f} s | '
+            f'{ratio:.2f}x |'
+        )
     by = {(api, k, m): (mem, ratio) for api, k, m, mem, _, ratio in rows}
     for api in apis:
         if (api, 1000, 'c=16') in by and (api, 20, 'full') in by:
             a, b = by[api, 1000, 'c=16'][0]['peak'], by[api, 20, 'full'][0]['peak']
-            print(f'{api}: K=1000 c=16 peak {mb(a)} vs K=20 full {mb(b)}: '
-                  f'{"met" if a <= b else "NOT met"}')
+            print(
+                f'{api}: K=1000 c=16 peak {mb(a)} vs K=20 full {mb(b)}: '
+                f'{"met" if a <= b else "NOT met"}'
+            )
         if (api, 100, 'sqrt') in by:
             r = by[api, 100, 'sqrt'][1]
             print(f'{api}: K=100 sqrt time {r:.2f}x full: {"met" if r <= 2.5 else "NOT met"}')

@@ -12,6 +12,7 @@ whole inner step (network activations included) and for the optimizer update alo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -21,8 +22,6 @@ from torch import nn
 
 import torchopt
 
-import contextlib
-
 INNER_STEPS = 5
 UPDATE_SCOPE = [contextlib.nullcontext]  # entered around the optimizer update only
 LR = 1e-2
@@ -31,25 +30,38 @@ B1, B2, EPS, EPS_ROOT = 0.9, 0.999, 1e-8, 1e-10
 
 def make_net() -> nn.Module:
     return nn.Sequential(
-        nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-        nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10),
+        nn.Linear(32, 256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
+        nn.ReLU(),
+        nn.Linear(256, 10),
     )
 
 
 def data():
     g = torch.Generator().manual_seed(0)
-    return (torch.randn(64, 32, generator=g), torch.randint(0, 10, (64,), generator=g),
-            torch.randn(64, 32, generator=g), torch.randint(0, 10, (64,), generator=g))
+    return (
+        torch.randn(64, 32, generator=g),
+        torch.randint(0, 10, (64,), generator=g),
+        torch.randn(64, 32, generator=g),
+        torch.randint(0, 10, (64,), generator=g),
+    )
 
 
 def hand_sgd(net, x, y, xq, yq):
     params = list(net.parameters())
     for _ in range(INNER_STEPS):
-        loss = F.cross_entropy(torch.func.functional_call(net, dict(zip(names(net), params)), (x,)), y)
+        loss = F.cross_entropy(
+            torch.func.functional_call(net, dict(zip(names(net), params)), (x,)), y
+        )
         grads = torch.autograd.grad(loss, params, create_graph=True)
         with UPDATE_SCOPE[0]():
             params = [p - LR * g for p, g in zip(params, grads)]
-    return F.cross_entropy(torch.func.functional_call(net, dict(zip(names(net), params)), (xq,)), yq)
+    return F.cross_entropy(
+        torch.func.functional_call(net, dict(zip(names(net), params)), (xq,)), yq
+    )
 
 
 def hand_adam(net, x, y, xq, yq):
@@ -57,7 +69,9 @@ def hand_adam(net, x, y, xq, yq):
     mu = [torch.zeros_like(p, requires_grad=True) for p in params]
     nu = [torch.zeros_like(p, requires_grad=True) for p in params]
     for t in range(1, INNER_STEPS + 1):
-        loss = F.cross_entropy(torch.func.functional_call(net, dict(zip(names(net), params)), (x,)), y)
+        loss = F.cross_entropy(
+            torch.func.functional_call(net, dict(zip(names(net), params)), (x,)), y
+        )
         grads = torch.autograd.grad(loss, params, create_graph=True)
         with UPDATE_SCOPE[0]():
             mu = [B1 * m + (1 - B1) * g for m, g in zip(mu, grads)]
@@ -66,7 +80,9 @@ def hand_adam(net, x, y, xq, yq):
                 p - LR * (m / (1 - B1**t)) / (torch.sqrt(v / (1 - B2**t) + EPS_ROOT) + EPS)
                 for p, m, v in zip(params, mu, nu)
             ]
-    return F.cross_entropy(torch.func.functional_call(net, dict(zip(names(net), params)), (xq,)), yq)
+    return F.cross_entropy(
+        torch.func.functional_call(net, dict(zip(names(net), params)), (xq,)), yq
+    )
 
 
 def names(net):
@@ -100,7 +116,9 @@ def functional(impl_factory):
         state = impl.init(params)
         for _ in range(INNER_STEPS):
             loss = F.cross_entropy(torch.func.functional_call(net, params, (x,)), y)
-            grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()), create_graph=True)))
+            grads = dict(
+                zip(params, torch.autograd.grad(loss, list(params.values()), create_graph=True))
+            )
             with UPDATE_SCOPE[0]():
                 updates, state = impl.update(grads, state, inplace=False)
                 params = torchopt.apply_updates(params, updates, inplace=False)
@@ -119,7 +137,8 @@ CASES = {
         'hand-written unroll': hand_adam,
         'MetaAdam': meta(lambda n: torchopt.MetaAdam(n, lr=LR, eps_root=EPS_ROOT)),
         'functional adam(inplace=False)': functional(
-            lambda: torchopt.adam(LR, eps_root=EPS_ROOT, moment_requires_grad=True)),
+            lambda: torchopt.adam(LR, eps_root=EPS_ROOT, moment_requires_grad=True)
+        ),
     },
 }
 
@@ -167,10 +186,14 @@ def main() -> None:
     torch.manual_seed(0)
     net = make_net()
     batch = data()
-    print(f'MAML outer iteration, MLP 32-256-256-256-10, batch 64, {INNER_STEPS} inner steps, '
-          f'1 thread, median of {args.rounds}')
+    print(
+        f'MAML outer iteration, MLP 32-256-256-256-10, batch 64, {INNER_STEPS} inner steps, '
+        f'1 thread, median of {args.rounds}'
+    )
     print()
-    print('| inner optimizer | implementation | time (ms) | vs hand-written | saved per inner step (KiB) | vs hand-written | saved by the update alone (KiB) | vs hand-written |')
+    print(
+        '| inner optimizer | implementation | time (ms) | vs hand-written | saved per inner step (KiB) | vs hand-written | saved by the update alone (KiB) | vs hand-written |'
+    )
     print('|---|---|---:|---:|---:|---:|---:|---:|')
     for opt_name, impls in CASES.items():
         times = {k: [] for k in impls}
@@ -188,8 +211,10 @@ def main() -> None:
         ref_u = upd['hand-written unroll']
         for k in impls:
             upd_ratio = f'{upd[k] / ref_u:.2f}x' if ref_u else '-'
-            print(f'| {opt_name} | {k} | {med[k] * 1e3:.1f} | {med[k] / ref_t:.2f}x | '
-                  f'{mem[k]:.0f} | {mem[k] / ref_m:.2f}x | {upd[k]:.0f} | {upd_ratio} |')
+            print(
+                f'| {opt_name} | {k} | {med[k] * 1e3:.1f} | {med[k] / ref_t:.2f}x | '
+                f'{mem[k]:.0f} | {mem[k] / ref_m:.2f}x | {upd[k]:.0f} | {upd_ratio} |'
+            )
 
 
 if __name__ == '__main__':

@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import torchopt  # noqa: E402
 from _trees import TREES, make_tree  # noqa: E402
+
+import torchopt  # noqa: E402
 
 OPTIMIZERS = {
     'adam': (lambda: torchopt.adam(1e-3), torchopt.Adam, torch.optim.Adam, dict(lr=1e-3)),
@@ -40,8 +41,14 @@ OPTIMIZERS = {
 # Adafactor and Muon optimize matrices; Muon's Newton-Schulz matmuls are too slow for the 10M tree
 # on one thread.
 FUNCTIONAL_ONLY = {
-    'amsgrad': (lambda: torchopt.amsgrad(1e-3), torch.optim.Adam, dict(lr=1e-3, amsgrad=True),
-                True, True, 'flat'),
+    'amsgrad': (
+        lambda: torchopt.amsgrad(1e-3),
+        torch.optim.Adam,
+        dict(lr=1e-3, amsgrad=True),
+        True,
+        True,
+        'flat',
+    ),
     'adafactor': (lambda: torchopt.adafactor(), torch.optim.Adafactor, {}, True, False, 'matrix'),
     'rprop': (lambda: torchopt.rprop(), torch.optim.Rprop, {}, True, False, 'flat'),
     'asgd': (lambda: torchopt.asgd(), torch.optim.ASGD, {}, True, False, 'flat'),
@@ -219,7 +226,9 @@ def main() -> None:
     torch.set_num_threads(1)
     trees = list(TREES)[1:] if args.quick else list(TREES)
     rounds = 5 if args.quick else args.rounds
-    print(f'torch {torch.__version__}, torchopt {torchopt.__version__}, 1 thread, median of {rounds}')
+    print(
+        f'torch {torch.__version__}, torchopt {torchopt.__version__}, 1 thread, median of {rounds}'
+    )
     print()
     print('| tree | optimizer | torchopt path | time (ms) | vs torch foreach | vs torch fused |')
     print('|---|---|---|---:|---:|---:|')
@@ -237,8 +246,12 @@ def main() -> None:
                 fused = ref_fu
                 if k.endswith('CosineAnnealingLR'):  # against torch fused with the same scheduler
                     fused = res['torch.optim fused + CosineAnnealingLR']
-                print(f'| {tree} | {name} | {k} | {v * 1e3:.2f} | {v / ref_fe:.2f}x | {v / fused:.2f}x |')
-            print(f'| {tree} | {name} | (torch.optim foreach / fused) | {ref_fe * 1e3:.2f} / {ref_fu * 1e3:.2f} | 1.00x | |')
+                print(
+                    f'| {tree} | {name} | {k} | {v * 1e3:.2f} | {v / ref_fe:.2f}x | {v / fused:.2f}x |'
+                )
+            print(
+                f'| {tree} | {name} | (torch.optim foreach / fused) | {ref_fe * 1e3:.2f} / {ref_fu * 1e3:.2f} | 1.00x | |'
+            )
             sys.stdout.flush()
 
 
@@ -255,7 +268,9 @@ def _functional_rows(tree: str, name: str, rounds: int) -> None:
         fused = f'{v / ref_fu:.2f}x' if ref_fu else '—'
         print(f'| {tree} | {label} | {k} | {v * 1e3:.2f} | {v / ref_fe:.2f}x | {fused} |')
     fu = f'{ref_fu * 1e3:.2f}' if ref_fu else '—'
-    print(f'| {tree} | {label} | (torch.optim foreach / fused) | {ref_fe * 1e3:.2f} / {fu} | 1.00x | |')
+    print(
+        f'| {tree} | {label} | (torch.optim foreach / fused) | {ref_fe * 1e3:.2f} / {fu} | 1.00x | |'
+    )
     sys.stdout.flush()
 
 

@@ -27,7 +27,9 @@ def add_common_args(parser: argparse.ArgumentParser, example_file: str) -> None:
     """
     parser.add_argument('--quick', action='store_true', help='short run (CI smoke test, < 1 min)')
     parser.add_argument(
-        '--out', type=Path, default=Path(example_file).resolve().parent / 'outputs',
+        '--out',
+        type=Path,
+        default=Path(example_file).resolve().parent / 'outputs',
         help='folder for the plot (default: outputs/ beside the example)',
     )
     parser.add_argument('--seed', type=int, default=0, help='random seed')
@@ -44,7 +46,9 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None) -> Iter
     """Wrap ``iterable`` in a tqdm progress bar (hidden when stderr is not a terminal)."""
     from tqdm.auto import tqdm
 
-    return iter(tqdm(iterable, desc=desc, total=total, disable=None, leave=False, dynamic_ncols=True))
+    return iter(
+        tqdm(iterable, desc=desc, total=total, disable=None, leave=False, dynamic_ncols=True)
+    )
 
 
 def pyplot():

@@ -84,8 +84,11 @@ def imbalanced_noisy_digits(
     n_minor = max(1, round(n_major * (1 - majority) / majority))
     parts = {'val': [], 'test': [], 'train': []}
     for label, (pool, n_train) in enumerate(zip(pools, (n_major, n_minor))):
-        for name, sl in (('val', slice(0, val_per_class)), ('test', slice(val_per_class, held)),
-                         ('train', slice(held, held + n_train))):
+        for name, sl in (
+            ('val', slice(0, val_per_class)),
+            ('test', slice(val_per_class, held)),
+            ('train', slice(held, held + n_train)),
+        ):
             idx = pool[sl]
             parts[name].append((data.x[idx], torch.full((len(idx),), label)))
 

@@ -35,8 +35,13 @@ class FewShotDigits:
     """
 
     def __init__(
-        self, n_way: int = 5, k_shot: int = 1, k_query: int = 15, split: str = 'train',
-        seed: int = 0, dtype: torch.dtype = torch.float32,
+        self,
+        n_way: int = 5,
+        k_shot: int = 1,
+        k_query: int = 15,
+        split: str = 'train',
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         from sklearn.datasets import load_digits
 
@@ -65,7 +70,7 @@ class FewShotDigits:
             pool = self.by_class[c]
             idx = torch.randperm(len(pool), generator=g)[: self.k_shot + self.k_query]
             xs.append(pool[idx[: self.k_shot]])
-            xq.append(pool[idx[self.k_shot:]])
+            xq.append(pool[idx[self.k_shot :]])
             ys.append(torch.full((self.k_shot,), label))
             yq.append(torch.full((self.k_query,), label))
         return Task(torch.cat(xs), torch.cat(ys), torch.cat(xq), torch.cat(yq))

@@ -5,7 +5,9 @@ import sys
 import pytest
 
 
-def run_python(code: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_python(
+    code: str, env: dict | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter of this environment."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(

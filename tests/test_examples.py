@@ -51,46 +51,100 @@ class Example(NamedTuple):
 
 
 CASES = [
-    Example('maml/maml_digits.py', ('--quick',), 'maml_digits.png',
-            lambda r: r['maml'] > r['baseline'] + 0.03 and r['maml'] > 0.4,
-            'MAML accuracy > random-init baseline + 0.03 and > 2x chance (0.2)'),
-    Example('maml_rl/maml_rl.py', ('--quick',), 'maml_rl.png',
-            lambda r: r['maml'] > r['baseline'] + 0.5 and r['maml'] > r['uniform'],
-            'MAML adapted return > uniform-init adapted return + 0.5'),
-    Example('mgrl/mgrl.py', ('--quick',), 'mgrl.png',
-            lambda r: r['mgrl'] > 0.8 * r['optimal'] and r['baseline'] < 2.0 and r['gamma'] > 0.7,
-            'MGRL return > 80% of optimal (10), fixed-gamma return < 2, learned gamma > 0.7'),
-    Example('lola/lola_dice.py', ('--quick', '--lookaheads', '3'), 'lola_dice.png',
-            lambda r: r['lola_reward'] > r['naive_reward'] + 0.2
-            and r['lola_cooperating_runs'] > r['naive_cooperating_runs'],
-            'LOLA-DiCE reward > naive + 0.2 and more LOLA runs cooperate than naive runs'),
-    Example('l2r/l2r.py', ('--quick',), 'l2r.png',
-            lambda r: r['l2r'] > r['baseline'] and r['l2r'] > 0.85,
-            'L2R balanced test accuracy > plain training and > 0.85'),
-    Example('func/maml_vmap.py', ('--quick',), 'maml_vmap.png',
-            lambda r: r['maml'] > r['baseline'] + 0.03 and r['grad_max_diff'] < 1e-5,
-            'MAML > random init + 0.03; vmap and loop meta-gradients agree to 1e-5'),
-    Example('imaml/imaml_digits.py', ('--quick', '--api', 'both'), 'imaml.png',
-            lambda r: r['functional_imaml'] > r['functional_baseline'] + 0.1
-            and r['module_imaml'] > r['module_baseline'] + 0.1,
-            'iMAML meta-test accuracy > no-meta-learning baseline + 0.1, both APIs'),
-    Example('zero_order/step_loss.py', ('--quick',), 'step_loss.png',
-            lambda r: r['fd_rel_error'] < 1e-6 and r['es_final'] < 0.5 * r['es_first']
-            and r['es_final'] < r['exact_final'] + 0.05,
-            'closed form = finite differences; ES training halves the 0-1 loss and ends within '
-            '0.05 of training on the exact smoothed gradient'),
-    Example('func/ensemble_vmap.py', ('--quick',), 'ensemble_vmap.png',
-            lambda r: r['max_param_diff'] < 1e-4 and r['ensemble'] >= r['member_mean'] - 0.005
-            and r['ensemble'] > 0.85,
-            'vmap and one-by-one parameters agree to 1e-4; ensemble accuracy >= mean member, > 0.85'),
-    Example('long_horizon/lr_schedule.py', ('--quick',), 'lr_schedule.png',
-            lambda r: r['learned_val'] < 0.9 * r['constant_val'],
-            'learned per-step schedule: final validation loss < 0.9 x the best constant rate'),
+    Example(
+        'maml/maml_digits.py',
+        ('--quick',),
+        'maml_digits.png',
+        lambda r: r['maml'] > r['baseline'] + 0.03 and r['maml'] > 0.4,
+        'MAML accuracy > random-init baseline + 0.03 and > 2x chance (0.2)',
+    ),
+    Example(
+        'maml_rl/maml_rl.py',
+        ('--quick',),
+        'maml_rl.png',
+        lambda r: r['maml'] > r['baseline'] + 0.5 and r['maml'] > r['uniform'],
+        'MAML adapted return > uniform-init adapted return + 0.5',
+    ),
+    Example(
+        'mgrl/mgrl.py',
+        ('--quick',),
+        'mgrl.png',
+        lambda r: r['mgrl'] > 0.8 * r['optimal'] and r['baseline'] < 2.0 and r['gamma'] > 0.7,
+        'MGRL return > 80% of optimal (10), fixed-gamma return < 2, learned gamma > 0.7',
+    ),
+    Example(
+        'lola/lola_dice.py',
+        ('--quick', '--lookaheads', '3'),
+        'lola_dice.png',
+        lambda r: (
+            r['lola_reward'] > r['naive_reward'] + 0.2
+            and r['lola_cooperating_runs'] > r['naive_cooperating_runs']
+        ),
+        'LOLA-DiCE reward > naive + 0.2 and more LOLA runs cooperate than naive runs',
+    ),
+    Example(
+        'l2r/l2r.py',
+        ('--quick',),
+        'l2r.png',
+        lambda r: r['l2r'] > r['baseline'] and r['l2r'] > 0.85,
+        'L2R balanced test accuracy > plain training and > 0.85',
+    ),
+    Example(
+        'func/maml_vmap.py',
+        ('--quick',),
+        'maml_vmap.png',
+        lambda r: r['maml'] > r['baseline'] + 0.03 and r['grad_max_diff'] < 1e-5,
+        'MAML > random init + 0.03; vmap and loop meta-gradients agree to 1e-5',
+    ),
+    Example(
+        'imaml/imaml_digits.py',
+        ('--quick', '--api', 'both'),
+        'imaml.png',
+        lambda r: (
+            r['functional_imaml'] > r['functional_baseline'] + 0.1
+            and r['module_imaml'] > r['module_baseline'] + 0.1
+        ),
+        'iMAML meta-test accuracy > no-meta-learning baseline + 0.1, both APIs',
+    ),
+    Example(
+        'zero_order/step_loss.py',
+        ('--quick',),
+        'step_loss.png',
+        lambda r: (
+            r['fd_rel_error'] < 1e-6
+            and r['es_final'] < 0.5 * r['es_first']
+            and r['es_final'] < r['exact_final'] + 0.05
+        ),
+        'closed form = finite differences; ES training halves the 0-1 loss and ends within '
+        '0.05 of training on the exact smoothed gradient',
+    ),
+    Example(
+        'func/ensemble_vmap.py',
+        ('--quick',),
+        'ensemble_vmap.png',
+        lambda r: (
+            r['max_param_diff'] < 1e-4
+            and r['ensemble'] >= r['member_mean'] - 0.005
+            and r['ensemble'] > 0.85
+        ),
+        'vmap and one-by-one parameters agree to 1e-4; ensemble accuracy >= mean member, > 0.85',
+    ),
+    Example(
+        'long_horizon/lr_schedule.py',
+        ('--quick',),
+        'lr_schedule.png',
+        lambda r: r['learned_val'] < 0.9 * r['constant_val'],
+        'learned per-step schedule: final validation loss < 0.9 x the best constant rate',
+    ),
     # A world of one process (no launcher); torchrun with 2 processes and both backends runs in
     # packages/torchopt-distributed/tests/test_worlds.py.
-    Example('distributed/maml.py', ('--quick', '--backend', 'collective'), 'maml.png',
-            lambda r: r['after'] > r['before'] + 0.05,
-            'collective MAML, one process: meta-test accuracy after > before + 0.05'),
+    Example(
+        'distributed/maml.py',
+        ('--quick', '--backend', 'collective'),
+        'maml.png',
+        lambda r: r['after'] > r['before'] + 0.05,
+        'collective MAML, one process: meta-test accuracy after > before + 0.05',
+    ),
 ]
 
 
@@ -104,12 +158,16 @@ def run_example(script: Path, argv: list[str], timeout: float = RUN_TIMEOUT) -> 
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MPLBACKEND': 'Agg'}
     proc = subprocess.run(
         [sys.executable, '-c', DRIVER, str(script), json.dumps(argv)],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=script.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=script.parent,
     )
     assert proc.returncode == 0, f'{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('RESULT_JSON ')]
     assert lines, f'{script} printed no result:\n{proc.stdout[-3000:]}'
-    return json.loads(lines[-1][len('RESULT_JSON '):]), proc.stdout
+    return json.loads(lines[-1][len('RESULT_JSON ') :]), proc.stdout
 
 
 @pytest.mark.slow
@@ -142,6 +200,8 @@ def test_every_gallery_example_is_smoke_tested() -> None:
     """Each example folder with a ``main(argv)`` returning results has an entry above."""
     tested = {c.script.split('/')[0] for c in CASES} | {'visualize'}
     owned_elsewhere = {'distributed'}  # its torchrun runs: packages/torchopt-distributed/tests
-    folders = {p.name for p in EXAMPLES.iterdir() if p.is_dir() and not p.name.startswith(('_', '.'))}
+    folders = {
+        p.name for p in EXAMPLES.iterdir() if p.is_dir() and not p.name.startswith(('_', '.'))
+    }
     missing = folders - tested - owned_elsewhere - {'__pycache__'}
     assert not missing, f'examples without a smoke test: {sorted(missing)}'

@@ -106,8 +106,12 @@ def test_every_package_has_the_shared_metadata(projects: dict[str, dict]) -> Non
         assert (folder / meta['readme']).is_file(), name
         classifiers = meta['classifiers']
         assert len(set(classifiers)) == len(classifiers), name
-        for prefix in ('Development Status ::', 'Intended Audience ::', 'Operating System ::',
-                       'Topic ::'):
+        for prefix in (
+            'Development Status ::',
+            'Intended Audience ::',
+            'Operating System ::',
+            'Topic ::',
+        ):
             assert any(c.startswith(prefix) for c in classifiers), (name, prefix)
         assert not [c for c in classifiers if c.startswith('License ::')], (
             f'{name}: the SPDX `license` expression replaces License classifiers (PEP 639)'

@@ -115,7 +115,9 @@ def test_blocked_plugins(fresh_python):
 def test_broken_plugin_is_reported_and_core_still_imports(fresh_python, tmp_path):
     dist = tmp_path / 'torchopt_fake_broken-1.0.dist-info'
     dist.mkdir()
-    (dist / 'METADATA').write_text('Metadata-Version: 2.1\nName: torchopt-fake-broken\nVersion: 1.0\n')
+    (dist / 'METADATA').write_text(
+        'Metadata-Version: 2.1\nName: torchopt-fake-broken\nVersion: 1.0\n'
+    )
     (dist / 'entry_points.txt').write_text(
         '[torchopt.plugins]\nfake = fake_broken_plugin:plugin\nextra = fake_broken_plugin:plugin\n'
     )
@@ -183,7 +185,8 @@ def test_unknown_disable_names_are_reported_at_the_callers_line(monkeypatch):
     assert len(caught) == 1
     record = caught[0]
     line = next(
-        i for i, text in enumerate(Path(__file__).read_text().splitlines(), 1)
+        i
+        for i, text in enumerate(Path(__file__).read_text().splitlines(), 1)
         if text.endswith('# disable-report')
     )
     assert (record.filename, record.lineno) == (__file__, line)
@@ -222,8 +225,12 @@ def test_a_plugin_name_declared_twice_is_reported_not_picked(monkeypatch, tmp_pa
     monkeypatch.syspath_prepend(str(tmp_path))  # first on sys.path: it used to win silently
     row = {r.name: r for r in plugins.plugins()}['viz']
     assert row.status == 'broken'
-    for text in ('declared by 2 distributions', 'torchopt-viz 0.8.0', 'torchopt-viz-fork 1.0',
-                 'uninstall all but one'):
+    for text in (
+        'declared by 2 distributions',
+        'torchopt-viz 0.8.0',
+        'torchopt-viz-fork 1.0',
+        'uninstall all but one',
+    ):
         assert text in row.error, row.error
     with pytest.raises(ImportError, match='declared by 2 distributions'):
         plugins.load('viz')

@@ -30,8 +30,14 @@ def wheelhouse(tmp_path_factory):
     wheels = build(out)
     names = sorted(w.name.split('-')[0] for w in wheels)
     assert names == sorted(
-        ['torchopt_core', 'torchopt_implicit', 'torchopt_zero', 'torchopt_distributed',
-         'torchopt_viz', 'torchopt_accel']
+        [
+            'torchopt_core',
+            'torchopt_implicit',
+            'torchopt_zero',
+            'torchopt_distributed',
+            'torchopt_viz',
+            'torchopt_accel',
+        ]
     )
     return out
 
@@ -42,15 +48,27 @@ def fresh_venv(tmp_path_factory):
     venv.EnvBuilder(with_pip=True).create(path)
     python = path / 'bin' / 'python'
     subprocess.run(
-        [str(python), '-m', 'pip', 'install', '-q', 'torch==2.13.0', 'optree>=0.13', 'graphviz>=0.20'],
-        check=True, timeout=900,
+        [
+            str(python),
+            '-m',
+            'pip',
+            'install',
+            '-q',
+            'torch==2.13.0',
+            'optree>=0.13',
+            'graphviz>=0.20',
+        ],
+        check=True,
+        timeout=900,
     )
     return python
 
 
 def _pip_names(python: Path) -> set[str]:
     out = subprocess.run(
-        [str(python), '-m', 'pip', 'list', '--format=freeze'], capture_output=True, text=True,
+        [str(python), '-m', 'pip', 'list', '--format=freeze'],
+        capture_output=True,
+        text=True,
         check=True,
     ).stdout
     return {line.split('==')[0].lower() for line in out.splitlines()}
@@ -58,9 +76,19 @@ def _pip_names(python: Path) -> set[str]:
 
 def _install(python: Path, wheelhouse: Path, requirement: str) -> None:
     subprocess.run(
-        [str(python), '-m', 'pip', 'install', '-q', '--no-index', '--find-links', str(wheelhouse),
-         requirement],
-        check=True, timeout=600,
+        [
+            str(python),
+            '-m',
+            'pip',
+            'install',
+            '-q',
+            '--no-index',
+            '--find-links',
+            str(wheelhouse),
+            requirement,
+        ],
+        check=True,
+        timeout=600,
     )
 
 
@@ -87,7 +115,9 @@ def test_selective_then_all(wheelhouse, fresh_venv):
         print('ok')
         """
     )
-    out = subprocess.run([str(fresh_venv), '-c', check], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [str(fresh_venv), '-c', check], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == 'ok'
 
@@ -95,9 +125,14 @@ def test_selective_then_all(wheelhouse, fresh_venv):
     names = _pip_names(fresh_venv)
     assert {'torchopt-zero', 'torchopt-distributed', 'torchopt-viz', 'torchopt-accel'} <= names
     out = subprocess.run(
-        [str(fresh_venv), '-c',
-         'import torchopt; print(sorted(r.status for r in torchopt.plugins.plugins()))'],
-        capture_output=True, text=True, timeout=300,
+        [
+            str(fresh_venv),
+            '-c',
+            'import torchopt; print(sorted(r.status for r in torchopt.plugins.plugins()))',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     assert 'missing' not in out.stdout

@@ -20,7 +20,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PURE = [
-    'torchopt-core', 'torchopt-implicit', 'torchopt-zero', 'torchopt-distributed', 'torchopt-viz'
+    'torchopt-core',
+    'torchopt-implicit',
+    'torchopt-zero',
+    'torchopt-distributed',
+    'torchopt-viz',
 ]
 
 #: Shared libraries of torch (``torch/lib``) and of the CUDA wheels it depends on, which the
@@ -37,7 +41,8 @@ def repair(wheel: Path, out: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
             [sys.executable, '-m', 'auditwheel', 'repair', *excludes, '-w', tmp, str(wheel)],
-            check=True, env=env,
+            check=True,
+            env=env,
         )
         (repaired,) = Path(tmp).glob('*.whl')
         return repaired.replace(out / repaired.name)
@@ -65,8 +70,9 @@ def main() -> None:
     parser.add_argument('--out', type=Path, default=ROOT / 'wheelhouse')
     parser.add_argument('--skip-accel', action='store_true')
     parser.add_argument(
-        '--no-repair', action='store_true',
-        help='keep the accel wheel\'s linux_* tag (no auditwheel)',
+        '--no-repair',
+        action='store_true',
+        help="keep the accel wheel's linux_* tag (no auditwheel)",
     )
     args = parser.parse_args()
     for wheel in build(args.out, args.skip_accel, repair_accel=not args.no_repair):

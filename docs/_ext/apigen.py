@@ -432,8 +432,16 @@ class UpstreamPaths(Domain):
     label = 'Python'
     object_types = {  # noqa: RUF012 - Sphinx's API: a class attribute
         kind: ObjType(f'{kind} (TorchOpt path)', kind)
-        for kind in ('module', 'class', 'exception', 'function', 'method', 'property', 'attribute',
-                     'data')
+        for kind in (
+            'module',
+            'class',
+            'exception',
+            'function',
+            'method',
+            'property',
+            'attribute',
+            'data',
+        )
     }
     initial_data: dict[str, Any] = {'objects': {}}  # noqa: RUF012
 
@@ -490,7 +498,7 @@ def index_upstream_paths(app: Sphinx, env: Any) -> list[str]:
                 continue
             for name, obj in py.objects.items():
                 if name == canonical or name.startswith(canonical + '.'):
-                    alias = f'{upstream}.{entry.name}{name[len(canonical):]}'
+                    alias = f'{upstream}.{entry.name}{name[len(canonical) :]}'
                     entries[alias] = (obj.docname, obj.node_id, obj.objtype)
     domain = env.get_domain(UpstreamPaths.name)
     domain.data['objects'] = entries

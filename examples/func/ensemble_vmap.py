@@ -33,9 +33,10 @@ from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import torchopt  # noqa: E402
 from common import add_common_args, output_dir, progress, pyplot, set_threads  # noqa: E402
 from digits_data import digits_classification  # noqa: E402
+
+import torchopt  # noqa: E402
 
 __all__ = ['main', 'make_net', 'train_one_by_one', 'train_vmap']
 
@@ -126,8 +127,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f'  max |parameter difference| between the two: {diff:.2e}')
     print('test accuracy:')
     print(f'  ensemble (mean of probabilities)  {ensemble_acc:.3f}')
-    print(f'  members: mean {member_acc.mean():.3f}, min {member_acc.min():.3f}, '
-          f'max {member_acc.max():.3f}   (baseline: a single network)')
+    print(
+        f'  members: mean {member_acc.mean():.3f}, min {member_acc.min():.3f}, '
+        f'max {member_acc.max():.3f}   (baseline: a single network)'
+    )
 
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -147,8 +150,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     print(f'plot written to {path}')
-    return {'ensemble': ensemble_acc, 'member_mean': member_acc.mean().item(),
-            'max_param_diff': diff, 'speedup': t_loop / t_vmap}
+    return {
+        'ensemble': ensemble_acc,
+        'member_mean': member_acc.mean().item(),
+        'max_param_diff': diff,
+        'speedup': t_loop / t_vmap,
+    }
 
 
 if __name__ == '__main__':

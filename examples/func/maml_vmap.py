@@ -32,9 +32,10 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import torchopt  # noqa: E402
 from common import add_common_args, output_dir, progress, pyplot, set_threads  # noqa: E402
 from fewshot_digits import FewShotDigits, Task  # noqa: E402
+
+import torchopt  # noqa: E402
 
 __all__ = ['MetaLearner', 'main']
 
@@ -119,11 +120,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             runs.append(time.perf_counter() - start)
         timings[name] = min(runs)
         timings[name + '_grad'] = g
-    grad_diff = max((timings['vmap_grad'][k] - timings['loop_grad'][k]).abs().max().item()
-                    for k in params)
-    print(f'meta-gradient of {args.meta_batch} tasks: vmap {timings["vmap"] * 1e3:.1f} ms, '
-          f'loop {timings["loop"] * 1e3:.1f} ms ({timings["loop"] / timings["vmap"]:.1f}x), '
-          f'max difference {grad_diff:.2e}')
+    grad_diff = max(
+        (timings['vmap_grad'][k] - timings['loop_grad'][k]).abs().max().item() for k in params
+    )
+    print(
+        f'meta-gradient of {args.meta_batch} tasks: vmap {timings["vmap"] * 1e3:.1f} ms, '
+        f'loop {timings["loop"] * 1e3:.1f} ms ({timings["loop"] / timings["vmap"]:.1f}x), '
+        f'max difference {grad_diff:.2e}'
+    )
 
     outer = torchopt.adam(lr=args.outer_lr)
     outer_state = outer.init(params)
@@ -134,14 +138,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         updates, outer_state = outer.update(meta_grads, outer_state, inplace=False)
         params = torchopt.apply_updates(params, updates, inplace=False)
         if (it + 1) % max(1, args.iterations // 15) == 0:
-            curve.append((it + 1, sum(learner.accuracy(params, test.sample(), args.test_steps)
-                                      for _ in range(20)) / 20))
+            curve.append(
+                (
+                    it + 1,
+                    sum(learner.accuracy(params, test.sample(), args.test_steps) for _ in range(20))
+                    / 20,
+                )
+            )
 
     tasks = [test.sample() for _ in range(args.test_tasks)]
     maml = sum(learner.accuracy(params, t, args.test_steps) for t in tasks) / len(tasks)
     base = sum(learner.accuracy(init, t, args.test_steps) for t in tasks) / len(tasks)
-    print(f'meta-test accuracy on {args.test_tasks} unseen {args.n_way}-way {args.k_shot}-shot '
-          f'tasks ({args.test_steps} inner steps):')
+    print(
+        f'meta-test accuracy on {args.test_tasks} unseen {args.n_way}-way {args.k_shot}-shot '
+        f'tasks ({args.test_steps} inner steps):'
+    )
     print(f'  MAML (torch.func)      {maml:.3f}')
     print(f'  random initialisation  {base:.3f}   (baseline)')
     print(f'  chance                 {1 / args.n_way:.3f}')
@@ -160,8 +171,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     print(f'plot written to {path}')
-    return {'maml': maml, 'baseline': base, 'grad_max_diff': grad_diff,
-            'vmap_speedup': timings['loop'] / timings['vmap']}
+    return {
+        'maml': maml,
+        'baseline': base,
+        'grad_max_diff': grad_diff,
+        'vmap_speedup': timings['loop'] / timings['vmap'],
+    }
 
 
 if __name__ == '__main__':

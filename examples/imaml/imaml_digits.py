@@ -46,8 +46,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import add_common_args, output_dir, progress, pyplot, set_threads  # noqa: E402
 
 __all__ = [
-    'TaskSampler', 'functional_imaml', 'main', 'make_net', 'module_imaml_class', 'rotated_digits',
-    'train_functional', 'train_module',
+    'TaskSampler',
+    'functional_imaml',
+    'main',
+    'make_net',
+    'module_imaml_class',
+    'rotated_digits',
+    'train_functional',
+    'train_module',
 ]
 
 Curve = list[tuple[float, float]]  # (mean query loss, mean query accuracy) per meta-step
@@ -73,8 +79,16 @@ def rotated_digits() -> tuple[torch.Tensor, torch.Tensor]:
 class TaskSampler:
     """Samples N-way K-shot tasks (support and query sets, labels 0..N-1) from given classes."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, classes: list[int], ways: int, shots: int,
-                 queries: int, generator: torch.Generator) -> None:
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        classes: list[int],
+        ways: int,
+        shots: int,
+        queries: int,
+        generator: torch.Generator,
+    ) -> None:
         self.by_class = {c: x[y == c] for c in classes}
         self.classes = classes
         self.ways, self.shots, self.queries = ways, shots, queries
@@ -87,7 +101,7 @@ class TaskSampler:
             pool = self.by_class[self.classes[idx]]
             order = torch.randperm(len(pool), generator=self.gen)[: self.shots + self.queries]
             xs.append(pool[order[: self.shots]])
-            xq.append(pool[order[self.shots:]])
+            xq.append(pool[order[self.shots :]])
             ys.append(torch.full((self.shots,), label))
             yq.append(torch.full((len(order) - self.shots,), label))
         return torch.cat(xs), torch.cat(ys), torch.cat(xq), torch.cat(yq)
@@ -116,7 +130,9 @@ def functional_imaml(net: nn.Module, cfg: argparse.Namespace):
     def optimality(params, meta_params, xs, ys):
         return torch.func.grad(inner_objective)(params, meta_params, xs, ys)
 
-    @custom_root(optimality, argnums=1, solve=torchopt.linear_solve.solve_cg(maxiter=cfg.cg_steps, ridge=0.0))
+    @custom_root(
+        optimality, argnums=1, solve=torchopt.linear_solve.solve_cg(maxiter=cfg.cg_steps, ridge=0.0)
+    )
     def adapt(init, meta_params, xs, ys):
         params = tuple(p.detach() for p in init)
         step = torch.func.grad(inner_objective)
@@ -176,7 +192,11 @@ def train_functional(
 
 def module_imaml_class(cfg: argparse.Namespace) -> type:
     """The ``ImplicitMetaGradientModule`` subclass solving the proximal inner problem of ``cfg``."""
-    class InnerNet(ImplicitMetaGradientModule, linear_solve=torchopt.linear_solve.solve_cg(maxiter=cfg.cg_steps)):
+
+    class InnerNet(
+        ImplicitMetaGradientModule,
+        linear_solve=torchopt.linear_solve.solve_cg(maxiter=cfg.cg_steps),
+    ):
         def __init__(self, meta_net: nn.Module) -> None:
             super().__init__()
             self.meta_net = meta_net  # meta-module: its parameters are the meta-parameters
@@ -192,7 +212,9 @@ def module_imaml_class(cfg: argparse.Namespace) -> type:
             return self.net(x)
 
         def objective(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-            prox = sum((p - m).square().sum() for p, m in zip(self.parameters(), self.meta_parameters()))
+            prox = sum(
+                (p - m).square().sum() for p, m in zip(self.parameters(), self.meta_parameters())
+            )
             return F.cross_entropy(self.net(xs), ys) + 0.5 * cfg.reg * prox
 
         def solve(self, xs: torch.Tensor, ys: torch.Tensor) -> None:
@@ -264,12 +286,26 @@ def plot(curves: dict[str, Curve], results: dict[str, float], cfg: argparse.Name
         steps = range(1, len(curve) + 1)
         style = {'color': color, 'lw': 4 if k == 0 else 1.5, 'alpha': 0.5 if k == 0 else 1.0}
         ax_loss.plot(steps, smooth([c[0] for c in curve], window), label=f'{api} API', **style)
-        ax_acc.plot(steps, smooth([c[1] for c in curve], window),
-                    label=f'{api} API, meta-train tasks', **style)
-        ax_acc.axhline(results[f'{api}_imaml'], color=color, ls='--', lw=1,
-                       label=f'{api} API, meta-test: {results[f"{api}_imaml"]:.3f}')
-        ax_acc.axhline(results[f'{api}_baseline'], color=color, ls=':', lw=1,
-                       label=f'no meta-learning, meta-test: {results[f"{api}_baseline"]:.3f}')
+        ax_acc.plot(
+            steps,
+            smooth([c[1] for c in curve], window),
+            label=f'{api} API, meta-train tasks',
+            **style,
+        )
+        ax_acc.axhline(
+            results[f'{api}_imaml'],
+            color=color,
+            ls='--',
+            lw=1,
+            label=f'{api} API, meta-test: {results[f"{api}_imaml"]:.3f}',
+        )
+        ax_acc.axhline(
+            results[f'{api}_baseline'],
+            color=color,
+            ls=':',
+            lw=1,
+            label=f'no meta-learning, meta-test: {results[f"{api}_baseline"]:.3f}',
+        )
     ax_acc.axhline(1.0 / cfg.ways, color='k', lw=0.8, ls='-.', label='chance')
     ax_loss.set_title('query loss after adaptation (moving average)')
     ax_acc.set_title('query accuracy after adaptation (moving average)')
@@ -286,7 +322,9 @@ def plot(curves: dict[str, Curve], results: dict[str, float], cfg: argparse.Name
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Meta-train with each API, compare with no meta-learning, write the plot."""
-    parser = argparse.ArgumentParser(description='iMAML on rotated digits (functional and module API)')
+    parser = argparse.ArgumentParser(
+        description='iMAML on rotated digits (functional and module API)'
+    )
     add_common_args(parser, __file__)
     parser.add_argument('--api', choices=['functional', 'module', 'both'], default='both')
     parser.add_argument('--ways', type=int, default=5)
@@ -311,7 +349,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     apis = ['functional', 'module'] if cfg.api == 'both' else [cfg.api]
     results: dict[str, float] = {}
     curves: dict[str, Curve] = {}
-    print(f'{cfg.ways}-way {cfg.shots}-shot, {len(train_classes)} meta-train / {len(test_classes)} meta-test classes')
+    print(
+        f'{cfg.ways}-way {cfg.shots}-shot, {len(train_classes)} meta-train / {len(test_classes)} meta-test classes'
+    )
     for api in apis:
         gen_train = torch.Generator().manual_seed(cfg.seed)
         gen_test = torch.Generator().manual_seed(cfg.seed + 1)

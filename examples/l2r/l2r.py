@@ -33,9 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import torchopt  # noqa: E402
 from common import add_common_args, output_dir, progress, pyplot, set_threads  # noqa: E402
 from digits_data import ImbalancedSplit, imbalanced_noisy_digits  # noqa: E402
+
+import torchopt  # noqa: E402
 
 __all__ = ['accuracy', 'main', 'make_net', 'reweight', 'train']
 
@@ -52,8 +53,12 @@ def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def reweight(
-    net: nn.Module, meta_opt: torchopt.MetaSGD, x: torch.Tensor, y: torch.Tensor,
-    x_val: torch.Tensor, y_val: torch.Tensor,
+    net: nn.Module,
+    meta_opt: torchopt.MetaSGD,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
 ) -> torch.Tensor:
     """The L2R weights of the examples ``(x, y)`` (non-negative, summing to 1 or all zero)."""
     state = torchopt.extract_state_dict(net, by='reference')
@@ -110,13 +115,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
-    data = imbalanced_noisy_digits(majority=args.majority, noise=args.noise,
-                                   val_per_class=args.val_per_class, seed=args.seed)
+    data = imbalanced_noisy_digits(
+        majority=args.majority, noise=args.noise, val_per_class=args.val_per_class, seed=args.seed
+    )
     n_minor = int((data.train_clean_labels == 1).sum())
     n_flipped = int((data.train.y != data.train_clean_labels).sum())
-    print(f'digits 4 vs 9: {len(data.train.y)} training images ({n_minor} nines), '
-          f'{n_flipped} labels flipped, {len(data.val.y)} clean validation images, '
-          f'{len(data.test.y)} balanced test images')
+    print(
+        f'digits 4 vs 9: {len(data.train.y)} training images ({n_minor} nines), '
+        f'{n_flipped} labels flipped, {len(data.val.y)} clean validation images, '
+        f'{len(data.test.y)} balanced test images'
+    )
     l2r_net, l2r_curve = train(data, args, reweighted=True, generator=gen)
     plain_net, plain_curve = train(data, args, reweighted=False, generator=gen)
     l2r, plain = accuracy(l2r_net, *data.test), accuracy(plain_net, *data.test)

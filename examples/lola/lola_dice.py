@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import torchopt  # noqa: E402
 from common import add_common_args, output_dir, progress, pyplot, set_threads  # noqa: E402
 from rl_common import dice_objective  # noqa: E402
+
+import torchopt  # noqa: E402
 
 __all__ = ['IPDEpisodes', 'PAYOFF', 'STATES', 'ipd_rollout', 'lola_gradient', 'main', 'train']
 
@@ -56,8 +57,11 @@ def _gather(table: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
 
 
 def ipd_rollout(
-    thetas: tuple[torch.Tensor, torch.Tensor], values: tuple[torch.Tensor, torch.Tensor],
-    batch: int, length: int, generator: torch.Generator,
+    thetas: tuple[torch.Tensor, torch.Tensor],
+    values: tuple[torch.Tensor, torch.Tensor],
+    batch: int,
+    length: int,
+    generator: torch.Generator,
 ) -> IPDEpisodes:
     """Play ``batch`` episodes of ``length`` rounds in each of ``R`` independent runs.
 
@@ -80,12 +84,15 @@ def ipd_rollout(
     a = [torch.stack(actions[i], dim=-1) for i in range(2)]
     # log P(cooperate) = logsigmoid(theta[s]), log P(defect) = logsigmoid(-theta[s])
     log_probs = tuple(
-        torch.where(a[i].bool(), _gather(F.logsigmoid(-thetas[i]), s),
-                    _gather(F.logsigmoid(thetas[i]), s))
+        torch.where(
+            a[i].bool(), _gather(F.logsigmoid(-thetas[i]), s), _gather(F.logsigmoid(thetas[i]), s)
+        )
         for i in range(2)
     )
     return IPDEpisodes(
-        s, log_probs, (_gather(values[0], s), _gather(values[1], s)),
+        s,
+        log_probs,
+        (_gather(values[0], s), _gather(values[1], s)),
         (PAYOFF[a[0], a[1], 0], PAYOFF[a[0], a[1], 1]),
     )
 
@@ -109,7 +116,10 @@ def value_loss(ep: IPDEpisodes, i: int, gamma: float) -> torch.Tensor:
 
 
 def lola_gradient(
-    i: int, thetas: list[torch.Tensor], values: list[torch.Tensor], args: argparse.Namespace,
+    i: int,
+    thetas: list[torch.Tensor],
+    values: list[torch.Tensor],
+    args: argparse.Namespace,
     generator: torch.Generator,
 ) -> torch.Tensor:
     """Gradient of agent ``i``'s objective after ``args.lookaheads`` opponent steps."""
@@ -120,8 +130,9 @@ def lola_gradient(
     for _ in range(args.lookaheads):
         pair = (thetas[0], opponent) if i == 0 else (opponent, thetas[1])
         ep = ipd_rollout(pair, values, args.batch, args.length, generator)
-        (grad,) = torch.autograd.grad(agent_objective(ep, j, args.gamma), opponent,
-                                      create_graph=True)
+        (grad,) = torch.autograd.grad(
+            agent_objective(ep, j, args.gamma), opponent, create_graph=True
+        )
         updates, state = lookahead.update(grad, state, inplace=False)
         opponent = torchopt.apply_updates(opponent, updates, inplace=False)
     pair = (thetas[0], opponent) if i == 0 else (opponent, thetas[1])
@@ -155,7 +166,8 @@ def train(args: argparse.Namespace, lookaheads: int, generator: torch.Generator)
     window = max(1, args.iterations // 10)
     final = torch.stack(rewards[-window:]).mean(dim=0)  # (R,)
     return {
-        'rewards': torch.stack(rewards), 'coop_probs': torch.stack(coop_probs),  # (T, R), (T, R, 5)
+        'rewards': torch.stack(rewards),
+        'coop_probs': torch.stack(coop_probs),  # (T, R), (T, R, 5)
         'reward': final.mean().item(),
         # a run "cooperates" when its reward per round is closer to CC (-1) than to DD (-2)
         'cooperating_runs': (final > -1.5).float().mean().item(),
@@ -186,16 +198,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
-    print(f"Iterated prisoner's dilemma: {args.runs} independent runs of {args.iterations} "
-          f'updates, {args.batch} episodes of {args.length} rounds per rollout')
+    print(
+        f"Iterated prisoner's dilemma: {args.runs} independent runs of {args.iterations} "
+        f'updates, {args.batch} episodes of {args.length} rounds per rollout'
+    )
     lola = train(args, args.lookaheads, gen)
     naive = train(args, 0, gen)
-    print(f'reward per round and agent, mean over runs of the last 10% of updates '
-          f'(CC = -1, DD = -2), and the fraction of runs that cooperate (reward > -1.5):')
-    print(f"  LOLA-DiCE       {lola['reward']:6.3f}   cooperating runs "
-          f"{lola['cooperating_runs']:.2f}")
-    print(f"  naive learners  {naive['reward']:6.3f}   cooperating runs "
-          f"{naive['cooperating_runs']:.2f}   (baseline)")
+    print(
+        'reward per round and agent, mean over runs of the last 10% of updates '
+        '(CC = -1, DD = -2), and the fraction of runs that cooperate (reward > -1.5):'
+    )
+    print(
+        f'  LOLA-DiCE       {lola["reward"]:6.3f}   cooperating runs {lola["cooperating_runs"]:.2f}'
+    )
+    print(
+        f'  naive learners  {naive["reward"]:6.3f}   cooperating runs '
+        f'{naive["cooperating_runs"]:.2f}   (baseline)'
+    )
     print('agent 1 P(cooperate | state) at the end, mean over runs:')
     for label, run in (('LOLA-DiCE', lola), ('naive', naive)):
         probs = '  '.join(f'{s}={p:.2f}' for s, p in zip(STATES, run['coop_probs'][-1].mean(0)))
@@ -223,7 +242,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     plt.close(fig)
     print(f'plot written to {path}')
     return {
-        'lola_reward': lola['reward'], 'naive_reward': naive['reward'],
+        'lola_reward': lola['reward'],
+        'naive_reward': naive['reward'],
         'lola_cooperating_runs': lola['cooperating_runs'],
         'naive_cooperating_runs': naive['cooperating_runs'],
     }

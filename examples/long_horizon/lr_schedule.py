@@ -36,9 +36,10 @@ from torch import nn
 from torch.func import functional_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import torchopt  # noqa: E402
 from common import add_common_args, output_dir, progress, pyplot, set_threads  # noqa: E402
 from digits_data import Split, digits_classification  # noqa: E402
+
+import torchopt  # noqa: E402
 
 __all__ = ['InnerRun', 'main', 'make_net']
 
@@ -83,8 +84,13 @@ class InnerRun:
 
     def final_params(self, log_lr: torch.Tensor, checkpoints='sqrt', truncate=None) -> dict:
         """The parameters after the run (differentiable in ``log_lr`` unless ``truncate=0``)."""
-        params, _ = torchopt.unroll(self.step_fn(log_lr), self.carry0(), self.steps,
-                                    checkpoints=checkpoints, truncate=truncate)
+        params, _ = torchopt.unroll(
+            self.step_fn(log_lr),
+            self.carry0(),
+            self.steps,
+            checkpoints=checkpoints,
+            truncate=truncate,
+        )
         return params
 
     def loss(self, params: dict, split: Split) -> torch.Tensor:
@@ -114,8 +120,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument('--steps', type=int, default=1000, help='length K of the training run')
     parser.add_argument('--meta-steps', type=int, default=40)
     parser.add_argument('--meta-lr', type=float, default=0.05)
-    parser.add_argument('--smooth', type=float, default=0.01,
-                        help='weight of the penalty on squared differences of the log rates')
+    parser.add_argument(
+        '--smooth',
+        type=float,
+        default=0.01,
+        help='weight of the penalty on squared differences of the log rates',
+    )
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--checkpoints', default='sqrt', help="an int or 'sqrt'")
     args = parser.parse_args(argv)
@@ -125,12 +135,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     set_threads()
     train_val, test = digits_classification(seed=args.seed)
     n_val = len(train_val.y) // 4
-    val, train = Split(train_val.x[:n_val], train_val.y[:n_val]), Split(
-        train_val.x[n_val:], train_val.y[n_val:])
+    val, train = (
+        Split(train_val.x[:n_val], train_val.y[:n_val]),
+        Split(train_val.x[n_val:], train_val.y[n_val:]),
+    )
     run = InnerRun(train, args.steps, args.batch_size, args.seed)
     slots = math.isqrt(args.steps - 1) + 1 if checkpoints == 'sqrt' else checkpoints
-    print(f'digits: {len(train.y)} training, {len(val.y)} validation, {len(test.y)} test images; '
-          f'K = {args.steps} Adam steps, {slots} checkpoints')
+    print(
+        f'digits: {len(train.y)} training, {len(val.y)} validation, {len(test.y)} test images; '
+        f'K = {args.steps} Adam steps, {slots} checkpoints'
+    )
 
     rates = torch.logspace(-3.5, -0.5, 7 if args.quick else 13).tolist()
     sweep = []
@@ -158,12 +172,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     history.append(learned_val)
     learned_acc, const_acc = run.accuracy(final, test), run.accuracy(const, test)
     learned_test, const_test = run.loss(final, test).item(), run.loss(const, test).item()
-    print(f'final validation loss: learned schedule {learned_val:.4f}, best constant rate '
-          f'{rates[best]:.2e} {const_val:.4f}')
-    print(f'test loss:             learned schedule {learned_test:.4f}, best constant rate '
-          f'{const_test:.4f}')
-    print(f'test accuracy:         learned schedule {learned_acc:.3f}, best constant rate '
-          f'{const_acc:.3f}')
+    print(
+        f'final validation loss: learned schedule {learned_val:.4f}, best constant rate '
+        f'{rates[best]:.2e} {const_val:.4f}'
+    )
+    print(
+        f'test loss:             learned schedule {learned_test:.4f}, best constant rate '
+        f'{const_test:.4f}'
+    )
+    print(
+        f'test accuracy:         learned schedule {learned_acc:.3f}, best constant rate '
+        f'{const_acc:.3f}'
+    )
 
     every = max(1, args.steps // 50)
     plt = pyplot()
@@ -173,8 +193,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     axes[0].set(xlabel='training step t', ylabel='learning rate', title='schedule')
     xs = [every * (i + 1) for i in range(args.steps // every)]
     axes[1].semilogy(xs, run.curve(log_lr, val, every), label='learned schedule')
-    axes[1].semilogy(xs, run.curve(torch.full((args.steps,), math.log(rates[best])), val, every),
-                     label=f'constant {rates[best]:.1e}')
+    axes[1].semilogy(
+        xs,
+        run.curve(torch.full((args.steps,), math.log(rates[best])), val, every),
+        label=f'constant {rates[best]:.1e}',
+    )
     axes[1].set(xlabel='training step', ylabel='validation loss', title='training run')
     axes[2].plot(history, label='learned schedule')
     axes[2].axhline(const_val, color='k', ls='--', lw=1, label='best constant')
@@ -186,9 +209,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     print(f'plot written to {path}')
-    return {'learned_val': learned_val, 'constant_val': const_val, 'learned_test': learned_test,
-            'constant_test': const_test, 'learned_test_acc': learned_acc,
-            'constant_test_acc': const_acc, 'best_constant_lr': rates[best]}
+    return {
+        'learned_val': learned_val,
+        'constant_val': const_val,
+        'learned_test': learned_test,
+        'constant_test': const_test,
+        'learned_test_acc': learned_acc,
+        'constant_test_acc': const_acc,
+        'best_constant_lr': rates[best],
+    }
 
 
 if __name__ == '__main__':

@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import torchopt  # noqa: E402
 from common import add_common_args, output_dir, progress, pyplot  # noqa: E402
 from fewshot_digits import FewShotDigits, Task  # noqa: E402
+
+import torchopt  # noqa: E402
 
 
 def make_net(n_way: int) -> nn.Module:
@@ -79,8 +80,11 @@ def meta_train_functional(net, data: FewShotDigits, args) -> list[float]:
         meta_opt.step()
         curve.append(accs.mean().item())
         if it % args.log_every == 0 or it == args.iterations:
-            print(f'  iter {it:4d}  query loss {losses.mean().item():.3f}  '
-                  f'query acc {accs.mean().item():.3f}', flush=True)
+            print(
+                f'  iter {it:4d}  query loss {losses.mean().item():.3f}  '
+                f'query acc {accs.mean().item():.3f}',
+                flush=True,
+            )
     return curve
 
 
@@ -105,8 +109,11 @@ def meta_train_module(net, data: FewShotDigits, args) -> list[float]:
         meta_opt.step()
         curve.append(sum(accs) / len(accs))
         if it % args.log_every == 0 or it == args.iterations:
-            print(f'  iter {it:4d}  query loss {sum(losses) / len(losses):.3f}  '
-                  f'query acc {sum(accs) / len(accs):.3f}', flush=True)
+            print(
+                f'  iter {it:4d}  query loss {sum(losses) / len(losses):.3f}  '
+                f'query acc {sum(accs) / len(accs):.3f}',
+                flush=True,
+            )
     return curve
 
 
@@ -115,8 +122,10 @@ def plot(curve: list[float], maml: float, base: float, args, path: Path) -> None
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     window = max(len(curve) // 20, 1)
-    smooth = [sum(curve[max(0, i - window + 1) : i + 1]) / len(curve[max(0, i - window + 1) : i + 1])
-              for i in range(len(curve))]
+    smooth = [
+        sum(curve[max(0, i - window + 1) : i + 1]) / len(curve[max(0, i - window + 1) : i + 1])
+        for i in range(len(curve))
+    ]
     ax.plot(range(1, len(curve) + 1), smooth, label='meta-train query accuracy (moving avg.)')
     ax.axhline(maml, color='C1', linestyle='--', label=f'meta-test, MAML init ({maml:.2f})')
     ax.axhline(base, color='C2', linestyle=':', label=f'meta-test, random init ({base:.2f})')
@@ -166,11 +175,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     net = make_net(args.n_way)
     baseline_net = make_net(args.n_way)  # same architecture, random initialisation
 
-    print(f'MAML {args.n_way}-way {args.k_shot}-shot on rotated digits '
-          f'({args.api} API, {args.iterations} meta-iterations of {args.meta_batch} tasks)')
+    print(
+        f'MAML {args.n_way}-way {args.k_shot}-shot on rotated digits '
+        f'({args.api} API, {args.iterations} meta-iterations of {args.meta_batch} tasks)'
+    )
     start = time.perf_counter()
     curve = (meta_train_functional if args.api == 'functional' else meta_train_module)(
-        net, train, args)
+        net, train, args
+    )
     elapsed = time.perf_counter() - start
     maml = evaluate(net, test, args.test_tasks, args.test_steps, args.inner_lr)
     base = evaluate(baseline_net, test, args.test_tasks, args.test_steps, args.inner_lr)

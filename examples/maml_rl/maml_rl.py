@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import torchopt  # noqa: E402
 from common import add_common_args, output_dir, progress, pyplot, set_threads  # noqa: E402
 from rl_common import (  # noqa: E402
     TabularMDP,
@@ -39,6 +38,8 @@ from rl_common import (  # noqa: E402
     optimal_return,
     rollout,
 )
+
+import torchopt  # noqa: E402
 
 __all__ = ['GOALS', 'TabularPolicy', 'adapt', 'grid_task', 'main', 'meta_test']
 
@@ -69,8 +70,12 @@ class TabularPolicy(nn.Module):
 
 
 def adapt(
-    policy: TabularPolicy, task: TabularMDP, inner_opt: torchopt.MetaSGD, steps: int,
-    episodes: int, generator: torch.Generator,
+    policy: TabularPolicy,
+    task: TabularMDP,
+    inner_opt: torchopt.MetaSGD,
+    steps: int,
+    episodes: int,
+    generator: torch.Generator,
 ) -> None:
     """``steps`` differentiable policy-gradient steps on sampled episodes (in place)."""
     for _ in range(steps):
@@ -80,7 +85,9 @@ def adapt(
 
 
 def meta_test(
-    policy: TabularPolicy, goals: list[tuple[int, int]], args: argparse.Namespace,
+    policy: TabularPolicy,
+    goals: list[tuple[int, int]],
+    args: argparse.Namespace,
     generator: torch.Generator,
 ) -> list[float]:
     """Adapt ``policy`` to each goal (sampled episodes) and return the exact adapted returns."""
@@ -143,12 +150,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     maml = meta_test(policy, test_goals, args, gen)
     baseline_policy = TabularPolicy(sample_mdp.num_states, sample_mdp.num_actions)
     base = meta_test(baseline_policy, test_goals, args, gen)
-    uniform = sum(expected_return(grid_task(g), baseline_policy.logits).item()
-                  for g in test_goals) / len(test_goals)
+    uniform = sum(
+        expected_return(grid_task(g), baseline_policy.logits).item() for g in test_goals
+    ) / len(test_goals)
     maml_mean, base_mean = sum(maml) / len(maml), sum(base) / len(base)
 
-    print(f'exact expected return on {args.test_tasks} test tasks after {args.test_steps} '
-          f'policy-gradient step(s) of {args.inner_episodes} episodes:')
+    print(
+        f'exact expected return on {args.test_tasks} test tasks after {args.test_steps} '
+        f'policy-gradient step(s) of {args.inner_episodes} episodes:'
+    )
     print(f'  MAML initialisation      {maml_mean:7.3f}')
     print(f'  uniform initialisation   {base_mean:7.3f}   (no meta-learning baseline)')
     print(f'  uniform, not adapted     {uniform:7.3f}')

@@ -33,9 +33,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import torchopt  # noqa: E402
 from common import add_common_args, output_dir, progress, pyplot, set_threads  # noqa: E402
 from rl_common import TabularMDP, expected_return, optimal_return, rollout  # noqa: E402
+
+import torchopt  # noqa: E402
 
 __all__ = ['corridor', 'discounted_returns', 'main', 'policy_gradient_loss', 'train']
 
@@ -129,8 +130,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     mdp = corridor(args.length)
     optimum = optimal_return(mdp)
-    print(f'MGRL on a corridor of {args.length} states, {args.iterations} updates, '
-          f'initial gamma {args.gamma}')
+    print(
+        f'MGRL on a corridor of {args.length} states, {args.iterations} updates, '
+        f'initial gamma {args.gamma}'
+    )
     meta_returns, gammas = train(mdp, args, meta=True, generator=gen)
     fixed_returns, _ = train(mdp, args, meta=False, generator=gen)
     window = max(1, args.iterations // 10)

@@ -69,11 +69,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
     """Write ``torchopt_graph.{gv,svg,png}`` and ``torchviz_graph.{gv,svg,png}``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        '--out', type=Path, default=Path(__file__).resolve().parent / 'outputs',
+        '--out',
+        type=Path,
+        default=Path(__file__).resolve().parent / 'outputs',
         help='output directory (default: examples/visualize/outputs)',
     )
     parser.add_argument(
-        '--accelerated', action='store_true',
+        '--accelerated',
+        action='store_true',
         help='use the fused Adam op of torchopt-accel (one graph node per step)',
     )
     args = parser.parse_args(argv)

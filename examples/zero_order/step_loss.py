@@ -41,12 +41,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import torchopt  # noqa: E402
 from common import add_common_args, output_dir, progress, pyplot, set_threads  # noqa: E402
 
+import torchopt  # noqa: E402
+
 __all__ = [
-    'check_closed_form', 'compare_estimators', 'main', 'make_data', 'smoothed_loss_and_grad',
-    'train', 'zero_one_loss',
+    'check_closed_form',
+    'compare_estimators',
+    'main',
+    'make_data',
+    'smoothed_loss_and_grad',
+    'train',
+    'zero_one_loss',
 ]
 
 NORMAL = torch.distributions.Normal(0.0, 1.0)
@@ -93,24 +99,32 @@ def check_closed_form(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sigma: 
 
 
 def compare_estimators(
-    w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sigma: float, sizes: tuple[int, ...],
+    w: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sigma: float,
+    sizes: tuple[int, ...],
     trials: int,
 ) -> dict[str, list[float]]:
     """Print, and return per method, the mean relative error of ES estimates for each size."""
     _, exact = smoothed_loss_and_grad(w, x, y, sigma)
     plain = zero_one_loss(w.clone().requires_grad_(), x, y)
-    print(f'autograd: the 0-1 loss has requires_grad={plain.requires_grad} '
-          '(its gradient is zero almost everywhere: nothing to descend on)')
-    print(f'\nES estimate vs exact gradient of the smoothed loss (sigma={sigma}, '
-          f'mean over {trials} estimates)')
+    print(
+        f'autograd: the 0-1 loss has requires_grad={plain.requires_grad} '
+        '(its gradient is zero almost everywhere: nothing to descend on)'
+    )
+    print(
+        f'\nES estimate vs exact gradient of the smoothed loss (sigma={sigma}, '
+        f'mean over {trials} estimates)'
+    )
     print(f'{"method":>11} {"N":>6} {"rel. error":>11} {"cosine":>7} {"ms":>7}')
     table: dict[str, list[float]] = {}
     for method in ('naive', 'forward', 'antithetic'):
         table[method] = []
         for n in sizes:
-            loss = torchopt.diff.zero_order(
-                NORMAL, method=method, num_samples=n, sigma=sigma
-            )(zero_one_loss)
+            loss = torchopt.diff.zero_order(NORMAL, method=method, num_samples=n, sigma=sigma)(
+                zero_one_loss
+            )
             errors, cosines = [], []
             start = time.perf_counter()
             for _ in range(trials):
@@ -119,14 +133,21 @@ def compare_estimators(
                 errors.append(float((w_req.grad - exact).norm() / exact.norm()))
                 cosines.append(float(torch.cosine_similarity(w_req.grad, exact, dim=0)))
             ms = (time.perf_counter() - start) / trials * 1e3
-            print(f'{method:>11} {n:>6} {sum(errors) / trials:>11.3f} '
-                  f'{sum(cosines) / trials:>7.3f} {ms:>7.2f}')
+            print(
+                f'{method:>11} {n:>6} {sum(errors) / trials:>11.3f} '
+                f'{sum(cosines) / trials:>7.3f} {ms:>7.2f}'
+            )
             table[method].append(sum(errors) / trials)
     return table
 
 
 def train(
-    x: torch.Tensor, y: torch.Tensor, sigma: float, steps: int, num_samples: int, use_es: bool,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sigma: float,
+    steps: int,
+    num_samples: int,
+    use_es: bool,
     seed: int,
 ) -> list[float]:
     """Adam on the 0-1 loss with ES (or exact smoothed) gradients; the 0-1 loss after each step."""
@@ -151,16 +172,25 @@ def train(
 
 
 def plot(
-    table: dict[str, list[float]], sizes: tuple[int, ...], es: list[float], exact: list[float],
-    sigma: float, out: Path,
+    table: dict[str, list[float]],
+    sizes: tuple[int, ...],
+    es: list[float],
+    exact: list[float],
+    sigma: float,
+    out: Path,
 ) -> Path:
     """Write ``step_loss.png``: estimator error vs samples, and the two training curves."""
     plt = pyplot()
     fig, (ax_err, ax_train) = plt.subplots(1, 2, figsize=(10, 4))
     for method, errors in table.items():
         ax_err.loglog(sizes, errors, marker='o', label=method)
-    ax_err.loglog(sizes, [table['naive'][0] * (sizes[0] / n) ** 0.5 for n in sizes], 'k:', lw=0.8,
-                  label=r'$\propto N^{-1/2}$')
+    ax_err.loglog(
+        sizes,
+        [table['naive'][0] * (sizes[0] / n) ** 0.5 for n in sizes],
+        'k:',
+        lw=0.8,
+        label=r'$\propto N^{-1/2}$',
+    )
     ax_err.set_xlabel('samples N')
     ax_err.set_ylabel('relative error vs exact smoothed gradient')
     ax_err.set_title(f'ES gradient estimators (sigma={sigma})')
@@ -194,8 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     w = torch.randn(dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     print(f'data: n={n}, d={dim}; 0-1 loss at a random w: {float(zero_one_loss(w, x, y)):.3f}')
     fd_error = check_closed_form(w, x, y, sigma)
-    print(f'closed-form smoothed gradient vs central finite difference: rel. error '
-          f'{fd_error:.1e}')
+    print(f'closed-form smoothed gradient vs central finite difference: rel. error {fd_error:.1e}')
     torch.manual_seed(args.seed)  # the ES noise of the comparison (train() seeds its own)
     table = compare_estimators(w, x, y, sigma, sizes, trials)
 
@@ -206,8 +235,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for k in sorted({0, steps // 4, steps // 2, 3 * steps // 4, steps - 1}):
         print(f'{k + 1:>6} {es[k]:>24.3f} {exact[k]:>24.3f}')
     print(f'plot written to {plot(table, sizes, es, exact, sigma, args.out)}')
-    return {'fd_rel_error': fd_error, 'es_first': es[0], 'es_final': es[-1],
-            'exact_final': exact[-1]}
+    return {
+        'fd_rel_error': fd_error,
+        'es_first': es[0],
+        'es_final': es[-1],
+        'exact_final': exact[-1],
+    }
 
 
 if __name__ == '__main__':

@@ -70,9 +70,9 @@ def _apply_args(dtype=F64, shapes=((3, 5), (7,), ())):
 
 
 @pytest.mark.parametrize('dtype', [F64, torch.float32])
-@pytest.mark.parametrize(('wd', 'decoupled', 'maximize'), [(0.0, False, False),
-                                                           (0.1, False, True),
-                                                           (0.1, True, False)])
+@pytest.mark.parametrize(
+    ('wd', 'decoupled', 'maximize'), [(0.0, False, False), (0.1, False, True), (0.1, True, False)]
+)
 def test_opcheck_adam_apply_(dtype, wd, decoupled, maximize):
     args = (*_apply_args(dtype), 1e-2, 0.9, 0.999, 1e-8, 1e-6, 3, wd, decoupled, maximize)
     torch.library.opcheck(OPS.adam_apply_.default, args)
@@ -83,8 +83,9 @@ def test_opcheck_adam_apply_non_contiguous():
     g = [torch.randn(4, 6, dtype=F64), torch.randn(1, 5, dtype=F64).expand(3, 5)[0]]
     m = [torch.randn(6, 4, dtype=F64).t(), torch.randn(5, dtype=F64)]
     v = [torch.rand(4, 12, dtype=F64)[:, ::2], torch.rand(10, dtype=F64)[1::2]]
-    torch.library.opcheck(OPS.adam_apply_.default,
-                          (p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.0, 2, 0.1, True, False))
+    torch.library.opcheck(
+        OPS.adam_apply_.default, (p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.0, 2, 0.1, True, False)
+    )
 
 
 def test_schema_marks_params_and_moments_as_mutated_not_grads():
@@ -92,8 +93,19 @@ def test_schema_marks_params_and_moments_as_mutated_not_grads():
     written = [a.name for a in args if a.alias_info is not None and a.alias_info.is_write]
     assert written == ['params', 'mu', 'nu']
     assert [a.name for a in args] == [
-        'params', 'grads', 'mu', 'nu', 'lr', 'b1', 'b2', 'eps', 'eps_root', 'count',
-        'weight_decay', 'decoupled', 'maximize',
+        'params',
+        'grads',
+        'mu',
+        'nu',
+        'lr',
+        'b1',
+        'b2',
+        'eps',
+        'eps_root',
+        'count',
+        'weight_decay',
+        'decoupled',
+        'maximize',
     ]
     assert 'torchopt_accel::adam_apply_' in torchopt_accel.build_info()['ops']
     assert 'adam_apply_' in torchopt_accel.__all__
@@ -106,8 +118,9 @@ def test_fp64_parity_with_torch_optim_over_20_steps(setting, decoupled):
     params = [torch.randn(n, dtype=F64) for n in SIZES] + [torch.randn(33, 31, dtype=F64)]
     ref = [p.clone().requires_grad_() for p in params]
     cls = torch.optim.AdamW if decoupled else torch.optim.Adam
-    opt = cls(ref, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, maximize=maximize,
-              foreach=False)
+    opt = cls(
+        ref, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, maximize=maximize, foreach=False
+    )
     mu = [torch.zeros_like(p) for p in params]
     nu = [torch.zeros_like(p) for p in params]
     for count in range(1, 21):
@@ -116,8 +129,21 @@ def test_fp64_parity_with_torch_optim_over_20_steps(setting, decoupled):
         for r, g in zip(ref, grads):
             r.grad = g.clone()
         opt.step()
-        torchopt_accel.adam_apply_(params, grads, mu, nu, lr, b1, b2, eps, 0.0, count,
-                                   weight_decay=wd, decoupled=decoupled, maximize=maximize)
+        torchopt_accel.adam_apply_(
+            params,
+            grads,
+            mu,
+            nu,
+            lr,
+            b1,
+            b2,
+            eps,
+            0.0,
+            count,
+            weight_decay=wd,
+            decoupled=decoupled,
+            maximize=maximize,
+        )
         for g, g0 in zip(grads, grads_before):  # the gradient is only read
             torch.testing.assert_close(g, g0, rtol=0, atol=0)
     for p, r, m, v in zip(params, ref, mu, nu):
@@ -136,10 +162,21 @@ def test_eps_root_against_hand_written_reference(decoupled, maximize):
     ref = [[p.clone(), m.clone(), v.clone()] for p, m, v in zip(params, mu, nu)]
     for count in range(1, 21):
         grads = [torch.randn_like(p) for p in params]
-        torchopt_accel.adam_apply_(params, grads, mu, nu, *hyper.values(), count,
-                                   weight_decay=0.2, decoupled=decoupled, maximize=maximize)
-        ref = [_reference_apply(*r[:1], g, *r[1:], *hyper.values(), count, 0.2, decoupled,
-                                maximize) for r, g in zip(ref, grads)]
+        torchopt_accel.adam_apply_(
+            params,
+            grads,
+            mu,
+            nu,
+            *hyper.values(),
+            count,
+            weight_decay=0.2,
+            decoupled=decoupled,
+            maximize=maximize,
+        )
+        ref = [
+            _reference_apply(*r[:1], g, *r[1:], *hyper.values(), count, 0.2, decoupled, maximize)
+            for r, g in zip(ref, grads)
+        ]
     for got, want in zip(zip(params, mu, nu), ref):
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
@@ -155,8 +192,10 @@ def test_non_contiguous_inputs_match_reference_and_write_through():
     nu = [torch.rand(8, 6, dtype=F64).t(), torch.rand(14, dtype=F64)]
     assert not any(t.is_contiguous() for t in (params + grads[:1] + mu[1:] + nu[:1]))
     hyper = (1e-2, 0.9, 0.99, 1e-8, 1e-6, 4, 0.3, False, True)
-    want = [_reference_apply(p.clone(), g.clone(), m.clone(), v.clone(), *hyper)
-            for p, g, m, v in zip(params, grads, mu, nu)]
+    want = [
+        _reference_apply(p.clone(), g.clone(), m.clone(), v.clone(), *hyper)
+        for p, g, m, v in zip(params, grads, mu, nu)
+    ]
     grads_before = [g.clone() for g in grads]
     OPS.adam_apply_(params, grads, mu, nu, *hyper)
     for got, w in zip(zip(params, mu, nu), want):
@@ -173,13 +212,34 @@ def test_non_contiguous_inputs_match_reference_and_write_through():
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16])
 def test_reduced_precision_matches_float64_math_rounded(dtype):
-    p, g, m, v = (t.to(dtype) for t in (torch.randn(3001), torch.randn(3001),
-                                        0.1 * torch.randn(3001), 0.01 * torch.rand(3001)))
-    want = _reference_apply(p.double(), g.double(), m.double(), v.double(), 1e-2, 0.9, 0.999,
-                            1e-8, 0.0, 5, 0.1, True, False)
+    p, g, m, v = (
+        t.to(dtype)
+        for t in (
+            torch.randn(3001),
+            torch.randn(3001),
+            0.1 * torch.randn(3001),
+            0.01 * torch.rand(3001),
+        )
+    )
+    want = _reference_apply(
+        p.double(),
+        g.double(),
+        m.double(),
+        v.double(),
+        1e-2,
+        0.9,
+        0.999,
+        1e-8,
+        0.0,
+        5,
+        0.1,
+        True,
+        False,
+    )
     got = [p.clone(), m.clone(), v.clone()]
-    OPS.adam_apply_([got[0]], [g], [got[1]], [got[2]], 1e-2, 0.9, 0.999, 1e-8, 0.0, 5, 0.1,
-                    True, False)
+    OPS.adam_apply_(
+        [got[0]], [g], [got[1]], [got[2]], 1e-2, 0.9, 0.999, 1e-8, 0.0, 5, 0.1, True, False
+    )
     tol = {torch.float32: 1e-6, torch.bfloat16: 2**-7, torch.float16: 2**-10}[dtype]
     for a, b in zip(got, want):
         assert a.dtype == dtype
@@ -191,9 +251,24 @@ def test_one_op_call_per_device_dtype_group_in_leaf_order():
     params = [torch.randn(5 + i, dtype=dt) for i, dt in enumerate(dtypes)]
     grads = [torch.randn_like(p) for p in params]
     mu, nu = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
-    want = [_reference_apply(p.double(), g.double(), m.double(), v.double(), 0.1, 0.9, 0.999,
-                             1e-8, 0.0, 1, 0.0, False, False) for p, g, m, v in
-            zip(params, grads, mu, nu)]
+    want = [
+        _reference_apply(
+            p.double(),
+            g.double(),
+            m.double(),
+            v.double(),
+            0.1,
+            0.9,
+            0.999,
+            1e-8,
+            0.0,
+            1,
+            0.0,
+            False,
+            False,
+        )
+        for p, g, m, v in zip(params, grads, mu, nu)
+    ]
     with CountOps() as counter:
         torchopt_accel.adam_apply_(params, grads, mu, nu, 0.1, 0.9, 0.999, 1e-8, 0.0, 1)
     assert counter.calls == [('adam_apply_', 3), ('adam_apply_', 2)]
@@ -237,8 +312,10 @@ def test_meta_device_and_fake_tensors():
         (lambda a: a.update(count=0), '`count` must be an integer >= 1'),
         (lambda a: a.update(g=list(a['p'])), r'`params\[0\]` and `grads\[0\]` share memory'),
         (lambda a: a.update(m=[a['v'][0], *a['m'][1:]]), r'`mu\[0\]` and `nu\[0\]` share memory'),
-        (lambda a: a.update(p=[torch.randn(1, 5, dtype=F64).expand(3, 5), *a['p'][1:]]),
-         r'`params\[0\]` is written in place but several of its elements share memory'),
+        (
+            lambda a: a.update(p=[torch.randn(1, 5, dtype=F64).expand(3, 5), *a['p'][1:]]),
+            r'`params\[0\]` is written in place but several of its elements share memory',
+        ),
     ],
 )
 def test_op_rejects_bad_arguments_naming_them(mutate, match):
@@ -246,8 +323,21 @@ def test_op_rejects_bad_arguments_naming_them(mutate, match):
     a = dict(p=p, g=g, m=m, v=v, lr=1e-3, b1=0.9, count=1, wd=0.0)
     mutate(a)
     with pytest.raises(RuntimeError, match=match):
-        OPS.adam_apply_(a['p'], a['g'], a['m'], a['v'], a['lr'], a['b1'], 0.999, 1e-8, 0.0,
-                        a['count'], a['wd'], False, False)
+        OPS.adam_apply_(
+            a['p'],
+            a['g'],
+            a['m'],
+            a['v'],
+            a['lr'],
+            a['b1'],
+            0.999,
+            1e-8,
+            0.0,
+            a['count'],
+            a['wd'],
+            False,
+            False,
+        )
 
 
 def test_python_entry_validates_arguments():
@@ -287,8 +377,14 @@ def test_all_cpu_kernel_variants_agree():
     outputs = {}
     for cap in torchopt_accel.build_info()['cpu_capabilities_compiled']:
         env = {**os.environ, 'ATEN_CPU_CAPABILITY': cap.lower(), 'OMP_NUM_THREADS': '1'}
-        res = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
-                             text=True, check=True, timeout=120)
+        res = subprocess.run(
+            [sys.executable, '-c', code],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
         chosen, values = res.stdout.splitlines()
         outputs[chosen] = [torch.tensor(x, dtype=F64) for x in eval(values)]  # noqa: S307
     assert 'DEFAULT' in outputs
@@ -325,8 +421,15 @@ def test_torchopt_step_goes_through_adam_apply_and_matches_torch_optim(setting, 
     lr, betas, eps, wd, maximize = setting
     params = [torch.randn(n, dtype=F64) for n in SIZES] + [torch.randn(5, 7, dtype=F64)]
     ours, ref, counter = _train_pair(
-        getattr(torchopt, name), getattr(torch.optim, name), params, 20, lr=lr, betas=betas,
-        eps=eps, weight_decay=wd, maximize=maximize,
+        getattr(torchopt, name),
+        getattr(torch.optim, name),
+        params,
+        20,
+        lr=lr,
+        betas=betas,
+        eps=eps,
+        weight_decay=wd,
+        maximize=maximize,
     )
     assert counter.calls == [('adam_apply_', len(params))] * 20  # one fused call per step
     for a, b in zip(ours, ref):
@@ -336,8 +439,15 @@ def test_torchopt_step_goes_through_adam_apply_and_matches_torch_optim(setting, 
 def test_step_with_a_missing_grad_fuses_the_rest_and_matches_torch_optim():
     """A missing gradient skips that parameter (its step count stays) and the rest still fuse."""
     params = [torch.randn(n, dtype=F64) for n in (3, 1025, 4)]
-    ours, ref, counter = _train_pair(torchopt.Adam, torch.optim.Adam, params, 6,
-                                     none_grad_at={(2, 1), (3, 0)}, lr=1e-2, weight_decay=0.1)
+    ours, ref, counter = _train_pair(
+        torchopt.Adam,
+        torch.optim.Adam,
+        params,
+        6,
+        none_grad_at={(2, 1), (3, 0)},
+        lr=1e-2,
+        weight_decay=0.1,
+    )
     # one kernel call per group of equal step counts: 1, 1, 1 (step 2 skips leaf 1), then 2
     assert counter.names() == ['adam_apply_'] * 9
     assert counter.calls[2] == ('adam_apply_', 2)
@@ -360,9 +470,12 @@ def test_eps_root_step_uses_the_kernel_and_matches_the_composed_chain():
                 for p, g in zip(ours_params, grads):
                     p.grad = g.clone()
                 opt.step()
-                out = [_reference_apply(w, g, m, v, 2e-2, 0.8, 0.9, 1e-6, 1e-4, count, 0.05,
-                                        decoupled, False)
-                       for w, g, m, v in zip(want, grads, mu, nu)]
+                out = [
+                    _reference_apply(
+                        w, g, m, v, 2e-2, 0.8, 0.9, 1e-6, 1e-4, count, 0.05, decoupled, False
+                    )
+                    for w, g, m, v in zip(want, grads, mu, nu)
+                ]
                 want, mu, nu = (list(x) for x in zip(*out))
         assert counter.names() == ['adam_apply_'] * 10
         for a, b in zip(ours_params, want):
@@ -389,8 +502,9 @@ def test_accel_adam_is_not_eligible_without_adam_apply_(monkeypatch):
         return _kernels.run_fused(impl.fused, p, g, s, None)
 
     assert apply(params, (None,), state) is state  # nothing to update: the state as it was
-    old_build = SimpleNamespace(adam_step_=torchopt_accel.adam_step_,
-                                adam_forward=torchopt_accel.adam_forward)
+    old_build = SimpleNamespace(
+        adam_step_=torchopt_accel.adam_step_, adam_forward=torchopt_accel.adam_forward
+    )
     monkeypatch.setattr(accelerated_op, 'kernels', lambda devices=(): old_build)
     before = params[0].clone()
     assert apply(params, grads, state) is None  # an older torchopt_accel: composed chain runs
@@ -428,8 +542,10 @@ def test_complex_or_sparse_leaves_fall_back_to_the_composed_chain():
 @pytest.mark.parametrize('decoupled', [False, True])
 def test_cuda_apply_matches_cpu_fp64_on_every_size(decoupled):
     sizes = [0, 1, 1023, 1024, 1025, 2049, 4097, (1 << 20) + 3]
-    p, g, m, v = ([f(n, dtype=F64, device='cuda') for n in sizes]
-                  for f in (torch.randn, torch.randn, torch.randn, torch.rand))
+    p, g, m, v = (
+        [f(n, dtype=F64, device='cuda') for n in sizes]
+        for f in (torch.randn, torch.randn, torch.randn, torch.rand)
+    )
     cpu = [[t.cpu() for t in ts] for ts in (p, g, m, v)]
     hyper = (1e-2, 0.9, 0.999, 1e-8, 1e-6, 3, 0.1, decoupled, not decoupled)
     OPS.adam_apply_(p, g, m, v, *hyper)
@@ -441,8 +557,10 @@ def test_cuda_apply_matches_cpu_fp64_on_every_size(decoupled):
 @pytest.mark.cuda
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16])
 def test_cuda_apply_reduced_precision_matches_cpu(dtype):
-    p, g, m, v = ([f(n, dtype=dtype, device='cuda') for n in (1, 1025, 70001)]
-                  for f in (torch.randn, torch.randn, torch.randn, torch.rand))
+    p, g, m, v = (
+        [f(n, dtype=dtype, device='cuda') for n in (1, 1025, 70001)]
+        for f in (torch.randn, torch.randn, torch.randn, torch.rand)
+    )
     cpu = [[t.cpu() for t in ts] for ts in (p, g, m, v)]
     hyper = (1e-2, 0.9, 0.999, 1e-8, 0.0, 3, 0.1, True, False)
     OPS.adam_apply_(p, g, m, v, *hyper)
@@ -456,8 +574,15 @@ def test_cuda_apply_reduced_precision_matches_cpu(dtype):
 @pytest.mark.parametrize('name', ['Adam', 'AdamW'])
 def test_cuda_torchopt_step_matches_torch_optim(name):
     params = [torch.randn(n, dtype=F64, device='cuda') for n in (1, 1025, 70001)]
-    ours, ref, counter = _train_pair(getattr(torchopt, name), getattr(torch.optim, name), params,
-                                     10, lr=1e-2, weight_decay=0.1, maximize=True)
+    ours, ref, counter = _train_pair(
+        getattr(torchopt, name),
+        getattr(torch.optim, name),
+        params,
+        10,
+        lr=1e-2,
+        weight_decay=0.1,
+        maximize=True,
+    )
     assert counter.names() == ['adam_apply_'] * 10
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
@@ -465,7 +590,10 @@ def test_cuda_torchopt_step_matches_torch_optim(name):
 
 @pytest.mark.cuda
 def test_cuda_opcheck_adam_apply_():
-    p, g, m, v = ([f(n, dtype=F64, device='cuda') for n in (5, 1025)]
-                  for f in (torch.randn, torch.randn, torch.randn, torch.rand))
-    torch.library.opcheck(OPS.adam_apply_.default,
-                          (p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.0, 2, 0.1, False, True))
+    p, g, m, v = (
+        [f(n, dtype=F64, device='cuda') for n in (5, 1025)]
+        for f in (torch.randn, torch.randn, torch.randn, torch.rand)
+    )
+    torch.library.opcheck(
+        OPS.adam_apply_.default, (p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.0, 2, 0.1, False, True)
+    )

@@ -97,8 +97,11 @@ def test_torch_func_grad_and_jacrev():
 def _zero_entry_inputs():
     """First step (m = v = 0) of a gradient whose first entries are exactly 0, eps_root = 0."""
     g = torch.tensor([0.0, 0.0, 0.7, -1.3], dtype=torch.float64)
-    return [g.requires_grad_(), torch.zeros(4, dtype=torch.float64, requires_grad=True),
-            torch.zeros(4, dtype=torch.float64, requires_grad=True)]
+    return [
+        g.requires_grad_(),
+        torch.zeros(4, dtype=torch.float64, requires_grad=True),
+        torch.zeros(4, dtype=torch.float64, requires_grad=True),
+    ]
 
 
 def test_zero_second_moment_gives_finite_gradients_of_the_right_value():
@@ -109,8 +112,12 @@ def test_zero_second_moment_gives_finite_gradients_of_the_right_value():
     x = _zero_entry_inputs()
     (dg,) = torch.autograd.grad(_fused(*x, hyper=hyper)[0].sum(), x[0])
     assert torch.isfinite(dg).all()
-    torch.testing.assert_close(dg[:2], torch.full((2,), (1 - b1) / ((1 - b1**t) * eps),
-                                                  dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        dg[:2],
+        torch.full((2,), (1 - b1) / ((1 - b1**t) * eps), dtype=torch.float64),
+        rtol=1e-12,
+        atol=0,
+    )
     (ref,) = torch.autograd.grad(_unrolled(*x, hyper=hyper)[0].sum(), x[0])
     torch.testing.assert_close(dg[2:], ref[2:], rtol=1e-12, atol=1e-14)
     # The differentiable backward (create_graph, torch.func) follows the same rule.
@@ -152,7 +159,9 @@ def _maml_meta_grads(net, meta_param, use_accelerated_op, optimizer):
     else:
         opt = torchopt.MetaAdamW(net, weight_decay=0.05, **kwargs)
     for _ in range(3):
-        inner = ((net(x) - y) ** 2).mean() + meta_param * sum(p.pow(2).sum() for p in net.parameters())
+        inner = ((net(x) - y) ** 2).mean() + meta_param * sum(
+            p.pow(2).sum() for p in net.parameters()
+        )
         opt.step(inner)
     outer = ((net(x * 0.5) - y) ** 2).mean()
     return torch.autograd.grad(outer, meta_param)[0]

@@ -13,9 +13,11 @@ def test_compiled_in_place_step_matches_eager():
         return g[0].sum()
 
     compiled = torch.compile(step, fullgraph=True, backend='aot_eager')
-    make = lambda: ([torch.randn(5, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)],
-                    [torch.randn(5, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)],
-                    [torch.rand(5, dtype=torch.float64), torch.rand(3, 2, dtype=torch.float64)])
+    make = lambda: (
+        [torch.randn(5, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)],
+        [torch.randn(5, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)],
+        [torch.rand(5, dtype=torch.float64), torch.rand(3, 2, dtype=torch.float64)],
+    )
     torch.manual_seed(0)
     eager_args = make()
     torch.manual_seed(0)

@@ -49,8 +49,15 @@ def test_forward_and_backward_match_cpu():
         for a, b in zip(sum(map(list, out_d), []), sum(map(list, out_c), [])):
             torch.testing.assert_close(a.cpu(), b, rtol=1e-12, atol=1e-14)
     bd = OPS.adam_backward(cot[:2], cot[2:4], cot[4:], g, m, v, *HYPER)
-    bc = OPS.adam_backward([c.cpu() for c in cot[:2]], [c.cpu() for c in cot[2:4]],
-                           [c.cpu() for c in cot[4:]], gc, mc, vc, *HYPER)
+    bc = OPS.adam_backward(
+        [c.cpu() for c in cot[:2]],
+        [c.cpu() for c in cot[2:4]],
+        [c.cpu() for c in cot[4:]],
+        gc,
+        mc,
+        vc,
+        *HYPER,
+    )
     for a, b in zip(sum(map(list, bd), []), sum(map(list, bc), [])):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-12, atol=1e-14)
 

@@ -59,7 +59,9 @@ def test_opcheck_non_contiguous():
 def test_schemas_mark_mutation():
     schema = OPS.adam_step_.default._schema
     assert [a.alias_info is not None and a.alias_info.is_write for a in schema.arguments[:3]] == [
-        True, True, True,
+        True,
+        True,
+        True,
     ]
     assert not any(a.alias_info for a in OPS.adam_forward.default._schema.arguments)
 
@@ -112,8 +114,10 @@ def test_meta_device():
         (lambda g, m, v: (g, m[:-1], v), r'`mu` has 2 tensors but `updates` has 3'),
         (lambda g, m, v: (g, [m[0].float(), *m[1:]], v), r'one dtype .*`mu\[0\]`'),
         (lambda g, m, v: (g, m, [v[0].reshape(-1), *v[1:]]), r'`nu\[0\]` has shape'),
-        (lambda g, m, v: ([t.int() for t in g], [t.int() for t in m], [t.int() for t in v]),
-         'expected float32, float64, bfloat16 or float16'),
+        (
+            lambda g, m, v: ([t.int() for t in g], [t.int() for t in m], [t.int() for t in v]),
+            'expected float32, float64, bfloat16 or float16',
+        ),
     ],
 )
 def test_bad_lists_raise_clear_errors(mutate, match):
@@ -151,9 +155,10 @@ def test_is_available_and_build_info():
     info = torchopt_accel.build_info()
     assert info['torch_match'] is True
     assert info['torch_version'].split('.')[:2] == torch.__version__.split('.')[:2]
-    assert set(info['ops']) == {f'torchopt_accel::{n}' for n in ('adam_step_', 'adam_forward',
-                                                                  'adam_backward', 'adam_apply_',
-                                                                  'sgd_update_')}
+    assert set(info['ops']) == {
+        f'torchopt_accel::{n}'
+        for n in ('adam_step_', 'adam_forward', 'adam_backward', 'adam_apply_', 'sgd_update_')
+    }
     assert 'DEFAULT' in info['cpu_capabilities_compiled']
     assert info['cpu_capability'] in info['cpu_capabilities_compiled']
     assert torchopt_accel.is_available(torch.device('cpu'))
@@ -194,10 +199,19 @@ def test_all_cpu_kernel_variants_agree(monkeypatch):
     )
     outputs = {}
     for cap in torchopt_accel.build_info()['cpu_capabilities_compiled']:
-        env = {**__import__('os').environ, 'ATEN_CPU_CAPABILITY': cap.lower(),
-               'OMP_NUM_THREADS': '1'}
-        res = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
-                             text=True, check=True, timeout=120)
+        env = {
+            **__import__('os').environ,
+            'ATEN_CPU_CAPABILITY': cap.lower(),
+            'OMP_NUM_THREADS': '1',
+        }
+        res = subprocess.run(
+            [sys.executable, '-c', code],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
         chosen, values = res.stdout.splitlines()
         outputs[chosen] = torch.tensor(eval(values), dtype=torch.float64)  # noqa: S307
     assert 'DEFAULT' in outputs  # the portable variant ran; the others where the CPU has them

@@ -56,7 +56,11 @@ def test_non_contiguous_leaves_match_contiguous():
     views = [base[0].t(), base[1][::3]]
     m = [torch.randn(8, 6, dtype=torch.float64).t(), torch.randn(14, dtype=torch.float64)]
     v = [torch.rand(6, 8, dtype=torch.float64), torch.rand(14, dtype=torch.float64)]
-    g_ref, m_ref, v_ref = [t.contiguous() for t in views], [t.clone() for t in m], [t.clone() for t in v]
+    g_ref, m_ref, v_ref = (
+        [t.contiguous() for t in views],
+        [t.clone() for t in m],
+        [t.clone() for t in v],
+    )
     torchopt_accel.adam_step_(views, m, v, 0.9, 0.99, 1e-8, 1e-6, 4)
     torchopt_accel.adam_step_(g_ref, m_ref, v_ref, 0.9, 0.99, 1e-8, 1e-6, 4)
     for a, b in zip(views + m + v, g_ref + m_ref + v_ref):
@@ -78,8 +82,11 @@ def test_mixed_dtype_groups_match_per_dtype_reference():
 
 
 def test_mixed_dtype_forward_keeps_leaf_order():
-    g = [torch.randn(5, dtype=torch.float64), torch.randn(3, dtype=torch.float32),
-         torch.randn(4, dtype=torch.float64)]
+    g = [
+        torch.randn(5, dtype=torch.float64),
+        torch.randn(3, dtype=torch.float32),
+        torch.randn(4, dtype=torch.float64),
+    ]
     m, v = [torch.zeros_like(t) for t in g], [torch.zeros_like(t) for t in g]
     u, m2, v2 = torchopt_accel.adam_forward(g, m, v, 0.9, 0.999, 1e-8, 0.0, 1)
     for a, b, c, t in zip(u, m2, v2, g):
@@ -97,17 +104,16 @@ def test_reduced_precision_on_cpu_matches_float32_math(dtype):
     # reference: the same inputs upcast, one step in float64, rounded to dtype at the end
     ref = [
         t.to(dtype)
-        for t in (
-            *_fp64_step(g.double(), m.double(), v.double(), 0.9, 0.999, 1e-8, 0.0, 5),
-        )
+        for t in (*_fp64_step(g.double(), m.double(), v.double(), 0.9, 0.999, 1e-8, 0.0, 5),)
     ]
     got = [g.clone(), m.clone(), v.clone()]
     torchopt_accel.adam_step_([got[0]], [got[1]], [got[2]], 0.9, 0.999, 1e-8, 0.0, 5)
     for a, b in zip(got, ref):
         assert a.dtype == dtype
         # one rounding of the result to `dtype` on each side: at most one ulp apart
-        torch.testing.assert_close(a.float(), b.float(), rtol=2 ** -7 if dtype == torch.bfloat16
-                                   else 2 ** -10, atol=1e-6)
+        torch.testing.assert_close(
+            a.float(), b.float(), rtol=2**-7 if dtype == torch.bfloat16 else 2**-10, atol=1e-6
+        )
 
 
 def _fp64_step(g, m, v, b1, b2, eps, eps_root, count):
@@ -145,10 +151,14 @@ def test_functional_adam_with_accelerated_op_is_the_kernel_path(monkeypatch):
             calls.append(len(args[0]))
             return real(*args)
 
-    monkeypatch.setattr(torchopt_accel._ops, '_ops', type('O', (), {'adam_step_': Spy(),
-                                                                    'adam_forward': None})())
-    params = {'a': torch.zeros(3, dtype=torch.float64), 'b': torch.zeros(4, dtype=torch.float32),
-              'c': torch.zeros(2, dtype=torch.float64)}
+    monkeypatch.setattr(
+        torchopt_accel._ops, '_ops', type('O', (), {'adam_step_': Spy(), 'adam_forward': None})()
+    )
+    params = {
+        'a': torch.zeros(3, dtype=torch.float64),
+        'b': torch.zeros(4, dtype=torch.float32),
+        'c': torch.zeros(2, dtype=torch.float64),
+    }
     opt = torchopt.adam(1e-2, use_accelerated_op=True)
     state = opt.init(params)
     grads = {k: torch.randn_like(v) for k, v in params.items()}

@@ -11,10 +11,10 @@ import inspect
 
 import pytest
 import torch
-
-import torchopt
 from optimizer_table import loss as _loss
 from optimizer_table import row_params, rows
+
+import torchopt
 
 
 @pytest.fixture(autouse=True)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from optimizer_table import ALL, max_err, row_params, rows
 from torch import nn
 
 import torchopt
-from optimizer_table import ALL, loss, max_err, row_params, rows
 
 STEPS = 100
 # dynamo reads ``.grad`` of the non-leaf tensors it is given (torch 2.13), which warns.

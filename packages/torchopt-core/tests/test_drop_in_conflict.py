@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from torchopt import _conflict
 
 FIX = ('pip uninstall torchopt', 'pip install --force-reinstall torchopt-core')

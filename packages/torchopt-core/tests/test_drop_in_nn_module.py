@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 from torch import nn
+
 from torchopt.nn import MetaGradientModule
 
 
@@ -99,7 +100,9 @@ def test_bad_registrations_raise_upstream_errors() -> None:
     m = MetaGradientModule(x, b)
     for register in (m.register_meta_parameter, m.register_parameter):
         kind = 'meta-parameter' if register == m.register_meta_parameter else 'parameter'
-        with pytest.raises(TypeError, match=re.escape(f'{kind} name should be a string. Got bytes')):
+        with pytest.raises(
+            TypeError, match=re.escape(f'{kind} name should be a string. Got bytes')
+        ):
             register(b'x', x)  # type: ignore[arg-type]
         with pytest.raises(KeyError, match=re.escape(f"{kind} name can't contain '.'")):
             register('x.x', x)

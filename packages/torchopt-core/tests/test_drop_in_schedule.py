@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+
 import torchopt
 from torchopt import schedule
 

@@ -211,8 +211,9 @@ def test_the_fused_paths_run_and_match_the_composed_chain(monkeypatch):
 
 
 @pytest.mark.parametrize('kwargs', [dict(), dict(weight_decay=0.1), dict(maximize=True)])
-@pytest.mark.parametrize(('fn', 'torch_cls'), [(torchopt.adam, torch.optim.Adam),
-                                               (torchopt.adamw, torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    ('fn', 'torch_cls'), [(torchopt.adam, torch.optim.Adam), (torchopt.adamw, torch.optim.AdamW)]
+)
 def test_functional_inplace_update_is_one_kernel_pass(monkeypatch, fn, torch_cls, kwargs):
     """In place, the whole Adam update (-lr included) is one fused kernel call per step."""
     calls = []
@@ -263,8 +264,7 @@ def test_vmap_over_tasks_with_a_scalar_parameter_keeps_its_dtype():
 
 @pytest.mark.parametrize(
     'kwargs',
-    [dict(), dict(weight_decay=0.1), dict(maximize=True), dict(nesterov=True),
-     dict(dampening=0.3)],
+    [dict(), dict(weight_decay=0.1), dict(maximize=True), dict(nesterov=True), dict(dampening=0.3)],
 )
 def test_functional_inplace_sgd_momentum_matches_torch_optim(monkeypatch, kwargs):
     """The in-place momentum update (out= ops on large leaves, foreach on small) is torch's SGD.

@@ -5,10 +5,10 @@ from __future__ import annotations
 import optree
 import pytest
 import torch
-
-import torchopt
 from optimizer_table import init_params
 from optimizer_table import loss as _loss
+
+import torchopt
 
 
 @pytest.fixture(autouse=True)
@@ -72,8 +72,10 @@ def test_meta_gradient_through_a_scheduled_and_learned_sgd():
     opt = torchopt.inject_hyperparams(torchopt.sgd)(lr=lr)
     (grad,) = torch.autograd.grad(_unroll(opt, 4, True), [lr])
     h = 1e-6
-    fd = (_unroll(torchopt.inject_hyperparams(torchopt.sgd)(lr=0.02 + h), 4, False)
-          - _unroll(torchopt.inject_hyperparams(torchopt.sgd)(lr=0.02 - h), 4, False)) / (2 * h)
+    fd = (
+        _unroll(torchopt.inject_hyperparams(torchopt.sgd)(lr=0.02 + h), 4, False)
+        - _unroll(torchopt.inject_hyperparams(torchopt.sgd)(lr=0.02 - h), 4, False)
+    ) / (2 * h)
     assert abs(grad.item() - fd.item()) <= 1e-7 * abs(fd.item())
 
 
@@ -201,8 +203,10 @@ def test_injected_optimizer_composes_and_keeps_none_leaves():
 
 def test_tensor_betas_without_grad_match_number_betas():
     params = init_params(2)
-    a, b = torchopt.adam(1e-2, betas=(0.8, 0.99)), torchopt.adam(
-        1e-2, betas=(torch.tensor(0.8), torch.tensor(0.99)))
+    a, b = (
+        torchopt.adam(1e-2, betas=(0.8, 0.99)),
+        torchopt.adam(1e-2, betas=(torch.tensor(0.8), torch.tensor(0.99))),
+    )
     pa, pb = [p.clone() for p in params], [p.clone() for p in params]
     sa, sb = a.init(pa), b.init(pb)
     for inplace in (True, False, True):

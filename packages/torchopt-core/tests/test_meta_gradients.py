@@ -6,14 +6,11 @@ unrolls (float64, <= 1e-12 relative) and with central finite differences.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
 
 import torchopt
-
 
 
 @pytest.fixture(autouse=True)
@@ -285,7 +282,11 @@ def test_vmap_over_tasks_equals_loop():
     batched = torch.func.vmap(adapted_loss, in_dims=(None, 0, 0))(params, xs, ys)
     looped = torch.stack([adapted_loss(params, xs[i], ys[i]) for i in range(4)])
     torch.testing.assert_close(batched, looped, rtol=1e-12, atol=1e-14)
-    meta = torch.func.grad(lambda p: torch.func.vmap(adapted_loss, in_dims=(None, 0, 0))(p, xs, ys).sum())(params)
-    meta_loop = torch.func.grad(lambda p: sum(adapted_loss(p, xs[i], ys[i]) for i in range(4)))(params)
+    meta = torch.func.grad(
+        lambda p: torch.func.vmap(adapted_loss, in_dims=(None, 0, 0))(p, xs, ys).sum()
+    )(params)
+    meta_loop = torch.func.grad(lambda p: sum(adapted_loss(p, xs[i], ys[i]) for i in range(4)))(
+        params
+    )
     for k in meta:
         torch.testing.assert_close(meta[k], meta_loop[k], rtol=1e-10, atol=1e-12)

@@ -7,8 +7,9 @@ import re
 
 import pytest
 import torch
-import torchopt
 from torch import nn
+
+import torchopt
 from torchopt.nn import MetaGradientModule
 from torchopt.nn.module import MetaInputsContainer
 
@@ -80,7 +81,9 @@ def test_assignment_classifies_meta_inputs() -> None:
     assert inner.meta_net is meta_net and inner.scale is scale
     assert [n for n, _ in inner.named_parameters()] == ['head.weight', 'head.bias']
     assert [n for n, _ in inner.named_meta_parameters()] == [
-        'scale', 'meta_net.0.weight', 'meta_net.0.bias'
+        'scale',
+        'meta_net.0.weight',
+        'meta_net.0.bias',
     ]
     assert set(inner.state_dict()) == {'head.weight', 'head.bias'}
     assert list(inner.children()) == [inner.head]

@@ -15,10 +15,10 @@ import math
 import optree
 import pytest
 import torch
-
-import torchopt
 from optimizer_table import init_params, row_params, rows
 from optimizer_table import loss as _loss
+
+import torchopt
 
 
 @pytest.fixture(autouse=True)

@@ -37,9 +37,13 @@ def test_exponential_decay():
 
 def test_cosine_and_warmup():
     s = schedule.cosine_decay_schedule(1.0, 10, alpha=0.1)
-    assert s(0) == pytest.approx(1.0) and s(10) == pytest.approx(0.1) and s(20) == pytest.approx(0.1)
+    assert (
+        s(0) == pytest.approx(1.0) and s(10) == pytest.approx(0.1) and s(20) == pytest.approx(0.1)
+    )
     assert s(5) == pytest.approx(0.9 * 0.5 + 0.1)
-    w = schedule.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=4, decay_steps=14, end_value=0.0)
+    w = schedule.warmup_cosine_decay_schedule(
+        0.0, 1.0, warmup_steps=4, decay_steps=14, end_value=0.0
+    )
     assert [w(c) for c in range(5)] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
     assert w(9) == pytest.approx(0.5) and w(14) == pytest.approx(0.0, abs=1e-15)
 
@@ -133,10 +137,14 @@ def test_lion_and_lamb_match_hand_written(inplace):
     p0 = torch.randn(6, generator=g, dtype=torch.float64)
     grads = [torch.randn(6, generator=g, dtype=torch.float64) for _ in range(5)]
     for opt, ref in [
-        (torchopt.lion(1e-2, betas=(0.9, 0.99), weight_decay=0.1),
-         _lion_reference(p0, grads, 1e-2, 0.9, 0.99, 0.1)),
-        (torchopt.lamb(1e-2, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.1),
-         _lamb_reference(p0, grads, 1e-2, 0.9, 0.999, 1e-6, 0.1)),
+        (
+            torchopt.lion(1e-2, betas=(0.9, 0.99), weight_decay=0.1),
+            _lion_reference(p0, grads, 1e-2, 0.9, 0.99, 0.1),
+        ),
+        (
+            torchopt.lamb(1e-2, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.1),
+            _lamb_reference(p0, grads, 1e-2, 0.9, 0.999, 1e-6, 0.1),
+        ),
     ]:
         params = (p0.clone(),)
         state = opt.init(params)

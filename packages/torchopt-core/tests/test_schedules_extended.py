@@ -24,8 +24,12 @@ def _check(fn, expected, counts=COUNTS, rel=1e-15):
     batch = fn(torch.tensor(counts, dtype=torch.float64))
     if isinstance(batch, torch.Tensor):
         assert batch.dtype == torch.float64
-        torch.testing.assert_close(batch, torch.tensor([expected(c) for c in counts],
-                                                       dtype=torch.float64), rtol=rel, atol=0)
+        torch.testing.assert_close(
+            batch,
+            torch.tensor([expected(c) for c in counts], dtype=torch.float64),
+            rtol=rel,
+            atol=0,
+        )
 
 
 def test_constant_schedule():
@@ -65,8 +69,9 @@ def test_warmup_exponential_decay_schedule():
 
     _check(fn, expected)
     stair = S.warmup_exponential_decay_schedule(0.5, 1.0, 4, 5, 0.5, staircase=True)
-    _check(stair, lambda c: 0.5 + 0.5 * c / 4 if c < 4 else 0.5 ** math.floor((c - 4) / 5),
-           rel=1e-14)
+    _check(
+        stair, lambda c: 0.5 + 0.5 * c / 4 if c < 4 else 0.5 ** math.floor((c - 4) / 5), rel=1e-14
+    )
 
 
 def _interp_linear(a, b, pct):
@@ -111,16 +116,22 @@ def test_cosine_onecycle_schedule():
 
 def test_piecewise_interpolate_schedule():
     fn = S.piecewise_interpolate_schedule('linear', 1.0, {4: 0.1, 8: 0.01})
-    _check(fn, lambda c: [1.0, 0.775, 0.55, 0.325, 0.1, 0.07525, 0.0505, 0.02575][c]
-           if c < 8 else 0.001, counts=list(range(12)), rel=1e-13)
+    _check(
+        fn,
+        lambda c: [1.0, 0.775, 0.55, 0.325, 0.1, 0.07525, 0.0505, 0.02575][c] if c < 8 else 0.001,
+        counts=list(range(12)),
+        rel=1e-13,
+    )
     assert fn(-1) == 0.0
     with pytest.raises(ValueError):
         S.piecewise_interpolate_schedule('quadratic', 1.0)
 
 
 def test_sgdr_schedule():
-    cycles = [dict(init_value=0.0, peak_value=1.0, warmup_steps=2, decay_steps=10),
-              dict(init_value=0.0, peak_value=0.5, warmup_steps=2, decay_steps=20, end_value=0.1)]
+    cycles = [
+        dict(init_value=0.0, peak_value=1.0, warmup_steps=2, decay_steps=10),
+        dict(init_value=0.0, peak_value=0.5, warmup_steps=2, decay_steps=20, end_value=0.1),
+    ]
     fn = S.sgdr_schedule(cycles)
 
     def cycle(c, peak, warm, steps, end=0.0):

@@ -16,10 +16,9 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
+from optimizer_table import rows
 
 import torchopt
-from optimizer_table import rows
 
 BIG = 100_000  # the size that segfaulted before the checks
 
@@ -123,9 +122,18 @@ def test_shape_mismatch_raises_naming_the_leaf_in_every_entry_point(row):
     names = [x.__name__ for x in (row.fn, row.cls, row.meta)]
     assert all(getattr(torchopt, n) is x for n, x in zip(names, (row.fn, row.cls, row.meta)))
     res = subprocess.run(
-        [sys.executable, '-c', _SCRIPT, *names, json.dumps(row.kwargs), str(BIG),
-         '1' if row.matrices_only else '0'],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            '-c',
+            _SCRIPT,
+            *names,
+            json.dumps(row.kwargs),
+            str(BIG),
+            '1' if row.matrices_only else '0',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     lines = [line for line in res.stdout.splitlines() if line.startswith('{')]
     assert res.returncode == 0, (

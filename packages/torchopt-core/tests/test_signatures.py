@@ -148,10 +148,16 @@ def test_schedule_signature(name):
 
 
 def test_upstream_spellings_are_the_same_classes():
-    for a, b in [('Adadelta', 'AdaDelta'), ('Adagrad', 'AdaGrad'), ('Adamax', 'AdaMax'),
-                 ('RMSprop', 'RMSProp'), ('MetaAdadelta', 'MetaAdaDelta'),
-                 ('MetaAdagrad', 'MetaAdaGrad'), ('MetaAdamax', 'MetaAdaMax'),
-                 ('MetaRMSprop', 'MetaRMSProp')]:
+    for a, b in [
+        ('Adadelta', 'AdaDelta'),
+        ('Adagrad', 'AdaGrad'),
+        ('Adamax', 'AdaMax'),
+        ('RMSprop', 'RMSProp'),
+        ('MetaAdadelta', 'MetaAdaDelta'),
+        ('MetaAdagrad', 'MetaAdaGrad'),
+        ('MetaAdamax', 'MetaAdaMax'),
+        ('MetaRMSprop', 'MetaRMSProp'),
+    ]:
         assert getattr(torchopt, a) is getattr(torchopt, b)
 
 
@@ -170,11 +176,33 @@ def test_top_level_names_of_the_reference():
     assert not missing
     for n in upstream:
         getattr(torchopt, n)
-    assert set(torchopt.__all__) >= {n for n in upstream if n[0].isupper() or n in (
-        'accelerated_op_available', 'adam', 'adamax', 'adadelta', 'radam', 'adamw', 'adagrad',
-        'rmsprop', 'sgd', 'clip_grad_norm', 'nan_to_num', 'register_hook', 'chain',
-        'apply_updates', 'extract_state_dict', 'recover_state_dict', 'stop_gradient',
-        'module_clone', 'module_detach_')}
+    assert set(torchopt.__all__) >= {
+        n
+        for n in upstream
+        if n[0].isupper()
+        or n
+        in (
+            'accelerated_op_available',
+            'adam',
+            'adamax',
+            'adadelta',
+            'radam',
+            'adamw',
+            'adagrad',
+            'rmsprop',
+            'sgd',
+            'clip_grad_norm',
+            'nan_to_num',
+            'register_hook',
+            'chain',
+            'apply_updates',
+            'extract_state_dict',
+            'recover_state_dict',
+            'stop_gradient',
+            'module_clone',
+            'module_detach_',
+        )
+    }
 
 
 def test_submodule_attributes_are_functions():
@@ -183,4 +211,8 @@ def test_submodule_attributes_are_functions():
     assert callable(torchopt.schedule.exponential_decay)
     assert torchopt.alias.utils.__all__ == ['flip_sign_and_add_weight_decay', 'scale_by_neg_lr']
     assert set(torchopt.transform.utils.__all__) == {
-        'inc_count', 'tree_map_flat', 'tree_map_flat_', 'update_moment'}
+        'inc_count',
+        'tree_map_flat',
+        'tree_map_flat_',
+        'update_moment',
+    }

@@ -6,9 +6,10 @@ import pickle
 
 import pytest
 import torch
-import torchopt
 from torch import nn
 from torch.func import functional_call
+
+import torchopt
 from torchopt.nn import MetaGradientModule, reparameterize, reparametrize, swap_state
 from torchopt.nn.stateless import MISSING
 
@@ -122,6 +123,7 @@ def test_missing_deletes_and_restores_into_the_same_store() -> None:
     """MISSING deletes; the restore puts each tensor back where it was."""
     net = make_net()
     before = snapshot(net)
+
     def live_dicts() -> list[dict]:
         return [m._parameters for m in net] + [m._buffers for m in net] + [net._buffers]
 
@@ -161,6 +163,7 @@ def test_allow_missing_adds_and_removes() -> None:
 
 def test_meta_parameters_are_swapped_in_place() -> None:
     """Meta-parameters of a MetaGradientModule are swapped in their own store."""
+
     class Scaled(MetaGradientModule):
         def __init__(self, scale: torch.Tensor) -> None:
             super().__init__()

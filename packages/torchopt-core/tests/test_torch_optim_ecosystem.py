@@ -9,11 +9,11 @@ import io
 import optree
 import pytest
 import torch
+from optimizer_table import init_params
+from optimizer_table import loss as _loss
 from torch.optim import lr_scheduler as sched
 
 import torchopt
-from optimizer_table import init_params
-from optimizer_table import loss as _loss
 
 STEPS = 50
 TOL = 1e-12
@@ -35,7 +35,8 @@ SCHEDULERS = {
     'LinearLR': lambda o: sched.LinearLR(o, start_factor=0.2, total_iters=20),
     'LambdaLR': lambda o: sched.LambdaLR(o, lambda epoch: 0.97**epoch),
     'SequentialLR': lambda o: sched.SequentialLR(
-        o, [sched.LinearLR(o, start_factor=0.5, total_iters=10), sched.ExponentialLR(o, 0.9)],
+        o,
+        [sched.LinearLR(o, start_factor=0.5, total_iters=10), sched.ExponentialLR(o, 0.9)],
         milestones=[10],
     ),
     'ChainedScheduler': lambda o: sched.ChainedScheduler(
@@ -270,7 +271,9 @@ def test_meta_optimizer_load_is_validated():
         opt.load_state_dict(opt_other.state_dict())
     with pytest.raises(ValueError, match='groups'):
         opt.load_state_dict(())
-    after = [t.detach() for t in optree.tree_leaves(opt.state_dict()) if isinstance(t, torch.Tensor)]
+    after = [
+        t.detach() for t in optree.tree_leaves(opt.state_dict()) if isinstance(t, torch.Tensor)
+    ]
     assert all(torch.equal(a, b) for a, b in zip(before, after))
 
 

@@ -1,5 +1,4 @@
-"""A shared conformance suite run over every transformation and every row of the optimizer table.
-"""
+"""A shared conformance suite run over every transformation and every row of the optimizer table."""
 
 from __future__ import annotations
 
@@ -46,10 +45,14 @@ def _tree(seed: int):
     matrices = _current['name'] in MATRICES_ONLY
     return {
         'a': torch.randn(4, 3, generator=g, dtype=torch.float64),
-        'b': torch.randn(5, 2, generator=g, dtype=torch.float64) if matrices else torch.randn(
-            5, generator=g, dtype=torch.float64),
-        'c': (torch.randn(2, 2, generator=g, dtype=torch.float64) if matrices else torch.randn(
-            2, generator=g, dtype=torch.float64),),
+        'b': torch.randn(5, 2, generator=g, dtype=torch.float64)
+        if matrices
+        else torch.randn(5, generator=g, dtype=torch.float64),
+        'c': (
+            torch.randn(2, 2, generator=g, dtype=torch.float64)
+            if matrices
+            else torch.randn(2, generator=g, dtype=torch.float64),
+        ),
     }
 
 
@@ -196,8 +199,9 @@ def test_trace_first_step_flag_lives_in_the_state():
 
 def test_register_hook_applies_on_backward():
     seen = []
-    t = torchopt.chain(torchopt.hook.register_hook(lambda g: seen.append(g.clone()) or g * 0),
-                       transform.scale(1.0))
+    t = torchopt.chain(
+        torchopt.hook.register_hook(lambda g: seen.append(g.clone()) or g * 0), transform.scale(1.0)
+    )
     x = torch.ones(3, requires_grad=True)
     g = x * 2.0
     u, _ = t.update((g,), t.init((x,)), inplace=False)

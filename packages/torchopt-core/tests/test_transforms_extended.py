@@ -57,13 +57,16 @@ FACTORIES = {
     'ema_no_debias': lambda: T.ema(0.9, debias=False),
     'apply_if_finite': lambda: T.apply_if_finite(torchopt.adam(0.1), 2),
     'multi_steps': lambda: T.MultiSteps(torchopt.adam(0.1), 2),
-    'partition': lambda: T.partition({'adam': torchopt.adam(0.1), 'sgd': torchopt.sgd(0.1)},
-                                     LABELS),  # fmt: skip
+    'partition': lambda: T.partition(
+        {'adam': torchopt.adam(0.1), 'sgd': torchopt.sgd(0.1)}, LABELS
+    ),  # fmt: skip
     'multi_transform': lambda: T.multi_transform(
-        {'adam': torchopt.adam(0.1), 'sgd': torchopt.sgd(0.1, momentum=0.9)}, LABELS),
+        {'adam': torchopt.adam(0.1), 'sgd': torchopt.sgd(0.1, momentum=0.9)}, LABELS
+    ),
     'freeze': lambda: T.freeze({'a': True, 'b': False, 'c': True}),
     'selective_transform': lambda: T.selective_transform(
-        torchopt.adam(0.1), freeze_mask={'a': False, 'b': True, 'c': False}),
+        torchopt.adam(0.1), freeze_mask={'a': False, 'b': True, 'c': False}
+    ),
     'inject_hyperparams': lambda: T.inject_hyperparams(torchopt.adam)(lr=0.1),
     'scale_by_amsgrad': lambda: T.scale_by_amsgrad(),
     'scale_by_belief': lambda: T.scale_by_belief(),
@@ -247,7 +250,7 @@ def test_multi_steps_equals_one_step_with_the_mean(inplace):
     start = [torch.ones(3), torch.zeros(2, 2)]
     got, state, outs = _train(T.MultiSteps(torchopt.adam(0.1), 3), micro,
                               [x.clone() for x in start], inplace)  # fmt: skip
-    means = [[sum(g[i] for g in micro[k:k + 3]) / 3 for i in range(2)] for k in (0, 3)]
+    means = [[sum(g[i] for g in micro[k : k + 3]) / 3 for i in range(2)] for k in (0, 3)]
     want, _, _ = _train(torchopt.adam(0.1), means, [x.clone() for x in start], inplace)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-14)

@@ -17,6 +17,7 @@ import torchopt
 
 DT = torch.float64
 
+
 def _generic(name: str):
     """``torchopt.<name>`` with a moderate rate and the options that keep its update smooth."""
     fn = getattr(torchopt, name)
@@ -31,19 +32,25 @@ def _generic(name: str):
 
 # Every functional optimizer (those added later get the generic settings), and a few variants.
 OPTIMIZERS = {name: _generic(name) for name in torchopt.alias.__all__}
-OPTIMIZERS.update({
-    'sgd_momentum_nesterov_wd': lambda: torchopt.sgd(
-        0.05, momentum=0.9, nesterov=True, weight_decay=1e-2, moment_requires_grad=True),
-    'adam': lambda: torchopt.adam(0.02, eps=1e-3, eps_root=1e-12, moment_requires_grad=True),
-    'adam_accelerated': lambda: torchopt.adam(
-        0.02, eps=1e-3, eps_root=1e-12, moment_requires_grad=True, use_accelerated_op=True),
-    'adamw': lambda: torchopt.adamw(0.02, eps=1e-3, eps_root=1e-12, weight_decay=0.05,
-                                    moment_requires_grad=True),
-    'adagrad': lambda: torchopt.adagrad(0.05, eps=1e-3),
-    'adadelta': lambda: torchopt.adadelta(1.0, eps=1e-3, moment_requires_grad=True),
-    'rmsprop_centered_momentum': lambda: torchopt.rmsprop(
-        0.01, eps=1e-2, centered=True, momentum=0.5),
-})
+OPTIMIZERS.update(
+    {
+        'sgd_momentum_nesterov_wd': lambda: torchopt.sgd(
+            0.05, momentum=0.9, nesterov=True, weight_decay=1e-2, moment_requires_grad=True
+        ),
+        'adam': lambda: torchopt.adam(0.02, eps=1e-3, eps_root=1e-12, moment_requires_grad=True),
+        'adam_accelerated': lambda: torchopt.adam(
+            0.02, eps=1e-3, eps_root=1e-12, moment_requires_grad=True, use_accelerated_op=True
+        ),
+        'adamw': lambda: torchopt.adamw(
+            0.02, eps=1e-3, eps_root=1e-12, weight_decay=0.05, moment_requires_grad=True
+        ),
+        'adagrad': lambda: torchopt.adagrad(0.05, eps=1e-3),
+        'adadelta': lambda: torchopt.adadelta(1.0, eps=1e-3, moment_requires_grad=True),
+        'rmsprop_centered_momentum': lambda: torchopt.rmsprop(
+            0.01, eps=1e-2, centered=True, momentum=0.5
+        ),
+    }
+)
 
 
 MATRICES_ONLY = {'muon'}  # optimizers defined for 2-D parameters only
@@ -76,7 +83,7 @@ def _make_step(opt, x, y, lam, dropout: bool):
         params, state = carry
         batch = slice((3 * t) % 8, (3 * t) % 8 + 4)
         loss = F.mse_loss(_forward(params, x[batch], dropout), y[batch])
-        loss = loss + lam * sum((p ** 2).sum() for p in params.values())
+        loss = loss + lam * sum((p**2).sum() for p in params.values())
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
         updates, state = opt.update(dict(zip(params, grads)), state, params=params, inplace=False)
         return torchopt.apply_updates(params, updates, inplace=False), state
@@ -137,8 +144,9 @@ def test_initial_carry_and_closure_gradients_by_backward():
     for kw in ({}, {'checkpoints': 4}):
         x, y, params, lam = _problem()
         opt = OPTIMIZERS['adam']()
-        final, _ = torchopt.unroll(_make_step(opt, x, y, lam, False), (params, opt.init(params)),
-                                   20, **kw)
+        final, _ = torchopt.unroll(
+            _make_step(opt, x, y, lam, False), (params, opt.init(params)), 20, **kw
+        )
         F.mse_loss(_forward(final, x, False), y).backward()
         grads.append([p.grad for p in (*params.values(), lam)])
     _assert_rel(grads[1], grads[0])
@@ -158,7 +166,7 @@ def _gd_loss(lam, k, **kw):
 
     def step(carry, t):
         w, state = carry
-        loss = ((a @ w - b) ** 2).sum() + lam * (w ** 2).sum()
+        loss = ((a @ w - b) ** 2).sum() + lam * (w**2).sum()
         (g,) = torch.autograd.grad(loss, w, create_graph=True)
         u, state = opt.update(g, state, inplace=False)
         return torchopt.apply_updates(w, u, inplace=False), state
@@ -190,13 +198,15 @@ def test_truncate_equals_hand_written_truncated_unroll(window, checkpoints):
     carry = (params, opt.init(params))
     for t in range(max(0, k - window)):
         carry = torchopt.pytree.tree_map(
-            lambda v: v.detach().requires_grad_(v.requires_grad), step(carry, t))
+            lambda v: v.detach().requires_grad_(v.requires_grad), step(carry, t)
+        )
     for t in range(max(0, k - window), k):
         carry = step(carry, t)
     ref_outer = F.mse_loss(_forward(carry[0], x, False), y)
     torch.manual_seed(5)
-    final, _ = torchopt.unroll(step, (params, opt.init(params)), k, truncate=window,
-                               checkpoints=checkpoints)
+    final, _ = torchopt.unroll(
+        step, (params, opt.init(params)), k, truncate=window, checkpoints=checkpoints
+    )
     outer = F.mse_loss(_forward(final, x, False), y)
     assert outer == ref_outer
     wrt = [*params.values(), lam]
@@ -222,7 +232,7 @@ def test_non_leaf_closure_and_structure_change():
         def step(carry, t):
             p, state, tied = carry
             state = opt.init(p) if state is None else state
-            loss = F.mse_loss(_forward(p, x, True), y) + (tied ** 2).sum() * 1e-3
+            loss = F.mse_loss(_forward(p, x, True), y) + (tied**2).sum() * 1e-3
             grads = torch.autograd.grad(loss, list(p.values()), create_graph=True)
             u, state = opt.update(dict(zip(p, grads)), state, inplace=False)
             p = torchopt.apply_updates(p, {n: lr * v for n, v in u.items()}, inplace=False)
@@ -284,8 +294,9 @@ def test_torch_func_grad():
 
     def step_for(lam):
         def step(w, t):
-            g = torch.func.grad(lambda v: ((a @ v - b) ** 2).sum() + lam * (v ** 2).sum())(w)
+            g = torch.func.grad(lambda v: ((a @ v - b) ** 2).sum() + lam * (v**2).sum())(w)
             return w - 1e-2 * g
+
         return step
 
     def outer(lam, **kw):
@@ -312,7 +323,7 @@ def test_no_grad_zero_steps_and_non_tensor_leaves():
     out = torchopt.unroll(step, carry, 5, checkpoints=2)
     assert out['count'] == 5 and out['name'] == 'x'
     out['w'].sum().backward()
-    torch.testing.assert_close(w0.grad, torch.full((2,), 0.5 ** 5))
+    torch.testing.assert_close(w0.grad, torch.full((2,), 0.5**5))
     with torch.no_grad():
         out = torchopt.unroll(step, carry, 5, checkpoints=2)
     assert not out['w'].requires_grad

@@ -26,8 +26,9 @@ META = {
 
 def _net() -> nn.Module:
     torch.manual_seed(1)
-    net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Dropout(0.2),
-                        nn.Linear(6, 2, bias=False))
+    net = nn.Sequential(
+        nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Dropout(0.2), nn.Linear(6, 2, bias=False)
+    )
     return net.to(DT)
 
 
@@ -75,8 +76,9 @@ def _close(got, ref, rtol=1e-12):
 
 
 @pytest.mark.parametrize('name', sorted(META))
-@pytest.mark.parametrize('kw', [{}, {'checkpoints': 4}, {'checkpoints': 'sqrt'}],
-                         ids=['full', 'c4', 'sqrt'])
+@pytest.mark.parametrize(
+    'kw', [{}, {'checkpoints': 4}, {'checkpoints': 'sqrt'}], ids=['full', 'c4', 'sqrt']
+)
 def test_unroll_module_equals_the_plain_loop(name, kw):
     ref = _run(name, 25, loop=True)
     got = _run(name, 25, **kw)

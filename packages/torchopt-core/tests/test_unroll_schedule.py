@@ -79,8 +79,10 @@ def _simulate(n: int, c: int) -> tuple[list[int], int, int]:
     return order, advances[0], _Counted.peak
 
 
-@pytest.mark.parametrize(('n', 'c'), [(1, 1), (7, 1), (10, 3), (50, 5), (50, 8), (100, 10),
-                                      (64, 64), (200, 6), (1000, 16)])
+@pytest.mark.parametrize(
+    ('n', 'c'),
+    [(1, 1), (7, 1), (10, 3), (50, 5), (50, 8), (100, 10), (64, 64), (200, 6), (1000, 16)],
+)
 def test_schedule_order_cost_and_memory(n, c):
     order, advances, peak = _simulate(n, c)
     assert order == list(range(n - 1, -1, -1))

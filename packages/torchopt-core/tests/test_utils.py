@@ -5,8 +5,9 @@ from __future__ import annotations
 import optree
 import pytest
 import torch
-import torchopt
 from torch import nn
+
+import torchopt
 from torchopt import utils
 from torchopt.utils import (
     ModuleState,
@@ -364,8 +365,11 @@ def test_recover_meta_optimizer_replays_the_same_step() -> None:
     net.eval()  # freeze the batch-norm statistics so both replays see the same function
     opt.step(loss_of(net, x))
     first = [p.detach().clone() for p in net.parameters()]
-    first_state = [t.detach().clone() for t in optree.tree_leaves(opt.state_dict())
-                   if isinstance(t, torch.Tensor)]
+    first_state = [
+        t.detach().clone()
+        for t in optree.tree_leaves(opt.state_dict())
+        if isinstance(t, torch.Tensor)
+    ]
 
     recover_state_dict(net, module_state)
     recover_state_dict(opt, opt_state)
@@ -466,8 +470,10 @@ def test_module_clone_meta_optimizer() -> None:
     _, opt = stepped_adam()
     ref = module_clone(opt, by='reference')
     assert ref is not opt and type(ref) is type(opt)
-    assert all(a is b for a, b in zip(optree.tree_leaves(ref.state_dict()),
-                                      optree.tree_leaves(opt.state_dict())))
+    assert all(
+        a is b
+        for a, b in zip(optree.tree_leaves(ref.state_dict()), optree.tree_leaves(opt.state_dict()))
+    )
     deep = module_clone(opt, by='deepcopy')
     for a, b in zip(optree.tree_leaves(deep.state_dict()), optree.tree_leaves(opt.state_dict())):
         if isinstance(b, torch.Tensor):

@@ -68,9 +68,7 @@ def test_functional_update_points_at_the_caller() -> None:
 def test_chained_update_points_at_the_caller() -> None:
     params = _params()
     grads = [torch.ones_like(p) for p in params]
-    opt = torchopt.chain(
-        torchopt.clip_grad_norm(1.0), torchopt.adam(1e-2, use_accelerated_op=True)
-    )
+    opt = torchopt.chain(torchopt.clip_grad_norm(1.0), torchopt.adam(1e-2, use_accelerated_op=True))
     state = opt.init(params)
 
     def call() -> None:

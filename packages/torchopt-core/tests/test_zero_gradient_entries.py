@@ -51,8 +51,9 @@ def test_meta_gradient_is_finite_and_matches_finite_differences(name):
     torch.testing.assert_close(grad, fd, rtol=1e-6, atol=1e-10)
 
 
-@pytest.mark.parametrize('make', [torchopt.rmsprop, torchopt.adagrad, torchopt.adam],
-                         ids=['rmsprop', 'adagrad', 'adam'])
+@pytest.mark.parametrize(
+    'make', [torchopt.rmsprop, torchopt.adagrad, torchopt.adam], ids=['rmsprop', 'adagrad', 'adam']
+)
 def test_functional_update_under_torch_func_grad(make):
     # d u / d g at g = 0 (first step, zero state) is 1/eps scaled by -lr for these three.
     opt = make(lr=0.1, eps=1e-2)

@@ -123,11 +123,15 @@ def test_vmap_and_jacrev_over_problems(gen, solve) -> None:
     # the solution itself batched
     sols = torch.func.vmap(lambda lam: ridge(init, lam, X, y))(lams)
     for lam, sol in zip(lams, sols):
-        torch.testing.assert_close(sol, torch.linalg.solve(X.T @ X + lam * torch.eye(5, dtype=F64), X.T @ y))
+        torch.testing.assert_close(
+            sol, torch.linalg.solve(X.T @ X + lam * torch.eye(5, dtype=F64), X.T @ y)
+        )
     # jacobian of the solution w.r.t. lam: -H^{-1} w
     jac = torch.func.jacrev(lambda lam: ridge(init, lam, X, y))(torch.tensor(1.0, dtype=F64))
     H = X.T @ X + torch.eye(5, dtype=F64)
-    torch.testing.assert_close(jac, -torch.linalg.solve(H, torch.linalg.solve(H, X.T @ y)), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        jac, -torch.linalg.solve(H, torch.linalg.solve(H, X.T @ y)), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_multi_leaf_solution_and_pytree_argnums(gen) -> None:
@@ -145,14 +149,21 @@ def test_multi_leaf_solution_and_pytree_argnums(gen) -> None:
         sol = torch.linalg.solve(A.T @ A + reg, A.T @ y)
         return sol[:3], sol[3]
 
-    for solve in (linear_solve.solve_cg(rtol=1e-14), linear_solve.solve_inv(), linear_solve.solve_gmres(rtol=1e-14)):
+    for solve in (
+        linear_solve.solve_cg(rtol=1e-14),
+        linear_solve.solve_inv(),
+        linear_solve.solve_gmres(rtol=1e-14),
+    ):
 
         @custom_root(optimality, argnums=(1, 2), solve=solve)
         def solver(init, hyper, X, y):
             with torch.no_grad():
                 return dense(hyper, X)
 
-        hyper = {'l2': torch.tensor(0.3, dtype=F64, requires_grad=True), 'lb': torch.tensor(2.0, dtype=F64, requires_grad=True)}
+        hyper = {
+            'l2': torch.tensor(0.3, dtype=F64, requires_grad=True),
+            'lb': torch.tensor(2.0, dtype=F64, requires_grad=True),
+        }
         Xr = X.clone().requires_grad_()
         w, b = solver((torch.zeros(3, dtype=F64), torch.tensor(0.0, dtype=F64)), hyper, Xr, y)
         loss = w.square().sum() + 3 * b
@@ -228,7 +239,9 @@ def test_second_order_through_implicit_gradient(gen) -> None:
     (h,) = torch.autograd.grad(g, lam)
     eps = 1e-5
     fd = (hypergrad(1.3 + eps)[1] - hypergrad(1.3 - eps)[1]) / (2 * eps)
-    torch.testing.assert_close(g, torch.as_tensor(_closed_form_hypergrad(X, y, Xv, yv, 1.3)), rtol=1e-9, atol=0)
+    torch.testing.assert_close(
+        g, torch.as_tensor(_closed_form_hypergrad(X, y, Xv, yv, 1.3)), rtol=1e-9, atol=0
+    )
     torch.testing.assert_close(h, fd, rtol=1e-6, atol=0)
 
 
@@ -268,10 +281,12 @@ def test_fixed_point_against_finite_differences(gen) -> None:
     theta = theta0.clone().requires_grad_()
     (g,) = torch.autograd.grad(solver(torch.zeros(4, dtype=F64), theta).sum(), theta)
     eps = 1e-6
-    fd = torch.stack([
-        (iterate(theta0 + eps * e).sum() - iterate(theta0 - eps * e).sum()) / (2 * eps)
-        for e in torch.eye(4, dtype=F64)
-    ])
+    fd = torch.stack(
+        [
+            (iterate(theta0 + eps * e).sum() - iterate(theta0 - eps * e).sum()) / (2 * eps)
+            for e in torch.eye(4, dtype=F64)
+        ]
+    )
     torch.testing.assert_close(g, fd, rtol=1e-7, atol=1e-9)
 
 
@@ -296,7 +311,9 @@ def test_bad_outputs_and_arguments() -> None:
     def bad(init, a):
         return 'not a tensor'
 
-    with pytest.raises(RuntimeError, match=r'^custom_root\(optimality_fn\)\(solver_fn\)\(\*args\): output'):
+    with pytest.raises(
+        RuntimeError, match=r'^custom_root\(optimality_fn\)\(solver_fn\)\(\*args\): output'
+    ):
         bad(torch.zeros(1), torch.ones(1))
 
     @custom_root(lambda x, a: x - a, argnums=1, has_aux=True)
@@ -317,7 +334,9 @@ def test_bad_outputs_and_arguments() -> None:
 def test_upstream_spelling_through_torchopt(gen) -> None:
     X, y, Xv, yv = _ridge_data(gen)
 
-    @torchopt.diff.implicit.custom_root(ridge_optimality, argnums=1, solve=torchopt.linear_solve.solve_normal_cg(rtol=1e-14))
+    @torchopt.diff.implicit.custom_root(
+        ridge_optimality, argnums=1, solve=torchopt.linear_solve.solve_normal_cg(rtol=1e-14)
+    )
     def ridge(init, lam, X, y):
         return torchopt.linalg.cg(X.T @ X + lam * torch.eye(8, dtype=F64), X.T @ y, rtol=1e-14)
 

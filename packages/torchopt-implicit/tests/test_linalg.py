@@ -47,7 +47,9 @@ def test_minres_symmetric_indefinite(gen, x0, sym_with_eigs) -> None:
 
 
 def test_gmres_short_restart(gen) -> None:
-    a = torch.randn(20, 20, generator=gen, dtype=torch.float64) + 8 * torch.eye(20, dtype=torch.float64)
+    a = torch.randn(20, 20, generator=gen, dtype=torch.float64) + 8 * torch.eye(
+        20, dtype=torch.float64
+    )
     b = torch.randn(20, generator=gen, dtype=torch.float64)
     x = linalg.gmres(a, b, rtol=1e-12, restart=3, maxiter=2000)
     torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-9, atol=1e-11)
@@ -62,7 +64,10 @@ def test_multi_leaf_tree_with_cross_coupling(solver, gen, spd) -> None:
         out = big @ v
         return {'a': out[:3], 'b': out[3:].reshape(2, 2)}
 
-    b = {'a': torch.randn(3, generator=gen, dtype=torch.float64), 'b': torch.randn(2, 2, generator=gen, dtype=torch.float64)}
+    b = {
+        'a': torch.randn(3, generator=gen, dtype=torch.float64),
+        'b': torch.randn(2, 2, generator=gen, dtype=torch.float64),
+    }
     x = solver(matvec, b, rtol=1e-12)
     ref = torch.linalg.solve(big, torch.cat([b['a'], b['b'].reshape(-1)]))
     torch.testing.assert_close(torch.cat([x['a'], x['b'].reshape(-1)]), ref, rtol=1e-9, atol=1e-11)
@@ -71,7 +76,10 @@ def test_multi_leaf_tree_with_cross_coupling(solver, gen, spd) -> None:
 
 def test_tree_of_matrices_and_x0(gen, spd) -> None:
     a1, a2 = spd(4, gen), spd(3, gen)
-    b = (torch.randn(4, generator=gen, dtype=torch.float64), torch.randn(3, generator=gen, dtype=torch.float64))
+    b = (
+        torch.randn(4, generator=gen, dtype=torch.float64),
+        torch.randn(3, generator=gen, dtype=torch.float64),
+    )
     x0 = (torch.ones(4, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
     x = linalg.cg((a1, a2), b, x0, rtol=1e-12)
     torch.testing.assert_close(x[0], torch.linalg.solve(a1, b[0]))
@@ -129,7 +137,9 @@ def test_ns_matches_series(gen, spd) -> None:
         ref = series if alpha is None else alpha * series
         torch.testing.assert_close(linalg.ns(lambda v: a @ v, b, alpha=alpha), ref)
         torch.testing.assert_close(linalg.ns(a, b, alpha=alpha), ref)
-    torch.testing.assert_close(linalg.ns(a, b, maxiter=400), torch.linalg.solve(a, b), rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(
+        linalg.ns(a, b, maxiter=400), torch.linalg.solve(a, b), rtol=1e-8, atol=1e-10
+    )
 
 
 def test_ns_inv_matches_series(gen, spd) -> None:
@@ -137,7 +147,9 @@ def test_ns_inv_matches_series(gen, spd) -> None:
     eye = torch.eye(5, dtype=torch.float64)
     ref = sum(torch.linalg.matrix_power(eye - 0.5 * a, k) for k in range(7)) * 0.5
     torch.testing.assert_close(linalg.ns_inv(a, 7, alpha=0.5), ref)
-    torch.testing.assert_close(linalg.ns_inv((a,), maxiter=500)[0], torch.linalg.inv(a), rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(
+        linalg.ns_inv((a,), maxiter=500)[0], torch.linalg.inv(a), rtol=1e-8, atol=1e-10
+    )
     with pytest.raises(ValueError, match='square'):
         linalg.ns_inv(torch.ones(2, 3))
     with pytest.raises(ValueError, match='square'):
@@ -207,10 +219,14 @@ def test_complex_hermitian_indefinite(solver, gen) -> None:
 
 
 def test_minres_symmetry_check_costs_no_extra_product(gen, spd) -> None:
-    nonsym = torch.randn(12, 12, generator=gen, dtype=torch.float64) + 6 * torch.eye(12, dtype=torch.float64)
+    nonsym = torch.randn(12, 12, generator=gen, dtype=torch.float64) + 6 * torch.eye(
+        12, dtype=torch.float64
+    )
     b = torch.randn(12, generator=gen, dtype=torch.float64)
     calls = []
-    _, status = linalg.minres_with_status(lambda v: calls.append(1) or nonsym @ v, b, check_symmetry=True)
+    _, status = linalg.minres_with_status(
+        lambda v: calls.append(1) or nonsym @ v, b, check_symmetry=True
+    )
     assert status == 'asymmetric' and len(calls) == 2
     sym = spd(12, gen)
     x, status = linalg.minres_with_status(sym, b, rtol=1e-12, check_symmetry=True)

@@ -27,7 +27,10 @@ def _coupled_system(spd, gen):
         out = big @ torch.cat([tree[0], tree[1].reshape(-1)])
         return (out[:3], out[3:].reshape(2, 2))
 
-    b = (torch.randn(3, generator=gen, dtype=torch.float64), torch.randn(2, 2, generator=gen, dtype=torch.float64))
+    b = (
+        torch.randn(3, generator=gen, dtype=torch.float64),
+        torch.randn(2, 2, generator=gen, dtype=torch.float64),
+    )
     ref = torch.linalg.solve(big, torch.cat([b[0], b[1].reshape(-1)]))
     return big, matvec, b, ref
 
@@ -57,7 +60,9 @@ def test_solve_inv_scalar_ridge_and_ns(spd, gen) -> None:
     a = spd(5, gen) / 4
     b = torch.randn(5, generator=gen, dtype=torch.float64)
     x = linear_solve.solve_inv(ridge=0.5)(lambda v: a @ v, b)
-    torch.testing.assert_close(x, torch.linalg.solve(a + 0.5 * torch.eye(5, dtype=torch.float64), b))
+    torch.testing.assert_close(
+        x, torch.linalg.solve(a + 0.5 * torch.eye(5, dtype=torch.float64), b)
+    )
     x = linear_solve.solve_inv(ns=True, maxiter=300)(lambda v: a @ v, b)
     torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-8, atol=1e-10)
 
@@ -97,7 +102,9 @@ def test_unknown_keyword_rejected_at_factory_time() -> None:
 
 
 def test_normal_cg_nonsymmetric_and_symmetric(gen, spd) -> None:
-    a = torch.randn(8, 8, generator=gen, dtype=torch.float64) + 4 * torch.eye(8, dtype=torch.float64)
+    a = torch.randn(8, 8, generator=gen, dtype=torch.float64) + 4 * torch.eye(
+        8, dtype=torch.float64
+    )
     b = torch.randn(8, generator=gen, dtype=torch.float64)
     x = linear_solve.solve_normal_cg(rtol=1e-13)(lambda v: a @ v, b)
     torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-8, atol=1e-10)

@@ -22,7 +22,9 @@ def _closed_form(X, y, lam):
     return w, -torch.linalg.solve(H, w)  # solution and dw/dlam
 
 
-class RidgeObjective(ImplicitMetaGradientModule, linear_solve=torchopt.linear_solve.solve_cg(rtol=1e-13)):
+class RidgeObjective(
+    ImplicitMetaGradientModule, linear_solve=torchopt.linear_solve.solve_cg(rtol=1e-13)
+):
     def __init__(self, lam, d):
         super().__init__()
         self.lam = lam
@@ -33,7 +35,9 @@ class RidgeObjective(ImplicitMetaGradientModule, linear_solve=torchopt.linear_so
 
     def solve(self, X, y):
         # any inner optimizer: plain gradient descent through torchopt's functional SGD
-        optim = torch.optim.SGD(self.parameters(), lr=1.0 / (torch.linalg.matrix_norm(X, 2) ** 2 + self.lam.item()))
+        optim = torch.optim.SGD(
+            self.parameters(), lr=1.0 / (torch.linalg.matrix_norm(X, 2) ** 2 + self.lam.item())
+        )
         with torch.enable_grad():
             for _ in range(3000):
                 optim.zero_grad()
@@ -53,7 +57,9 @@ class RidgeOptimality(ImplicitMetaGradientModule):  # default linear solve (norm
 
     def solve(self, X, y):
         with torch.no_grad():
-            self.w.copy_(torch.linalg.solve(X.T @ X + self.lam * torch.eye(X.shape[1], dtype=F64), X.T @ y))
+            self.w.copy_(
+                torch.linalg.solve(X.T @ X + self.lam * torch.eye(X.shape[1], dtype=F64), X.T @ y)
+            )
 
 
 @pytest.mark.parametrize('cls', [RidgeObjective, RidgeOptimality])
@@ -72,7 +78,9 @@ def test_meta_gradient_matches_closed_form(cls, gen) -> None:
 
 
 def test_validation_messages() -> None:
-    with pytest.raises(TypeError, match='requires either an optimality\\(\\) method or an objective\\(\\) method'):
+    with pytest.raises(
+        TypeError, match='requires either an optimality\\(\\) method or an objective\\(\\) method'
+    ):
 
         class Neither(ImplicitMetaGradientModule):
             def solve(self):
@@ -81,13 +89,19 @@ def test_validation_messages() -> None:
     for kind in ('optimality', 'objective'):
         for wrapper, word in ((staticmethod, 'staticmethod'), (classmethod, 'classmethod')):
             with pytest.raises(TypeError, match=f'method {kind}\\(\\) must not be a {word}.'):
-                type('Bad', (ImplicitMetaGradientModule,), {kind: wrapper(lambda *a: None), 'solve': lambda self: None})
+                type(
+                    'Bad',
+                    (ImplicitMetaGradientModule,),
+                    {kind: wrapper(lambda *a: None), 'solve': lambda self: None},
+                )
         with pytest.raises(TypeError, match=f'method {kind}\\(\\) must be callable.'):
             type('Bad', (ImplicitMetaGradientModule,), {kind: 3, 'solve': lambda self: None})
 
 
 def test_helpers_errors() -> None:
-    with pytest.raises(TypeError, match='Implicit gradients are already enabled for the `solve` method.'):
+    with pytest.raises(
+        TypeError, match='Implicit gradients are already enabled for the `solve` method.'
+    ):
         enable_implicit_gradients(RidgeOptimality)
     with pytest.raises(TypeError, match='The objective function is not defined.'):
         make_optimality_from_objective(RidgeOptimality)
@@ -123,7 +137,9 @@ def test_no_parameters_or_meta_parameters() -> None:
         pass
 
     with pytest.raises(RuntimeError, match='The module has no meta-parameters.'):
-        NoMeta(torch.tensor(1.0, dtype=F64), 3).solve(torch.ones(4, 3, dtype=F64), torch.ones(4, dtype=F64))
+        NoMeta(torch.tensor(1.0, dtype=F64), 3).solve(
+            torch.ones(4, 3, dtype=F64), torch.ones(4, dtype=F64)
+        )
 
 
 def test_meta_module_and_linear_solve_keyword(gen) -> None:
@@ -138,7 +154,10 @@ def test_meta_module_and_linear_solve_keyword(gen) -> None:
             self.w = torch.nn.Parameter(torch.zeros(4, dtype=F64))
 
         def objective(self, X, y):
-            return 0.5 * (X @ self.w - y).square().sum() + 0.5 * reg * (self.w - self.meta.weight[0]).square().sum()
+            return (
+                0.5 * (X @ self.w - y).square().sum()
+                + 0.5 * reg * (self.w - self.meta.weight[0]).square().sum()
+            )
 
         def solve(self, X, y):
             with torch.no_grad():

@@ -48,5 +48,7 @@ def test_public_names() -> None:
 
 
 def test_no_functorch_import() -> None:
-    code = 'import sys, torchopt_implicit; assert "functorch" not in sys.modules, "functorch imported"'
+    code = (
+        'import sys, torchopt_implicit; assert "functorch" not in sys.modules, "functorch imported"'
+    )
     subprocess.run([sys.executable, '-W', 'error', '-c', code], check=True, timeout=120)

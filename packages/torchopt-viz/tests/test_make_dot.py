@@ -77,8 +77,9 @@ def test_matches_reference_walk(parse, reachable):
     expected_edges = Counter(
         (str(id(u)), str(id(fn))) for fn in fns for u, _ in fn.next_functions if u is not None
     )
-    expected_edges.update((str(id(v)), str(id(fn))) for fn in fns if hasattr(fn, 'variable')
-                          for v in [fn.variable])
+    expected_edges.update(
+        (str(id(v)), str(id(fn))) for fn in fns if hasattr(fn, 'variable') for v in [fn.variable]
+    )
     expected_edges[str(id(out.grad_fn)), str(id(out))] += 1
     assert edges == expected_edges
     assert all(nodes[str(id(v))].color == PARAM for v in leaves)
@@ -253,11 +254,17 @@ def test_show_attrs_prints_and_truncates(parse):
     rows = permute.split('\n')
     assert rows[1] == '-' * max(len(rows[2]), len('PermuteBackward0'))
     assert rows[2] == 'dims: (2, 0, 1)'
-    (short,) = [n.label for n in parse(make_dot(y, show_attrs=True, max_attr_chars=5))[0].values()
-                if n.label.startswith('PermuteBackward0')]
+    (short,) = [
+        n.label
+        for n in parse(make_dot(y, show_attrs=True, max_attr_chars=5))[0].values()
+        if n.label.startswith('PermuteBackward0')
+    ]
     assert short.split('\n')[2] == 'dims: (2...'
-    (minimal,) = [n.label for n in parse(make_dot(y, show_attrs=True, max_attr_chars=0))[0].values()
-                  if n.label.startswith('PermuteBackward0')]
+    (minimal,) = [
+        n.label
+        for n in parse(make_dot(y, show_attrs=True, max_attr_chars=0))[0].values()
+        if n.label.startswith('PermuteBackward0')
+    ]
     assert minimal.split('\n')[2] == 'dims: ...'  # clamped to 3 characters
 
 
@@ -348,10 +355,14 @@ def test_module_state_of_updated_parameters(parse):
     named = [n for n in nodes.values() if 'step1.' in n.label]
     assert all(n.color == PARAM for n in named)
     assert sorted(n.label.split('\n')[1] for n in named) == sorted(
-        f'step1.{k}' for k, _ in net.named_parameters())
+        f'step1.{k}' for k, _ in net.named_parameters()
+    )
     assert all(n.label.split('\n')[0] == 'AddBackward0' for n in named)
     # naming the tensors as well adds their shapes, without repeating a name
     nodes, _ = parse(make_dot(out, [state, names[1]]))
     for k, p in net.named_parameters():
         (node,) = [n for n in nodes.values() if f'step1.{k}\n' in n.label]
-        assert node.label.split('\n')[1:] == [f'step1.{k}', '(' + ', '.join(map(str, p.shape)) + ')']
+        assert node.label.split('\n')[1:] == [
+            f'step1.{k}',
+            '(' + ', '.join(map(str, p.shape)) + ')',
+        ]

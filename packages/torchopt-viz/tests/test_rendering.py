@@ -137,7 +137,10 @@ class _FusedAdam(torch.autograd.Function):
             g, m, v = inputs[:n], inputs[n : 2 * n], inputs[2 * n :]
             updates, mus, nus = _adam_math(g, m, v, ctx.count)
             grads = torch.autograd.grad(
-                [*updates, *mus, *nus], inputs, grad_outputs, allow_unused=True,
+                [*updates, *mus, *nus],
+                inputs,
+                grad_outputs,
+                allow_unused=True,
                 create_graph=torch.is_grad_enabled(),
             )
         return (None, None, *grads)
@@ -147,8 +150,11 @@ def _op_by_op_adam() -> GradientTransformation:
     """Adam recorded op by op (core's own Adam is one custom node, like a fused kernel)."""
 
     def init(params):
-        return _FusedState(0, tuple(torch.zeros_like(p) for p in params),
-                           tuple(torch.zeros_like(p) for p in params))
+        return _FusedState(
+            0,
+            tuple(torch.zeros_like(p) for p in params),
+            tuple(torch.zeros_like(p) for p in params),
+        )
 
     def update(grads, state, *, params=None, inplace=True):
         count = state.count + 1
@@ -166,8 +172,11 @@ class _FusedState(NamedTuple):
 
 def _fused_adam() -> GradientTransformation:
     def init(params):
-        return _FusedState(0, tuple(torch.zeros_like(p) for p in params),
-                           tuple(torch.zeros_like(p) for p in params))
+        return _FusedState(
+            0,
+            tuple(torch.zeros_like(p) for p in params),
+            tuple(torch.zeros_like(p) for p in params),
+        )
 
     def update(grads, state, *, params=None, inplace=True):
         n, count = len(grads), state.count + 1
@@ -179,9 +188,11 @@ def _fused_adam() -> GradientTransformation:
 
 def test_fused_op_is_one_node_and_shrinks_the_graph(dot_program, parse):
     fused_net, fused_meta, fused_loss, fused_states = _unroll(
-        lambda net: torchopt.MetaOptimizer(net, _fused_adam()))
+        lambda net: torchopt.MetaOptimizer(net, _fused_adam())
+    )
     ref_net, ref_meta, ref_loss, ref_states = _unroll(
-        lambda net: torchopt.MetaOptimizer(net, _op_by_op_adam()))
+        lambda net: torchopt.MetaOptimizer(net, _op_by_op_adam())
+    )
     # the fused op computes the same unroll, values and meta-gradient
     torch.testing.assert_close(fused_loss, ref_loss, rtol=1e-12, atol=1e-12)
     (g_fused,) = torch.autograd.grad(fused_loss, fused_meta, retain_graph=True)
@@ -205,9 +216,11 @@ def test_fused_op_is_one_node_and_shrinks_the_graph(dot_program, parse):
 )
 def test_accelerated_adam_shrinks_the_graph(dot_program):
     _, meta_a, loss_a, states_a = _unroll(
-        lambda net: torchopt.MetaAdam(net, lr=LR, use_accelerated_op=True))
+        lambda net: torchopt.MetaAdam(net, lr=LR, use_accelerated_op=True)
+    )
     _, meta_r, loss_r, states_r = _unroll(
-        lambda net: torchopt.MetaAdam(net, lr=LR, use_accelerated_op=False))
+        lambda net: torchopt.MetaAdam(net, lr=LR, use_accelerated_op=False)
+    )
     torch.testing.assert_close(loss_a, loss_r, rtol=1e-10, atol=1e-12)
     svg_a = _svg(make_dot(loss_a, [*states_a, {'meta_param': meta_a}]))
     svg_r = _svg(make_dot(loss_r, [*states_r, {'meta_param': meta_r}]))

@@ -152,8 +152,9 @@ def test_non_vmappable_function_falls_back_to_loop_once(recorder, reference):
     theta = torch.randn(5, dtype=DTYPE, requires_grad=True)
     fn = zero_order(recorder, method='forward', num_samples=6, sigma=0.5)(step_return)
     fn(theta).backward()
-    (expected,) = reference(lambda ts: step_return(ts[0]), [theta], [recorder.noise_for((5,))],
-                            'forward', 0.5)
+    (expected,) = reference(
+        lambda ts: step_return(ts[0]), [theta], [recorder.noise_for((5,))], 'forward', 0.5
+    )
     torch.testing.assert_close(theta.grad, expected, rtol=1e-10, atol=1e-12)
     assert theta.grad.abs().sum() > 0
 
@@ -165,9 +166,7 @@ def test_non_vmappable_function_falls_back_to_loop_once(recorder, reference):
         zero_order(recorder, num_samples=6, vectorize=True)(step_return)(theta).backward()
 
 
-def test_function_drawing_random_numbers_is_vmapped_with_different_randomness(
-    recorder, reference
-):
+def test_function_drawing_random_numbers_is_vmapped_with_different_randomness(recorder, reference):
     calls = []
 
     def noisy(a):
@@ -181,8 +180,9 @@ def test_function_drawing_random_numbers_is_vmapped_with_different_randomness(
     calls.clear()
     fn(x).backward()
     assert len(calls) == 2  # the working mode is remembered
-    (expected,) = reference(lambda ts: (ts[0] ** 2).sum(), [x], [recorder.noise_for((3,))],
-                            'antithetic', 0.1)
+    (expected,) = reference(
+        lambda ts: (ts[0] ** 2).sum(), [x], [recorder.noise_for((3,))], 'antithetic', 0.1
+    )
     torch.testing.assert_close(x.grad, 2 * expected, rtol=1e-10, atol=1e-12)  # grads add up
 
 
@@ -212,9 +212,9 @@ def test_float32_params_with_float64_noise(reference, recorder):
         torch.tensor(0.0, dtype=DTYPE), torch.tensor(1.0, dtype=DTYPE)
     )
     x = torch.randn(4, requires_grad=True)
-    zero_order(recorder, method='antithetic', num_samples=4, sigma=0.1)(
-        lambda a: (a**2).sum()
-    )(x).backward()
+    zero_order(recorder, method='antithetic', num_samples=4, sigma=0.1)(lambda a: (a**2).sum())(
+        x
+    ).backward()
     assert x.grad.dtype == torch.float32
     noise = recorder.noise_for((4,)).float().double()  # what the estimator used after the cast
     (expected,) = reference(lambda ts: (ts[0] ** 2).sum(), [x], [noise], 'antithetic', 0.1)
@@ -284,8 +284,10 @@ class TestErrors:
 def test_cuda_params_with_cpu_distribution(method, recorder, reference):
     x, tree = make_inputs()
     x = x.detach().cuda().requires_grad_()
-    tree = {'w': tree['w'].detach().cuda().requires_grad_(),
-            'bc': tuple(t.detach().cuda().requires_grad_() for t in tree['bc'])}
+    tree = {
+        'w': tree['w'].detach().cuda().requires_grad_(),
+        'bc': tuple(t.detach().cuda().requires_grad_() for t in tree['bc']),
+    }
     fn = zero_order(recorder, method=method, argnums=(0, 1), num_samples=64, sigma=0.3)(objective)
     fn(x, tree).backward()
     leaves = [x, *tree['bc'], tree['w']]

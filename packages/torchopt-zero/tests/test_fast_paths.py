@@ -182,8 +182,9 @@ def test_single_leaf_path_matches_formula(method, shape, recorder, reference):
     out = zero_order(recorder, method=method, num_samples=7, sigma=0.3)(f)(theta)
     (2.5 * out).backward()  # the incoming gradient is folded into the products
     assert theta.grad.shape == theta.shape
-    (expected,) = reference(lambda ts: f(ts[0]), [theta], [recorder.noise_for(shape)], method,
-                            0.3, grad_output=2.5)
+    (expected,) = reference(
+        lambda ts: f(ts[0]), [theta], [recorder.noise_for(shape)], method, 0.3, grad_output=2.5
+    )
     torch.testing.assert_close(theta.grad, expected, rtol=1e-10, atol=1e-12)
 
 
@@ -220,8 +221,9 @@ def test_mixed_dtypes_frozen_leaf_and_scalar_leaf_match_formula(method, vectoriz
     def f_ref(ts):
         return f((ts[0], frozen, ts[1], ts[2]))
 
-    expected = reference(f_ref, leaves, [noise_a.reshape(6, 2, 3), noise_s.reshape(6),
-                                         noise_c], method, 0.2)
+    expected = reference(
+        f_ref, leaves, [noise_a.reshape(6, 2, 3), noise_s.reshape(6), noise_c], method, 0.2
+    )
     torch.testing.assert_close(a.grad, expected[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(s.grad, expected[1].float(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(c.grad, expected[2], rtol=1e-5, atol=1e-6)
@@ -247,6 +249,7 @@ def test_module_instances_draw_from_their_own_sample(reference):
     for net in (one, two, one):
         net().backward()
     assert len(one.draws) == 2 and len(two.draws) == 1
-    (expected,) = reference(lambda ts: (ts[0] ** 2).sum(), [two.w], [two.draws[0]],
-                            'antithetic', 0.1)
+    (expected,) = reference(
+        lambda ts: (ts[0] ** 2).sum(), [two.w], [two.draws[0]], 'antithetic', 0.1
+    )
     torch.testing.assert_close(two.w.grad, expected, rtol=1e-10, atol=1e-12)

@@ -49,8 +49,11 @@ def test_module_gradients_match_formula(recorder, reference):
         torch.testing.assert_close(param.grad, exp, rtol=1e-10, atol=1e-12)
     # the parameters were put back
     assert isinstance(net.body.weight, nn.Parameter) and net.body.weight is params[0]
-    assert [name for name, _ in net.named_parameters()] == ['body.weight', 'body.bias',
-                                                            'head.weight']
+    assert [name for name, _ in net.named_parameters()] == [
+        'body.weight',
+        'body.bias',
+        'head.weight',
+    ]
 
 
 def test_frozen_parameters_and_tied_weights(recorder, reference):

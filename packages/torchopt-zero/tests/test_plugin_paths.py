@@ -38,8 +38,8 @@ def test_module_object_is_callable():
     for decorate in (torchopt.diff.zero_order, torchopt.diff.zero_order.zero_order):
         x = torch.ones(3, dtype=torch.float64, requires_grad=True)
         torch.manual_seed(0)
-        decorate(normal, method='antithetic', num_samples=4, sigma=0.1)(
-            lambda a: (a**2).sum()
-        )(x).backward()
+        decorate(normal, method='antithetic', num_samples=4, sigma=0.1)(lambda a: (a**2).sum())(
+            x
+        ).backward()
         grads.append(x.grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)

@@ -26,13 +26,19 @@ per group.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 __all__ = [
-    'adam_step_', 'adam_forward', 'adam_apply_', 'adam_backward_reference',
-    'group_by_device_dtype', 'sgd_update_', 'sgd_update_reference',
+    'adam_step_',
+    'adam_forward',
+    'adam_apply_',
+    'adam_backward_reference',
+    'group_by_device_dtype',
+    'sgd_update_',
+    'sgd_update_reference',
 ]
 
 _ops = torch.ops.torchopt_accel
@@ -56,8 +62,18 @@ def _adam_apply_fake(*args) -> None:  # noqa: ANN002
 
 
 @torch.library.register_fake(f'{_LIB}::sgd_update_')
-def _sgd_update_fake(grads, bufs, params, lr, momentum, dampening, weight_decay,  # noqa: ANN001
-                     nesterov, maximize, first_step) -> None:  # noqa: ANN001
+def _sgd_update_fake(
+    grads,
+    bufs,
+    params,
+    lr,
+    momentum,
+    dampening,
+    weight_decay,  # noqa: ANN001
+    nesterov,
+    maximize,
+    first_step,
+) -> None:  # noqa: ANN001
     # Mutates grads and bufs in place and returns nothing; the leaf alignment is checked here
     # too, so a traced (meta / fake / compiled) call fails like the eager kernel does.
     name = 'torchopt_accel.sgd_update_'
@@ -67,8 +83,10 @@ def _sgd_update_fake(grads, bufs, params, lr, momentum, dampening, weight_decay,
             f'{len(bufs)} and {len(params)} tensors'
         )
     if weight_decay != 0.0 and len(params) != len(grads):
-        raise RuntimeError(f'{name}: `params` has {len(params)} tensors but `grads` has '
-                           f'{len(grads)}; with weight_decay != 0 the parameters are read')
+        raise RuntimeError(
+            f'{name}: `params` has {len(params)} tensors but `grads` has '
+            f'{len(grads)}; with weight_decay != 0 the parameters are read'
+        )
     for lst, arg in ((bufs, 'bufs'), (params, 'params')):
         for i, (t, g) in enumerate(zip(lst, grads)):
             if t.shape != g.shape or t.dtype != g.dtype or t.device != g.device:
@@ -90,7 +108,17 @@ def _adam_forward_fake(updates, mu, nu, b1, b2, eps, eps_root, count):  # noqa: 
 
 @torch.library.register_fake(f'{_LIB}::adam_backward')
 def _adam_backward_fake(  # noqa: ANN202
-    grad_updates, grad_mu, grad_nu, updates, mu, nu, b1, b2, eps, eps_root, count  # noqa: ANN001
+    grad_updates,
+    grad_mu,
+    grad_nu,
+    updates,
+    mu,
+    nu,
+    b1,
+    b2,
+    eps,
+    eps_root,
+    count,  # noqa: ANN001
 ):
     return (
         [torch.empty_like(t) for t in updates],
@@ -106,8 +134,9 @@ def _adam_backward_fake(  # noqa: ANN202
 def _sqrt_zero_safe(x: torch.Tensor) -> torch.Tensor:
     """``torch.sqrt`` whose derivative is 0 (not inf) at 0, so a graph of the backward stays finite."""
     positive = x > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))),
-                       torch.sqrt(x.detach()))
+    return torch.where(
+        positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.sqrt(x.detach())
+    )
 
 
 def adam_backward_reference(
@@ -169,8 +198,14 @@ def _zeros_for_missing(grads: Sequence[torch.Tensor | None], like: Sequence[torc
 
 
 def _backward_lists(
-    saved: Sequence[torch.Tensor], n: int, hyper: tuple, grad_updates: Any, grad_mu: Any,
-    grad_nu: Any, *, force_reference: bool = False,
+    saved: Sequence[torch.Tensor],
+    n: int,
+    hyper: tuple,
+    grad_updates: Any,
+    grad_mu: Any,
+    grad_nu: Any,
+    *,
+    force_reference: bool = False,
 ) -> tuple[list, list, list]:
     updates, mu, nu = list(saved[:n]), list(saved[n : 2 * n]), list(saved[2 * n :])
     grad_updates = list(grad_updates) if grad_updates is not None else [None] * n
@@ -180,8 +215,7 @@ def _backward_lists(
     needs_graph = force_reference or (
         torch.is_grad_enabled()
         and any(
-            t is not None and t.requires_grad
-            for t in (*saved, *grad_updates, *grad_mu, *grad_nu)
+            t is not None and t.requires_grad for t in (*saved, *grad_updates, *grad_mu, *grad_nu)
         )
     )
     if needs_graph:
@@ -198,7 +232,9 @@ def _backward_lists(
 
 
 def _backward(ctx: Any, grad_updates: list, grad_mu: list, grad_nu: list) -> tuple:
-    dg, dm, dv = _backward_lists(ctx.saved_tensors, ctx.n, ctx.hyper, grad_updates, grad_mu, grad_nu)
+    dg, dm, dv = _backward_lists(
+        ctx.saved_tensors, ctx.n, ctx.hyper, grad_updates, grad_mu, grad_nu
+    )
     return dg, dm, dv, None, None, None, None, None
 
 
@@ -245,9 +281,7 @@ class _AdamForwardFunction(torch.autograd.Function):
         return out, (0,) * len(out)
 
 
-torch.library.register_autograd(
-    f'{_LIB}::adam_forward', _backward, setup_context=_setup_context
-)
+torch.library.register_autograd(f'{_LIB}::adam_forward', _backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,12 +311,18 @@ def _per_group(*lists: Sequence[torch.Tensor]) -> list[tuple[list[int], list[lis
 
 
 def _check_args(
-    name: str, updates: Sequence, mu: Sequence, nu: Sequence, count: Any,
+    name: str,
+    updates: Sequence,
+    mu: Sequence,
+    nu: Sequence,
+    count: Any,
     names: tuple[str, str, str] = ('updates', 'mu', 'nu'),
 ) -> None:
     for arg, value in zip(names, (updates, mu, nu)):
         if not isinstance(value, (list, tuple)):
-            raise TypeError(f'{name}: `{arg}` must be a list of tensors, got {type(value).__name__}')
+            raise TypeError(
+                f'{name}: `{arg}` must be a list of tensors, got {type(value).__name__}'
+            )
     if not len(updates) == len(mu) == len(nu):
         a, b, c = names
         raise ValueError(
@@ -327,9 +367,7 @@ def adam_step_(
     ``torch`` op on those tensors would be recorded.
     """
     _check_args('torchopt_accel.adam_step_', updates, mu, nu, count)
-    if torch.is_grad_enabled() and any(
-        t.requires_grad for t in (*updates, *mu, *nu)
-    ):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (*updates, *mu, *nu)):
         # The backward needs the pre-step values, which the copies below overwrite: save clones.
         new_u, new_m, new_v = adam_forward(
             [t.clone() for t in updates], [t.clone() for t in mu], [t.clone() for t in nu],
@@ -360,9 +398,7 @@ def adam_forward(
     _check_args('torchopt_accel.adam_forward', updates, mu, nu, count)
     if torch._C._are_functorch_transforms_active():
         n = len(updates)
-        flat = _AdamForwardFunction.apply(
-            n, (b1, b2, eps, eps_root, count), *updates, *mu, *nu
-        )
+        flat = _AdamForwardFunction.apply(n, (b1, b2, eps, eps_root, count), *updates, *mu, *nu)
         return list(flat[:n]), list(flat[n : 2 * n]), list(flat[2 * n :])
     groups = _per_group(updates, mu, nu)
     if len(groups) == 1:
@@ -546,10 +582,19 @@ def sgd_update_(
             f'leaf, got {len(grads)}, {len(bufs)} and {len(params)}'
         )
     if weight_decay != 0.0 and len(params) != len(grads):
-        raise ValueError(f'{name}: `params` must have one tensor per leaf when weight_decay != 0, '
-                         f'got {len(params)} for {len(grads)} gradients')
-    hyper = (float(lr), float(momentum), float(dampening), float(weight_decay), bool(nesterov),
-             bool(maximize), bool(first_step))
+        raise ValueError(
+            f'{name}: `params` must have one tensor per leaf when weight_decay != 0, '
+            f'got {len(params)} for {len(grads)} gradients'
+        )
+    hyper = (
+        float(lr),
+        float(momentum),
+        float(dampening),
+        float(weight_decay),
+        bool(nesterov),
+        bool(maximize),
+        bool(first_step),
+    )
     if not grads:
         return
     lists = (grads, bufs, params) if params else (grads, bufs)
@@ -561,8 +606,10 @@ def sgd_update_(
         if torch.is_grad_enabled():
             read = (*grads, *bufs, *(params if weight_decay != 0.0 else ()))
             if any(t.requires_grad for t in read):
-                raise RuntimeError(f'{name}: an input requires grad and grad mode is on; this '
-                                   'in-place update is not differentiable: call it under '
-                                   'torch.no_grad() (as torch.optim does)')
+                raise RuntimeError(
+                    f'{name}: an input requires grad and grad mode is on; this '
+                    'in-place update is not differentiable: call it under '
+                    'torch.no_grad() (as torch.optim does)'
+                )
     for _, group in groups:
         _ops.sgd_update_(group[0], group[1], group[2] if params else [], *hyper)

@@ -9,7 +9,8 @@ about as much as a small fused Adam step). A subset, a loaded state, or a step u
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -30,8 +30,9 @@ agree in shape, and raises a ``ValueError`` naming the leaf.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from operator import attrgetter
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
@@ -140,8 +141,12 @@ def check_like(
 
 
 def check_state(
-    where: str, updates: Sequence[Any], state: Any, scalars: tuple[str, ...] = (),
-    treespec: Any = None, ref_shapes: list | None = None,
+    where: str,
+    updates: Sequence[Any],
+    state: Any,
+    scalars: tuple[str, ...] = (),
+    treespec: Any = None,
+    ref_shapes: list | None = None,
 ) -> tuple[str, ...]:
     """Check every per-leaf field (a ``list``) of the NamedTuple ``state`` against ``updates``.
 
@@ -158,9 +163,7 @@ def check_state(
             continue
         if ref_shapes is None:
             ref_shapes = _shapes(updates)
-        check_like(
-            where, f'state.{f}', updates, values, treespec=treespec, ref_shapes=ref_shapes
-        )
+        check_like(where, f'state.{f}', updates, values, treespec=treespec, ref_shapes=ref_shapes)
     return fields
 
 
@@ -202,8 +205,11 @@ def kernel_eligible(*lists: Sequence[torch.Tensor]) -> bool:
     ts = [t for lst in lists for t in lst]
     if compiling():  # evaluated once at trace time (tensor metadata is guarded)
         return all(
-            t.dtype == dtype and t.device == first.device and t.layout == torch.strided
-            and t.is_contiguous() for t in ts
+            t.dtype == dtype
+            and t.device == first.device
+            and t.layout == torch.strided
+            and t.is_contiguous()
+            for t in ts
         )
     # map() with C getters: this check runs on every eager fused step, over every tensor.
     if set(map(_DTYPE, ts)) != {dtype}:

@@ -29,8 +29,26 @@ from torchopt import _dispatch
 from torchopt._dispatch import functorch_active
 
 __all__ = [
-    'abs', 'add', 'add_', 'addcmul', 'addcmul_', 'copy_', 'div', 'div_', 'lerp', 'lerp_',
-    'maximum', 'maximum_', 'mul', 'mul_', 'neg', 'neg_', 'norm', 'sign', 'sqrt', 'sqrt_',
+    'abs',
+    'add',
+    'add_',
+    'addcmul',
+    'addcmul_',
+    'copy_',
+    'div',
+    'div_',
+    'lerp',
+    'lerp_',
+    'maximum',
+    'maximum_',
+    'mul',
+    'mul_',
+    'neg',
+    'neg_',
+    'norm',
+    'sign',
+    'sqrt',
+    'sqrt_',
     'functorch_active',
 ]
 

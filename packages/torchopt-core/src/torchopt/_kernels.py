@@ -76,10 +76,19 @@ def _adam(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any
             _counts.advance_(counts)
             for value, members in _groups(counts).items():
                 kernels.adam_apply_(
-                    take(p, members), take(g, members), take(mu, members), take(nu, members),
-                    _dispatch.resolve(h['lr']), h['b1'], h['b2'], h['eps'], h['eps_root'],
-                    int(value), weight_decay=h['weight_decay'],
-                    decoupled=fused.kind == 'adamw', maximize=h['maximize'],
+                    take(p, members),
+                    take(g, members),
+                    take(mu, members),
+                    take(nu, members),
+                    _dispatch.resolve(h['lr']),
+                    h['b1'],
+                    h['b2'],
+                    h['eps'],
+                    h['eps_root'],
+                    int(value),
+                    weight_decay=h['weight_decay'],
+                    decoupled=fused.kind == 'adamw',
+                    maximize=h['maximize'],
                 )
             return state
     if h['eps_root'] != 0.0 or not _dispatch.kernel_eligible(p, g, mu, nu, *([maxes] * amsgrad)):
@@ -87,9 +96,19 @@ def _adam(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any
     kernel: Any = torch._fused_adamw_ if fused.kind == 'adamw' else torch._fused_adam_
     _counts.advance_(counts)
     kernel(
-        p, g, mu, nu, maxes, steps_for(counts, p[0].device), lr=_dispatch.resolve(h['lr']),
-        beta1=h['b1'], beta2=h['b2'], weight_decay=h['weight_decay'], eps=h['eps'],
-        amsgrad=amsgrad, maximize=h['maximize'],
+        p,
+        g,
+        mu,
+        nu,
+        maxes,
+        steps_for(counts, p[0].device),
+        lr=_dispatch.resolve(h['lr']),
+        beta1=h['b1'],
+        beta2=h['b2'],
+        weight_decay=h['weight_decay'],
+        eps=h['eps'],
+        amsgrad=amsgrad,
+        maximize=h['maximize'],
     )
     return state
 
@@ -115,8 +134,12 @@ def _sgd(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any:
 
     h = fused.hyper
     kwargs = dict(
-        weight_decay=h['weight_decay'], momentum=h['momentum'], lr=_dispatch.resolve(h['lr']),
-        dampening=h['dampening'], nesterov=h['nesterov'], maximize=h['maximize'],
+        weight_decay=h['weight_decay'],
+        momentum=h['momentum'],
+        lr=_dispatch.resolve(h['lr']),
+        dampening=h['dampening'],
+        nesterov=h['nesterov'],
+        maximize=h['maximize'],
     )
     if h['momentum'] == 0.0:
         if not _dispatch.kernel_eligible(p, g):
@@ -135,14 +158,19 @@ def _sgd(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any:
     counts = take(sub.count, idx)
     for value, members in _groups(counts).items():
         torch._fused_sgd_(
-            take(p, members), take(g, members), take(bufs, members), is_first_step=value == 0,
+            take(p, members),
+            take(g, members),
+            take(bufs, members),
+            is_first_step=value == 0,
             **kwargs,
         )
     _counts.advance_(counts)
     return state
 
 
-def adam_direction_(g: list, mu: list, nu: list, counts: list, b1: float, b2: float, eps: float) -> None:
+def adam_direction_(
+    g: list, mu: list, nu: list, counts: list, b1: float, b2: float, eps: float
+) -> None:
     """One pass of torch's fused AdamW kernel that leaves the Adam direction in ``g``.
 
     The kernel computes ``p = p * (1 - lr * wd) - lr * direction`` element by element, reading
@@ -153,8 +181,19 @@ def adam_direction_(g: list, mu: list, nu: list, counts: list, b1: float, b2: fl
     """
     with torch.no_grad():
         torch._fused_adamw_(
-            g, g, mu, nu, [], steps_for(counts, g[0].device), lr=-1.0, beta1=b1, beta2=b2,
-            weight_decay=-1.0, eps=eps, amsgrad=False, maximize=False,
+            g,
+            g,
+            mu,
+            nu,
+            [],
+            steps_for(counts, g[0].device),
+            lr=-1.0,
+            beta1=b1,
+            beta2=b2,
+            weight_decay=-1.0,
+            eps=eps,
+            amsgrad=False,
+            maximize=False,
         )
 
 
@@ -225,8 +264,18 @@ def fused_update(
             torch._foreach_add_(g, p, alpha=wd)
         _counts.advance_(counts)
         torch._fused_adamw_(
-            g, g, mu, nu, maxes, steps_for(counts, g[0].device), lr=lr, beta1=h['b1'],
-            beta2=h['b2'], weight_decay=_unit_weight_decay(lr), eps=h['eps'], amsgrad=amsgrad,
+            g,
+            g,
+            mu,
+            nu,
+            maxes,
+            steps_for(counts, g[0].device),
+            lr=lr,
+            beta1=h['b1'],
+            beta2=h['b2'],
+            weight_decay=_unit_weight_decay(lr),
+            eps=h['eps'],
+            amsgrad=amsgrad,
             maximize=maximize,
         )
         if wd != 0.0 and fused.kind == 'adamw':  # decoupled: u = -lr (direction + wd p)

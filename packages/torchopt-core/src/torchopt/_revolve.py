@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from typing import TypeVar
 
 __all__ = ['backward_advances', 'min_advances', 'reverse', 'rightmost_path', 'split']

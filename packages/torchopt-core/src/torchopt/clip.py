@@ -7,7 +7,6 @@ from typing import Any
 import torch
 
 from torchopt import _foreach as _fe
-
 from torchopt.transform._flat import FlatTransformation, stateless
 
 __all__ = ['clip_grad_norm']
@@ -29,7 +28,11 @@ def clip_grad_norm(
     def step(g: list, params: Any, inplace: bool) -> list:
         with torch.no_grad():
             norms = torch.stack(_fe.norm(g, norm_type))
-            total = norms.max() if norm_type == float('inf') else torch.linalg.vector_norm(norms, norm_type)
+            total = (
+                norms.max()
+                if norm_type == float('inf')
+                else torch.linalg.vector_norm(norms, norm_type)
+            )
             total = float(total)
         if error_if_nonfinite and not torch.isfinite(torch.tensor(total)):
             raise RuntimeError(

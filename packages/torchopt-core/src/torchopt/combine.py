@@ -35,7 +35,9 @@ class FlatChain(FlatTransformation):
     transformations: tuple[GradientTransformation, ...]
     fused: FusedStep | None
 
-    def __new__(cls, *transformations: GradientTransformation, fused: FusedStep | None = None) -> Any:
+    def __new__(
+        cls, *transformations: GradientTransformation, fused: FusedStep | None = None
+    ) -> Any:
         members = ChainedGradientTransformation(*transformations).transformations
         flat_fns = [as_flat(t) for t in members]
         inits = tuple(f[0] for f in flat_fns)
@@ -49,7 +51,11 @@ class FlatChain(FlatTransformation):
             return tuple(fn(params, treespec) for fn in inits)
 
         def update_fn(
-            updates: list, state: tuple, *, params: list | None = None, inplace: bool = True,
+            updates: list,
+            state: tuple,
+            *,
+            params: list | None = None,
+            inplace: bool = True,
             treespec: Any = None,
         ) -> tuple[list, tuple]:
             if not isinstance(state, tuple) or len(state) != len(updates_fns):
@@ -96,7 +102,8 @@ def _flat_chain(fused: FusedStep | None, *transformations: GradientTransformatio
 def _locate(fused: FusedStep, members: tuple) -> FusedStep:
     """``fused`` with ``at`` set to the position of the member that holds the kernel's buffers."""
     names = {
-        'sgd': ('trace',), 'amsgrad': ('scale_by_amsgrad',),
+        'sgd': ('trace',),
+        'amsgrad': ('scale_by_amsgrad',),
     }.get(fused.kind, ('scale_by_adam', 'scale_by_accelerated_adam'))
     for i, t in enumerate(members):
         if getattr(t, 'name', None) in names:

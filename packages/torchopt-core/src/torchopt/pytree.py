@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     # the re-exports read as Any.
     def __getattr__(name: str) -> Any: ...
 
+
 __all__ = [
     *optree.__all__,
     'tree_flatten_as_tuple',

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -356,9 +357,14 @@ def warmup_exponential_decay_schedule(
     return join_schedules(
         [
             linear_schedule(init_value, peak_value, warmup_steps),
-            exponential_decay(peak_value, decay_rate, transition_begin=transition_begin,
-                              transition_steps=transition_steps, staircase=staircase,
-                              end_value=end_value),  # fmt: skip
+            exponential_decay(
+                peak_value,
+                decay_rate,
+                transition_begin=transition_begin,
+                transition_steps=transition_steps,
+                staircase=staircase,
+                end_value=end_value,
+            ),  # fmt: skip
         ],
         [warmup_steps],
     )

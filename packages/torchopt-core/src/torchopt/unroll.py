@@ -135,9 +135,7 @@ class _Engine:
 
     # -- random numbers -------------------------------------------------------------------
     def get_rng(self) -> _Rng:
-        return _Rng(
-            torch.get_rng_state(), tuple(torch.cuda.get_rng_state(d) for d in self.devices)
-        )
+        return _Rng(torch.get_rng_state(), tuple(torch.cuda.get_rng_state(d) for d in self.devices))
 
     def set_rng(self, rng: _Rng) -> None:
         torch.set_rng_state(rng.cpu)
@@ -290,11 +288,14 @@ def _vjp(
         return new_adjoint, [None] * len(closure)
     seed = _Seed.apply([a for _, a in pairs], *(o for o, _ in pairs))
     grads = torch.autograd.grad(
-        seed, targets, allow_unused=True, retain_graph=True  # the closure's history may be walked
+        seed,
+        targets,
+        allow_unused=True,
+        retain_graph=True,  # the closure's history may be walked
     )
     for k, g in zip(wrt, grads):
         new_adjoint[k] = g
-    return new_adjoint, list(grads[len(wrt):])
+    return new_adjoint, list(grads[len(wrt) :])
 
 
 class _Seed(torch.autograd.Function):
@@ -318,8 +319,13 @@ class _UnrollFunction(torch.autograd.Function):
     """The checkpointed unroll as one autograd node (inputs: carry tensors, closure leaves)."""
 
     @staticmethod
-    def forward(ctx: Any, engine: _Engine, final: list[torch.Tensor], flags: list[bool],
-                *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        ctx: Any,
+        engine: _Engine,
+        final: list[torch.Tensor],
+        flags: list[bool],
+        *inputs: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
         ctx.engine = engine
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*engine.move_first())

@@ -6,7 +6,6 @@ import optree
 import torch
 
 from torchopt import _foreach as _fe
-
 from torchopt.typing import Params, Updates
 
 __all__ = ['apply_updates']
@@ -25,7 +24,9 @@ def apply_updates(params: Params, updates: Updates, *, inplace: bool = True) -> 
     try:
         deltas = treespec.flatten_up_to(updates)
     except ValueError as ex:
-        raise ValueError(f'`updates` must have the structure of `params` ({treespec}): {ex}') from ex
+        raise ValueError(
+            f'`updates` must have the structure of `params` ({treespec}): {ex}'
+        ) from ex
     idx = [i for i, (p, u) in enumerate(zip(leaves, deltas)) if p is not None and u is not None]
     ps = [leaves[i] for i in idx]
     us = [deltas[i] for i in idx]

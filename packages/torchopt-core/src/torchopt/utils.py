@@ -88,9 +88,7 @@ class ModuleState(NamedTuple):
 def _canonical_mode(by: Any) -> str:
     if not isinstance(by, str) or by not in _COPY_MODES:
         raise ValueError(
-            '`by` must be one of '
-            + ', '.join(repr(mode) for mode in _COPY_MODES)
-            + f', got {by!r}'
+            '`by` must be one of ' + ', '.join(repr(mode) for mode in _COPY_MODES) + f', got {by!r}'
         )
     return _COPY_MODES[by]
 

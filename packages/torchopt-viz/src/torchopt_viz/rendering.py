@@ -119,4 +119,3 @@ def save_graph(
         os.replace(out, final)
         outputs.append(final)
     return outputs
-

@@ -69,9 +69,7 @@ class _ZeroOrderFunction(torch.autograd.Function):  # pylint: disable=abstract-m
         return output
 
     @staticmethod
-    def backward(
-        ctx: Any, grad_output: Tensor
-    ) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         if torch.is_grad_enabled():  # create_graph=True: make the estimate a graph constant
             return _backward_once(ctx, grad_output)
         return _backward(ctx, grad_output)  # grad mode is off already: no no_grad() (3 us)

@@ -20,7 +20,8 @@ import importlib
 import os
 import sys
 import warnings
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -97,7 +98,7 @@ def _kernels(devices: Iterable[torch.device]) -> Any | None:
         _warn_once(
             'missing',
             'use_accelerated_op=True but the torchopt-accel plugin is not available '
-            f'({_reason()}); running torchopt-core\'s Adam instead. Install the kernels with: '
+            f"({_reason()}); running torchopt-core's Adam instead. Install the kernels with: "
             'pip install "torchopt-core[accel]"',
         )
         return None
@@ -106,7 +107,7 @@ def _kernels(devices: Iterable[torch.device]) -> Any | None:
             _warn_once(
                 f'device:{device.type}',
                 f'torchopt-accel has no kernels for device {device.type!r} in this build; '
-                'running torchopt-core\'s Adam there instead',
+                "running torchopt-core's Adam there instead",
             )
             return None
     return module

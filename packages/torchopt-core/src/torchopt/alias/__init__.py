@@ -1,19 +1,6 @@
 """Functional optimizers (upstream ``torchopt.alias``); ``torchopt.alias.<name>`` is the function."""
 
 from torchopt.alias import utils
-from torchopt.alias._optimizers import (
-    adadelta,
-    adagrad,
-    adam,
-    adamax,
-    adamw,
-    lamb,
-    lion,
-    nadam,
-    radam,
-    rmsprop,
-    sgd,
-)
 from torchopt.alias._extended import (
     adabelief,
     adafactor,
@@ -26,6 +13,19 @@ from torchopt.alias._extended import (
     rprop,
     sign_sgd,
     yogi,
+)
+from torchopt.alias._optimizers import (
+    adadelta,
+    adagrad,
+    adam,
+    adamax,
+    adamw,
+    lamb,
+    lion,
+    nadam,
+    radam,
+    rmsprop,
+    sgd,
 )
 from torchopt.alias.utils import flip_sign_and_add_weight_decay, scale_by_neg_lr
 

@@ -89,7 +89,9 @@ def amsgrad(
     b1, b2 = betas_of(betas)
     return optimizer_chain(  # with torch's fused Adam kernel (amsgrad=True) when it applies
         scale_by_amsgrad(b1, b2, eps, eps_root, moment_requires_grad),
-        lr=lr, weight_decay=weight_decay, maximize=maximize,
+        lr=lr,
+        weight_decay=weight_decay,
+        maximize=maximize,
         fused=_adam_fused('amsgrad', lr, b1, b2, eps, eps_root, weight_decay, maximize, False),
     )
 
@@ -272,9 +274,12 @@ def adabelief(
     """
     b1, b2 = betas_of(betas)
     return optimizer_chain(
-        scale_by_belief(b1, b2, eps, eps_root, nesterov=nesterov,
-                        moment_requires_grad=moment_requires_grad),  # fmt: skip
-        lr=lr, weight_decay=weight_decay, maximize=maximize,
+        scale_by_belief(
+            b1, b2, eps, eps_root, nesterov=nesterov, moment_requires_grad=moment_requires_grad
+        ),  # fmt: skip
+        lr=lr,
+        weight_decay=weight_decay,
+        maximize=maximize,
     )
 
 
@@ -312,9 +317,17 @@ def yogi(
     """
     b1, b2 = betas_of(betas)
     return optimizer_chain(
-        scale_by_yogi(b1, b2, eps, eps_root, initial_accumulator_value,
-                      moment_requires_grad=moment_requires_grad),  # fmt: skip
-        lr=lr, weight_decay=weight_decay, maximize=maximize,
+        scale_by_yogi(
+            b1,
+            b2,
+            eps,
+            eps_root,
+            initial_accumulator_value,
+            moment_requires_grad=moment_requires_grad,
+        ),  # fmt: skip
+        lr=lr,
+        weight_decay=weight_decay,
+        maximize=maximize,
     )
 
 
@@ -352,9 +365,11 @@ def novograd(
     """
     b1, b2 = betas_of(betas)
     return optimizer_chain(  # the decay is inside the momentum: the scaler's
-        scale_by_novograd(b1, b2, eps, eps_root, weight_decay,
-                          moment_requires_grad=moment_requires_grad),  # fmt: skip
-        lr=lr, maximize=maximize,
+        scale_by_novograd(
+            b1, b2, eps, eps_root, weight_decay, moment_requires_grad=moment_requires_grad
+        ),  # fmt: skip
+        lr=lr,
+        maximize=maximize,
     )
 
 
@@ -390,7 +405,11 @@ def adan(
     b1, b2, b3 = betas_of(betas, 3)
     return optimizer_chain(
         scale_by_adan(b1, b2, b3, eps, eps_root, moment_requires_grad=moment_requires_grad),
-        lr=lr, weight_decay=weight_decay, maximize=maximize, decoupled=True, mask=mask,
+        lr=lr,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        decoupled=True,
+        mask=mask,
     )
 
 
@@ -449,8 +468,11 @@ def lars(
     ratio_mask = _mask_or_none(trust_ratio_mask)
     ratio = scale_by_lars_trust_ratio(trust_coefficient, eps)
     return optimizer_chain(  # the decay comes before the trust ratio, the momentum after -lr
-        add_decayed_weights(weight_decay, None if weight_decay == 0 else _mask_or_none(
-            weight_decay_mask)),
+        add_decayed_weights(
+            weight_decay, None if weight_decay == 0 else _mask_or_none(weight_decay_mask)
+        ),
         ratio if ratio_mask is None else masked(ratio, ratio_mask),
-        lr=lr, maximize=maximize, tail=(trace(momentum, 0.0, nesterov),),
+        lr=lr,
+        maximize=maximize,
+        tail=(trace(momentum, 0.0, nesterov),),
     )

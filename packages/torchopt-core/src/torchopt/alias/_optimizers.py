@@ -31,13 +31,27 @@ from torchopt.transform import (
 from torchopt.typing import ScalarOrSchedule
 
 __all__ = [
-    'sgd', 'adam', 'adamw', 'adagrad', 'adadelta', 'adamax', 'radam', 'rmsprop',
-    'nadam', 'lion', 'lamb',
+    'sgd',
+    'adam',
+    'adamw',
+    'adagrad',
+    'adadelta',
+    'adamax',
+    'radam',
+    'rmsprop',
+    'nadam',
+    'lion',
+    'lamb',
 ]
 
 
 def adam_scaler(
-    b1: Any, b2: Any, eps: float, eps_root: float, moment_requires_grad: bool, accel: bool,
+    b1: Any,
+    b2: Any,
+    eps: float,
+    eps_root: float,
+    moment_requires_grad: bool,
+    accel: bool,
     amsgrad: bool,
 ) -> GradientTransformation:
     """Adam's scaler: ``scale_by_adam``, accel's, or AMSGrad's (which has no accelerated op)."""
@@ -61,8 +75,15 @@ def _constant(lr: Any) -> bool:
 
 
 def _adam_fused(
-    kind: str, lr: Any, b1: float, b2: float, eps: float, eps_root: float, weight_decay: float,
-    maximize: bool, accel: bool,
+    kind: str,
+    lr: Any,
+    b1: float,
+    b2: float,
+    eps: float,
+    eps_root: float,
+    weight_decay: float,
+    maximize: bool,
+    accel: bool,
 ) -> FusedStep | None:
     """The fused step of an Adam chain: torch's kernel, or accel's (which has ``eps_root``)."""
     if not _constant(lr) or (eps_root != 0.0 and not accel):
@@ -119,7 +140,10 @@ def sgd(
         ), at=-1)  # fmt: skip
     return optimizer_chain(
         trace(momentum, dampening, nesterov, moment_requires_grad),
-        lr=lr, weight_decay=weight_decay, maximize=maximize, fused=fused,
+        lr=lr,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        fused=fused,
     )
 
 
@@ -163,9 +187,21 @@ def adam(
     b1, b2 = betas_of(betas)
     scaler = adam_scaler(b1, b2, eps, eps_root, moment_requires_grad, use_accelerated_op, amsgrad)
     return optimizer_chain(
-        scaler, lr=lr, weight_decay=weight_decay, maximize=maximize,
-        fused=_adam_fused('amsgrad' if amsgrad else 'adam', lr, b1, b2, eps, eps_root,
-                          weight_decay, maximize, use_accelerated_op),  # fmt: skip
+        scaler,
+        lr=lr,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        fused=_adam_fused(
+            'amsgrad' if amsgrad else 'adam',
+            lr,
+            b1,
+            b2,
+            eps,
+            eps_root,
+            weight_decay,
+            maximize,
+            use_accelerated_op,
+        ),  # fmt: skip
     )
 
 
@@ -205,11 +241,20 @@ def adamw(
     b1, b2 = betas_of(betas)
     scaler = adam_scaler(b1, b2, eps, eps_root, moment_requires_grad, use_accelerated_op, amsgrad)
     # torchopt._kernels has no fused AdamW step with AMSGrad: that chain runs op by op.
-    fused = None if mask is not None or amsgrad else _adam_fused(
-        'adamw', lr, b1, b2, eps, eps_root, weight_decay, maximize, use_accelerated_op
+    fused = (
+        None
+        if mask is not None or amsgrad
+        else _adam_fused(
+            'adamw', lr, b1, b2, eps, eps_root, weight_decay, maximize, use_accelerated_op
+        )
     )
     return optimizer_chain(
-        scaler, lr=lr, weight_decay=weight_decay, maximize=maximize, decoupled=True, mask=mask,
+        scaler,
+        lr=lr,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        decoupled=True,
+        mask=mask,
         fused=fused,
     )
 
@@ -244,7 +289,9 @@ def adagrad(
     return optimizer_chain(
         scale_by_rss(initial_accumulator_value, eps),
         scale_by_schedule(_adagrad_lr_schedule(lr_decay)),
-        lr=lr, weight_decay=weight_decay, maximize=maximize,
+        lr=lr,
+        weight_decay=weight_decay,
+        maximize=maximize,
     )
 
 
@@ -321,8 +368,11 @@ def rmsprop(
     _checks.check_lr(lr)
     scaler = scale_by_stddev if centered else scale_by_rms
     return optimizer_chain(
-        scaler(alpha, eps, initial_scale), trace(momentum, 0.0, nesterov),
-        lr=lr, weight_decay=weight_decay, maximize=maximize,
+        scaler(alpha, eps, initial_scale),
+        trace(momentum, 0.0, nesterov),
+        lr=lr,
+        weight_decay=weight_decay,
+        maximize=maximize,
     )
 
 
@@ -340,7 +390,9 @@ def nadam(
     b1, b2 = betas_of(betas)
     return optimizer_chain(
         scale_by_nadam(b1, b2, eps, momentum_decay, moment_requires_grad),
-        lr=lr, weight_decay=weight_decay, maximize=maximize,
+        lr=lr,
+        weight_decay=weight_decay,
+        maximize=maximize,
     )
 
 
@@ -363,7 +415,11 @@ def lion(
     b1, b2 = betas_of(betas)
     return optimizer_chain(
         scale_by_lion(b1, b2, moment_requires_grad),
-        lr=lr, weight_decay=weight_decay, maximize=maximize, decoupled=True, mask=mask,
+        lr=lr,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        decoupled=True,
+        mask=mask,
     )
 
 
@@ -388,6 +444,10 @@ def lamb(
     b1, b2 = betas_of(betas)
     return optimizer_chain(
         scale_by_adam(b1, b2, eps, eps_root, moment_requires_grad),
-        lr=lr, weight_decay=weight_decay, maximize=maximize, decoupled=True, mask=mask,
+        lr=lr,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        decoupled=True,
+        mask=mask,
         after_decay=(scale_by_trust_ratio(),),
     )

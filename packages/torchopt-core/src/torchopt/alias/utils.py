@@ -6,12 +6,11 @@ from typing import Any
 
 import torch
 
-from torchopt import _foreach as _fe
-
 from torchopt import _checks
+from torchopt import _foreach as _fe
+from torchopt._dispatch import Live
 from torchopt.base import GradientTransformation, identity
 from torchopt.transform import scale, scale_by_schedule
-from torchopt._dispatch import Live
 from torchopt.transform._flat import stateless
 from torchopt.transform.utils import scale_
 from torchopt.typing import ScalarOrSchedule
@@ -50,7 +49,8 @@ def flip_sign_and_add_weight_decay(
         return g
 
     return stateless(
-        f'flip_sign_and_add_weight_decay({weight_decay!r}, maximize={maximize})', step,
+        f'flip_sign_and_add_weight_decay({weight_decay!r}, maximize={maximize})',
+        step,
         uses_params=weight_decay != 0.0,
     )
 

@@ -130,9 +130,7 @@ def _put(
         mod._non_persistent_buffers_set.add(attr)
 
 
-def _swap(
-    module: nn.Module, named_tensors: dict[str, Any], allow_missing: bool
-) -> list[_Swap]:
+def _swap(module: nn.Module, named_tensors: dict[str, Any], allow_missing: bool) -> list[_Swap]:
     """Swap every entry in; on failure restore the ones already swapped and re-raise."""
     cache: dict[str, nn.Module] = {'': module}
     done: list[_Swap] = []

@@ -7,7 +7,8 @@ functional aliases in places.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable
+from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import torch
 
@@ -17,11 +18,33 @@ from torchopt.optim.base import Optimizer
 from torchopt.typing import ScalarOrSchedule
 
 __all__ = [
-    'SGD', 'Adam', 'AdamW', 'AdaGrad', 'Adagrad', 'AdaDelta', 'Adadelta', 'AdaMax', 'Adamax',
-    'RAdam', 'RMSProp', 'RMSprop', 'NAdam', 'Lion', 'Lamb',
+    'SGD',
+    'Adam',
+    'AdamW',
+    'AdaGrad',
+    'Adagrad',
+    'AdaDelta',
+    'Adadelta',
+    'AdaMax',
+    'Adamax',
+    'RAdam',
+    'RMSProp',
+    'RMSprop',
+    'NAdam',
+    'Lion',
+    'Lamb',
     # beyond TorchOpt 0.7: classes made from the alias's signature
-    'AMSGrad', 'Adafactor', 'Rprop', 'ASGD', 'Muon', 'AdaBelief', 'Yogi', 'NovoGrad', 'Adan',
-    'SignSGD', 'LARS',
+    'AMSGrad',
+    'Adafactor',
+    'Rprop',
+    'ASGD',
+    'Muon',
+    'AdaBelief',
+    'Yogi',
+    'NovoGrad',
+    'Adan',
+    'SignSGD',
+    'LARS',
 ]
 
 Params = Iterable[torch.Tensor]
@@ -43,10 +66,18 @@ class SGD(Optimizer):
         nesterov: bool = False,
         maximize: bool = False,
     ) -> None:
-        self._setup(params, None, dict(
-            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-            nesterov=nesterov, maximize=maximize,
-        ))
+        self._setup(
+            params,
+            None,
+            dict(
+                lr=lr,
+                momentum=momentum,
+                dampening=dampening,
+                weight_decay=weight_decay,
+                nesterov=nesterov,
+                maximize=maximize,
+            ),
+        )
 
 
 class Adam(Optimizer):
@@ -72,10 +103,20 @@ class Adam(Optimizer):
         use_accelerated_op: bool = False,
         amsgrad: bool = False,
     ) -> None:
-        self._setup(params, None, dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_root=eps_root,
-            maximize=maximize, use_accelerated_op=use_accelerated_op, amsgrad=amsgrad,
-        ))
+        self._setup(
+            params,
+            None,
+            dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+                eps_root=eps_root,
+                maximize=maximize,
+                use_accelerated_op=use_accelerated_op,
+                amsgrad=amsgrad,
+            ),
+        )
 
 
 class AdamW(Optimizer):
@@ -98,10 +139,21 @@ class AdamW(Optimizer):
         use_accelerated_op: bool = False,
         amsgrad: bool = False,
     ) -> None:
-        self._setup(params, None, dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_root=eps_root, mask=mask,
-            maximize=maximize, use_accelerated_op=use_accelerated_op, amsgrad=amsgrad,
-        ))
+        self._setup(
+            params,
+            None,
+            dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+                eps_root=eps_root,
+                mask=mask,
+                maximize=maximize,
+                use_accelerated_op=use_accelerated_op,
+                amsgrad=amsgrad,
+            ),
+        )
 
 
 class AdaGrad(Optimizer):
@@ -120,10 +172,18 @@ class AdaGrad(Optimizer):
         *,
         maximize: bool = False,
     ) -> None:
-        self._setup(params, None, dict(
-            lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-            initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize,
-        ))
+        self._setup(
+            params,
+            None,
+            dict(
+                lr=lr,
+                lr_decay=lr_decay,
+                weight_decay=weight_decay,
+                initial_accumulator_value=initial_accumulator_value,
+                eps=eps,
+                maximize=maximize,
+            ),
+        )
 
 
 class AdaDelta(Optimizer):
@@ -157,9 +217,16 @@ class AdaMax(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
     ) -> None:
-        self._setup(params, None, dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-        ))
+        self._setup(
+            params,
+            None,
+            dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+            ),
+        )
 
 
 class RAdam(Optimizer):
@@ -176,9 +243,16 @@ class RAdam(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
     ) -> None:
-        self._setup(params, None, dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-        ))
+        self._setup(
+            params,
+            None,
+            dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+            ),
+        )
 
 
 class RMSProp(Optimizer):
@@ -200,10 +274,21 @@ class RMSProp(Optimizer):
         nesterov: bool = False,
         maximize: bool = False,
     ) -> None:
-        self._setup(params, None, dict(
-            lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-            centered=centered, initial_scale=initial_scale, nesterov=nesterov, maximize=maximize,
-        ))
+        self._setup(
+            params,
+            None,
+            dict(
+                lr=lr,
+                alpha=alpha,
+                eps=eps,
+                weight_decay=weight_decay,
+                momentum=momentum,
+                centered=centered,
+                initial_scale=initial_scale,
+                nesterov=nesterov,
+                maximize=maximize,
+            ),
+        )
 
 
 class NAdam(Optimizer):
@@ -223,10 +308,18 @@ class NAdam(Optimizer):
         *,
         maximize: bool = False,
     ) -> None:
-        self._setup(params, None, dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
-            maximize=maximize,
-        ))
+        self._setup(
+            params,
+            None,
+            dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+                momentum_decay=momentum_decay,
+                maximize=maximize,
+            ),
+        )
 
 
 class Lion(Optimizer):
@@ -245,9 +338,17 @@ class Lion(Optimizer):
         mask: Any = None,
         maximize: bool = False,
     ) -> None:
-        self._setup(params, None, dict(
-            lr=lr, betas=betas, weight_decay=weight_decay, mask=mask, maximize=maximize,
-        ))
+        self._setup(
+            params,
+            None,
+            dict(
+                lr=lr,
+                betas=betas,
+                weight_decay=weight_decay,
+                mask=mask,
+                maximize=maximize,
+            ),
+        )
 
 
 class Lamb(Optimizer):
@@ -268,10 +369,19 @@ class Lamb(Optimizer):
         mask: Any = None,
         maximize: bool = False,
     ) -> None:
-        self._setup(params, None, dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_root=eps_root, mask=mask,
-            maximize=maximize,
-        ))
+        self._setup(
+            params,
+            None,
+            dict(
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+                eps_root=eps_root,
+                mask=mask,
+                maximize=maximize,
+            ),
+        )
 
 
 Adagrad = AdaGrad

@@ -19,7 +19,6 @@ import optree
 import torch
 
 from torchopt.base import EmptyState, UninitializedState
-from torchopt.transform._adaptive import ScaleByAmsgradState
 from torchopt.transform import (
     DampenedTraceState,
     ScaleByAdadeltaState,
@@ -34,6 +33,7 @@ from torchopt.transform import (
     ScaleByScheduleState,
     TraceState,
 )
+from torchopt.transform._adaptive import ScaleByAmsgradState
 
 __all__ = ['NAMES', 'check_tree', 'export', 'parse', 'state_view']
 
@@ -41,12 +41,18 @@ __all__ = ['NAMES', 'check_tree', 'export', 'parse', 'state_view']
 NAMES: dict[type, dict[str, str]] = {
     ScaleByAdamState: {'mu': 'exp_avg', 'nu': 'exp_avg_sq', 'count': 'step'},
     ScaleByAmsgradState: {
-        'mu': 'exp_avg', 'nu': 'exp_avg_sq', 'nu_max': 'max_exp_avg_sq', 'count': 'step'
+        'mu': 'exp_avg',
+        'nu': 'exp_avg_sq',
+        'nu_max': 'max_exp_avg_sq',
+        'count': 'step',
     },
     ScaleByAdamaxState: {'mu': 'exp_avg', 'nu': 'exp_inf', 't': 'step+1'},
     ScaleByRAdamState: {'mu': 'exp_avg', 'nu': 'exp_avg_sq', 't': 'step+1'},
     ScaleByNAdamState: {
-        'mu': 'exp_avg', 'nu': 'exp_avg_sq', 'count': 'step', 'mu_product': 'mu_product'
+        'mu': 'exp_avg',
+        'nu': 'exp_avg_sq',
+        'count': 'step',
+        'mu_product': 'mu_product',
     },
     TraceState: {'trace': 'momentum_buffer'},
     DampenedTraceState: {'trace': 'momentum_buffer', 'count': 'step'},
@@ -92,7 +98,7 @@ def _slots(state: Any, n: int) -> list[tuple[Any, str, str]] | None:
 
 def _export_value(name: str, value: torch.Tensor) -> tuple[str, torch.Tensor]:
     if name.startswith('step+1'):
-        return 'step' + name[len('step+1'):], value - 1
+        return 'step' + name[len('step+1') :], value - 1
     return name, value
 
 
@@ -170,9 +176,7 @@ def check_tree(i: int, template: Any, state: Any) -> Any:
     return state
 
 
-def _import_entry(
-    i: int, idx: int, entry: Any, slots: list, j: int, param: torch.Tensor
-) -> None:
+def _import_entry(i: int, idx: int, entry: Any, slots: list, j: int, param: torch.Tensor) -> None:
     """Write one parameter's saved buffers into the template ``slots`` (validated first)."""
     if not isinstance(entry, dict):
         raise _fail(i, f'the state of parameter {idx} must be a dict, got {type(entry).__name__}')
@@ -181,8 +185,9 @@ def _import_entry(
     unknown = sorted(set(entry) - set(expected))
     if unknown:
         raise _fail(
-            i, f'parameter {idx} has unexpected state keys {unknown}; this optimizer keeps '
-            f'{sorted(expected)}: is it the state of another optimizer?'
+            i,
+            f'parameter {idx} has unexpected state keys {unknown}; this optimizer keeps '
+            f'{sorted(expected)}: is it the state of another optimizer?',
         )
     for key, (node, field, name) in expected.items():
         lst = getattr(node, field)
@@ -223,8 +228,11 @@ def parse(opt: Any, state_dict: Any) -> tuple[list, list[dict]]:
                 check_tree(i, opt.group_impl(i).init(params), state)
             states.append(state)
         return states, [{} for _ in range(n_groups)]
-    if not isinstance(state_dict, dict) or 'state' not in state_dict \
-            or 'param_groups' not in state_dict:
+    if (
+        not isinstance(state_dict, dict)
+        or 'state' not in state_dict
+        or 'param_groups' not in state_dict
+    ):
         raise ValueError('load_state_dict: expected a dict with keys "state" and "param_groups" '
                          f'(or a tuple of states), got {type(state_dict).__name__}')  # fmt: skip
     meta = state_dict.get('torchopt') or {}
@@ -247,7 +255,7 @@ def parse(opt: Any, state_dict: Any) -> tuple[list, list[dict]]:
         template = opt.group_impl(i).init(params)
         slots = _slots(template, len(params))
         if saved.get('amsgrad') and not any(s[2] == 'max_exp_avg_sq' for s in slots or ()):
-            raise _fail(i, 'the state is AMSGrad\'s (amsgrad=True): load it into torchopt.AMSGrad')
+            raise _fail(i, "the state is AMSGrad's (amsgrad=True): load it into torchopt.AMSGrad")
         if i in raw:
             states.append(check_tree(i, template, raw[i]))
             continue
@@ -262,5 +270,3 @@ def parse(opt: Any, state_dict: Any) -> tuple[list, list[dict]]:
                 _import_entry(i, idx, entry, slots, j, param)
         states.append(template)
     return states, [dict(g) for g in groups]
-
-

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import types
 import weakref
-from typing import Any, Callable, ClassVar, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, Callable, ClassVar
 
 import optree
 import torch
@@ -32,7 +33,8 @@ __all__ = ['Optimizer', 'flatten_params']
 def flatten_params(params: Any, name: str = 'params') -> tuple[tuple[torch.Tensor, ...], Any]:
     """Flatten a pytree (or an iterator, e.g. ``model.parameters()``) of tensors."""
     if isinstance(params, (types.GeneratorType, map, filter)) or (
-        isinstance(params, Iterable) and not isinstance(params, (Sequence, dict, torch.Tensor))
+        isinstance(params, Iterable)
+        and not isinstance(params, (Sequence, dict, torch.Tensor))
         and not optree.is_namedtuple(params)
     ):
         params = tuple(params)
@@ -168,8 +170,9 @@ class Optimizer(torch.optim.Optimizer):
         of any other hyper-parameter rebuilds the group's transformation, keeping its state.
         """
         cached = self._group_impls[index]
-        if cached is not None and (self._impl is not None
-                                   or cached[0] == self._key(self.param_groups[index])):
+        if cached is not None and (
+            self._impl is not None or cached[0] == self._key(self.param_groups[index])
+        ):
             return cached[1]
         built = self._build(self.param_groups[index])
         self._group_impls[index] = built
@@ -210,7 +213,9 @@ class Optimizer(torch.optim.Optimizer):
         """Create the state of every param group that has none yet (its first step)."""
         for i, state in enumerate(self.state_groups):
             if isinstance(state, UninitializedState):
-                self.state_groups[i] = self.group_impl(i).init(tuple(self.param_groups[i]['params']))
+                self.state_groups[i] = self.group_impl(i).init(
+                    tuple(self.param_groups[i]['params'])
+                )
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         """Update every parameter that has a gradient; return ``closure()`` if given."""

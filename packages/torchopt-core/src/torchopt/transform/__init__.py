@@ -4,36 +4,6 @@ Each ``torchopt.transform.<name>`` is the function itself, as upstream.
 """
 
 from torchopt.transform import utils
-from torchopt.transform._adam import (
-    ScaleByAdamaxState,
-    ScaleByAdamState,
-    ScaleByNAdamState,
-    ScaleByRAdamState,
-    scale_by_accelerated_adam,
-    scale_by_adam,
-    scale_by_adamax,
-    scale_by_nadam,
-    scale_by_radam,
-)
-from torchopt.transform._masking import MaskedNode, MaskedState, add_decayed_weights, masked
-from torchopt.transform._misc import (
-    ScaleByLionState,
-    nan_to_num,
-    scale_by_lion,
-    scale_by_trust_ratio,
-)
-from torchopt.transform._rms import (
-    ScaleByAdadeltaState,
-    ScaleByRmsState,
-    ScaleByRssState,
-    ScaleByRStdDevState,
-    scale_by_adadelta,
-    scale_by_rms,
-    scale_by_rss,
-    scale_by_stddev,
-)
-from torchopt.transform._scale import ScaleByScheduleState, scale, scale_by_schedule
-from torchopt.transform._trace import DampenedTraceState, TraceState, trace
 from torchopt.transform._accumulation import (
     EmaState,
     MultiSteps,
@@ -45,6 +15,17 @@ from torchopt.transform._accumulation import (
     params_ema,
     skip_large_updates,
     skip_not_finite,
+)
+from torchopt.transform._adam import (
+    ScaleByAdamaxState,
+    ScaleByAdamState,
+    ScaleByNAdamState,
+    ScaleByRAdamState,
+    scale_by_accelerated_adam,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_nadam,
+    scale_by_radam,
 )
 from torchopt.transform._adaptive import (
     ScaleByAdanState,
@@ -79,6 +60,24 @@ from torchopt.transform._elementwise import (
     zero_nans,
 )
 from torchopt.transform._hyperparams import InjectHyperparamsState, inject_hyperparams
+from torchopt.transform._masking import MaskedNode, MaskedState, add_decayed_weights, masked
+from torchopt.transform._misc import (
+    ScaleByLionState,
+    nan_to_num,
+    scale_by_lion,
+    scale_by_trust_ratio,
+)
+from torchopt.transform._rms import (
+    ScaleByAdadeltaState,
+    ScaleByRmsState,
+    ScaleByRssState,
+    ScaleByRStdDevState,
+    scale_by_adadelta,
+    scale_by_rms,
+    scale_by_rss,
+    scale_by_stddev,
+)
+from torchopt.transform._scale import ScaleByScheduleState, scale, scale_by_schedule
 from torchopt.transform._torch_family import (
     ScaleByAdafactorState,
     ScaleByASGDState,
@@ -91,6 +90,7 @@ from torchopt.transform._torch_family import (
     scale_by_rprop,
     scale_by_shape,
 )
+from torchopt.transform._trace import DampenedTraceState, TraceState, trace
 from torchopt.transform._wrappers import (
     ApplyIfFiniteState,
     LookaheadParams,

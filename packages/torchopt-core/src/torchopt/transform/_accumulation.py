@@ -72,8 +72,9 @@ def ema(
     def init_fn(params: list, treespec: Any) -> EmaState:
         return EmaState(
             count=counts_like(params),
-            ema=[None if p is None else torch.zeros_like(p, dtype=accumulator_dtype)
-                 for p in params],  # fmt: skip
+            ema=[
+                None if p is None else torch.zeros_like(p, dtype=accumulator_dtype) for p in params
+            ],  # fmt: skip
         )
 
     def step(g: list, s: EmaState, params: Any, inplace: bool) -> tuple[list, EmaState]:
@@ -210,9 +211,12 @@ class MultiSteps(FlatTransformation):
                     treespec.unflatten(acc), gradient_step, treespec.unflatten(params)
                 )
             return MultiStepsState(
-                mini_step=torch.zeros((), dtype=torch.int64), gradient_step=gradient_step,
-                inner_opt_state=inner_init(params, treespec), acc_grads=acc,
-                acc_count=counts_like(params), skip_state=skip_state,
+                mini_step=torch.zeros((), dtype=torch.int64),
+                gradient_step=gradient_step,
+                inner_opt_state=inner_init(params, treespec),
+                acc_grads=acc,
+                acc_count=counts_like(params),
+                skip_state=skip_state,
             )
 
         def zeros(updates: list, inplace: bool) -> list:
@@ -223,8 +227,12 @@ class MultiSteps(FlatTransformation):
             return [None if u is None else torch.zeros_like(u) for u in updates]
 
         def update_fn(
-            updates: list, state: MultiStepsState, *, params: list | None = None,
-            inplace: bool = True, treespec: Any = None,
+            updates: list,
+            state: MultiStepsState,
+            *,
+            params: list | None = None,
+            inplace: bool = True,
+            treespec: Any = None,
         ) -> tuple[list, MultiStepsState]:
             _dispatch.check_like('MultiSteps', 'state.acc_grads', updates, state.acc_grads,
                                  treespec=treespec)  # fmt: skip
@@ -284,8 +292,12 @@ class MultiSteps(FlatTransformation):
                 mini_step = torch.zeros_like(state.mini_step)
                 gradient_step = state.gradient_step + 1
             return list(out), MultiStepsState(
-                mini_step=mini_step, gradient_step=gradient_step, inner_opt_state=inner_state,
-                acc_grads=acc, acc_count=counts, skip_state=state.skip_state,
+                mini_step=mini_step,
+                gradient_step=gradient_step,
+                inner_opt_state=inner_state,
+                acc_grads=acc,
+                acc_count=counts,
+                skip_state=state.skip_state,
             )
 
         instance = super().__new__(cls, init_fn, update_fn, f'MultiSteps({opt!r})')

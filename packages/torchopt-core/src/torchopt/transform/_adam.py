@@ -77,7 +77,12 @@ class ScaleByAdamState(NamedTuple):
 
 
 def _adam(
-    name: str, b1: float, b2: float, eps: float, eps_root: float, moment_requires_grad: bool,
+    name: str,
+    b1: float,
+    b2: float,
+    eps: float,
+    eps_root: float,
+    moment_requires_grad: bool,
     accel: bool,
 ) -> FlatTransformation:
     check_moment_args(b1, b2, eps=eps, eps_root=eps_root)
@@ -89,9 +94,7 @@ def _adam(
     def init_fn(params: list, treespec: Any) -> ScaleByAdamState:
         return ScaleByAdamState(*moment_pair(params, moment_requires_grad))
 
-    def step(
-        g: list, s: ScaleByAdamState, p: Any, inplace: bool
-    ) -> tuple[list, ScaleByAdamState]:
+    def step(g: list, s: ScaleByAdamState, p: Any, inplace: bool) -> tuple[list, ScaleByAdamState]:
         path = (
             'foreach' if learned else _dispatch.adam_path(inplace, eps_root, accel, g, s.mu, s.nu)
         )
@@ -106,9 +109,7 @@ def _adam(
         if path == 'node':  # recorded: one autograd node with a hand-written backward
             u, mu, nu = adam_update_diff(g, s.mu, s.nu, counts, bc1, bc2, b1, b2, eps, eps_root)
         elif path == 'untracked':
-            u, mu, nu = adam_step_untracked(
-                g, s.mu, s.nu, counts, bc1, bc2, b1, b2, eps, eps_root
-            )
+            u, mu, nu = adam_step_untracked(g, s.mu, s.nu, counts, bc1, bc2, b1, b2, eps, eps_root)
         else:
             mu = ema(s.mu, g, b1, inplace=inplace)
             nu = ema_sq(s.nu, g, b2, inplace=inplace)
@@ -266,7 +267,9 @@ def scale_by_radam(
         """(the factor on ``m / (sqrt(v) + eps)``, the factor on ``m``): one of them is 0."""
         bc1, bc2 = 1.0 - b1**t, 1.0 - b2**t
         rho_t = rho_inf - 2.0 * t * b2**t / bc2
-        ratio = (rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
+        ratio = (
+            (rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)
+        )
         if isinstance(t, torch.Tensor):  # under a transform: select without a host read
             rect = rho_t > 5.0
             return (torch.where(rect, ratio.clamp(min=0.0).sqrt() * bc2.sqrt() / bc1, 0.0),
@@ -289,8 +292,10 @@ def scale_by_radam(
             u = _fe.mul(new_mu, plain)
         else:
             u = _fe.div(new_mu, _fe.add(_fe.sqrt(new_nu), eps))
-            u = _fe.mul(u, rect) if plain == 0.0 else _fe.add(
-                _fe.mul(u, rect), _fe.mul(new_mu, plain)
+            u = (
+                _fe.mul(u, rect)
+                if plain == 0.0
+                else _fe.add(_fe.mul(u, rect), _fe.mul(new_mu, plain))
             )
         u = write_(g, u, inplace=inplace)
         return u, ScaleByRAdamState(mu=new_mu, nu=new_nu, t=advance(s.t, inplace))
@@ -332,9 +337,7 @@ def scale_by_nadam(
     def init_fn(params: list, treespec: Any) -> ScaleByNAdamState:
         return ScaleByNAdamState(
             *moment_pair(params, moment_requires_grad),
-            mu_product=[
-                None if x is None else torch.ones((), dtype=torch.float64) for x in params
-            ],
+            mu_product=[None if x is None else torch.ones((), dtype=torch.float64) for x in params],
         )
 
     def coefficients(t: Any, prod: Any) -> tuple:
@@ -351,9 +354,7 @@ def scale_by_nadam(
         t = count_scalars(counts)
         prod = count_scalars(s.mu_product)
         coef = smap(coefficients, t, prod)
-        mu_t, c_g, c_m, bc2 = (
-            [list(x) for x in zip(*coef)] if isinstance(coef, list) else coef
-        )
+        mu_t, c_g, c_m, bc2 = [list(x) for x in zip(*coef)] if isinstance(coef, list) else coef
         new_prod = _fe.mul(s.mu_product, mu_t)
         if inplace:
             _fe.copy_(s.mu_product, new_prod)

@@ -57,8 +57,16 @@ class _AdamUpdate(torch.autograd.Function):
 
 
 def adam_update_diff(
-    g: list, mu: list, nu: list, counts: list, bc1: Any, bc2: Any, b1: float, b2: float,
-    eps: float, eps_root: float,
+    g: list,
+    mu: list,
+    nu: list,
+    counts: list,
+    bc1: Any,
+    bc2: Any,
+    b1: float,
+    b2: float,
+    eps: float,
+    eps_root: float,
 ) -> tuple[list, list, list]:
     """Differentiable Adam step on flat lists: ``(direction, new_mu, new_nu)``.
 
@@ -68,5 +76,3 @@ def adam_update_diff(
     n = len(g)
     out = _AdamUpdate.apply((b1, b2, eps, eps_root, counts, bc1, bc2), n, *g, *mu, *nu)
     return list(out[:n]), list(out[n : 2 * n]), list(out[2 * n :])
-
-

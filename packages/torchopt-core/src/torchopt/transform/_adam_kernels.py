@@ -9,16 +9,21 @@ The bias corrections ``bc1``/``bc2`` are double-precision scalars per leaf
 
 from __future__ import annotations
 
-from torchopt import _dispatch
+from torchopt import _dispatch, _kernels
 from torchopt import _foreach as _fe
-from torchopt import _kernels
 from torchopt.transform.utils import Scalars, ema, ema_sq, smap
 
 __all__ = ['adam_direction', 'adam_step_untracked']
 
 
 def adam_direction(
-    mu: list, nu: list, bc1: Scalars, bc2: Scalars, eps: float, eps_root: float, *,
+    mu: list,
+    nu: list,
+    bc1: Scalars,
+    bc2: Scalars,
+    eps: float,
+    eps_root: float,
+    *,
     recorded: bool,
 ) -> list:
     """``(mu / bc1) / (sqrt(nu / bc2 + eps_root) + eps)`` for flat lists, in new tensors.
@@ -48,8 +53,16 @@ def adam_direction(
 
 
 def adam_step_untracked(
-    g: list, mu: list, nu: list, counts: list, bc1: Scalars, bc2: Scalars, b1: float, b2: float,
-    eps: float, eps_root: float,
+    g: list,
+    mu: list,
+    nu: list,
+    counts: list,
+    bc1: Scalars,
+    bc2: Scalars,
+    b1: float,
+    b2: float,
+    eps: float,
+    eps_root: float,
 ) -> tuple[list, list, list]:
     """Out-of-place Adam step ``(direction, new_mu, new_nu)`` for code autograd does not record.
 

@@ -114,8 +114,11 @@ def scale_by_amsgrad(
             nu_max = s.nu_max
         else:
             nu_max = _fe.maximum(s.nu_max, nu)
-        if inplace and eps_root == 0.0 and not _dispatch.functorch_active() and not (
-            isinstance(t, list) and t and isinstance(t[0], torch.Tensor)
+        if (
+            inplace
+            and eps_root == 0.0
+            and not _dispatch.functorch_active()
+            and not (isinstance(t, list) and t and isinstance(t[0], torch.Tensor))
         ):
             # u = c m / (sqrt(nu_max) + eps sqrt(bc2)) with c = sqrt(bc2) / bc1, written into the
             # (consumed) gradient by one addcdiv: no temporary for the direction.
@@ -317,8 +320,10 @@ def scale_by_novograd(
     def init_fn(params: list, treespec: Any) -> ScaleByNovogradState:
         return ScaleByNovogradState(
             mu=zeros_like(params, moment_requires_grad),
-            nu=[None if x is None else torch.zeros((), dtype=x.dtype, device=x.device)
-                for x in params],  # fmt: skip
+            nu=[
+                None if x is None else torch.zeros((), dtype=x.dtype, device=x.device)
+                for x in params
+            ],  # fmt: skip
             count=counts_like(params),
         )
 
@@ -337,7 +342,7 @@ def scale_by_novograd(
             raise ValueError('scale_by_novograd: weight decay needs `params` at update')
         counts = advance(s.count, inplace)
         w = smap(weights, count_scalars(counts))
-        w_nu, w_sq, w_mu = ([list(x) for x in zip(*w)] if isinstance(w, list) else w)
+        w_nu, w_sq, w_mu = [list(x) for x in zip(*w)] if isinstance(w, list) else w
         sq = [n * n for n in _fe.norm(g)]
         nu = _fe.add(_fe.mul(s.nu, w_nu), _fe.mul(sq, w_sq))
         inv = [1.0 / (torch.sqrt(n + eps_root) + eps) for n in nu]

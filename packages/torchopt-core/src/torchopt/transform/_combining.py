@@ -8,7 +8,8 @@ fast paths; :func:`freeze` and :func:`selective_transform` are built on it and o
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable, Mapping, NamedTuple
+from collections.abc import Hashable, Mapping
+from typing import Any, Callable, NamedTuple
 
 import optree
 
@@ -97,8 +98,12 @@ def partition(
         return PartitionState(inner_states=states)
 
     def update_fn(
-        updates: list, state: PartitionState, *, params: list | None = None,
-        inplace: bool = True, treespec: Any = None,
+        updates: list,
+        state: PartitionState,
+        *,
+        params: list | None = None,
+        inplace: bool = True,
+        treespec: Any = None,
     ) -> tuple[list, PartitionState]:
         if treespec is None:
             treespec = optree.tree_structure(updates, none_is_leaf=True)
@@ -110,7 +115,10 @@ def partition(
                 continue
             sub_params = None if params is None else [params[i] for i in idx]
             new_sub, new_states[label] = flats[label][1](
-                sub, state.inner_states[label], params=sub_params, inplace=inplace,
+                sub,
+                state.inner_states[label],
+                params=sub_params,
+                inplace=inplace,
                 treespec=optree.tree_structure(sub, none_is_leaf=True),
             )
             out = put(out, idx, list(new_sub))

@@ -12,7 +12,8 @@ aligned with the leaves.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import optree
 import torch
@@ -21,7 +22,12 @@ from torchopt import _dispatch
 from torchopt.base import EmptyState, GradientTransformation
 
 __all__ = [
-    'FlatTransformation', 'flatten_updates', 'present_indices', 'put', 'stateful', 'stateless',
+    'FlatTransformation',
+    'flatten_updates',
+    'present_indices',
+    'put',
+    'stateful',
+    'stateless',
     'take',
 ]
 
@@ -60,7 +66,11 @@ class FlatTransformation(GradientTransformation):
     name: str
 
     def __new__(
-        cls, flat_init: FlatInit, flat_update: FlatUpdate, name: str = '', *,
+        cls,
+        flat_init: FlatInit,
+        flat_update: FlatUpdate,
+        name: str = '',
+        *,
         check: Callable[[list, Any, Any], Any] | None = None,
         unchecked: FlatUpdate | None = None,
     ) -> Any:
@@ -145,7 +155,11 @@ StatelessStep = Callable[[list, 'list | None', bool], list]
 
 
 def stateful(
-    name: str, init: FlatInit, step: FlatStep, *, scalars: tuple[str, ...] = (),
+    name: str,
+    init: FlatInit,
+    step: FlatStep,
+    *,
+    scalars: tuple[str, ...] = (),
     check: Callable[[list, Any, Any], Any] | None = None,
 ) -> FlatTransformation:
     """A transformation whose state is a NamedTuple of per-leaf lists, with the preamble done once.
@@ -171,7 +185,11 @@ def stateful(
     checker = check
 
     def unchecked(
-        updates: list, state: Any, *, params: list | None = None, inplace: bool = True,
+        updates: list,
+        state: Any,
+        *,
+        params: list | None = None,
+        inplace: bool = True,
         treespec: Any = None,
     ) -> tuple[list, Any]:
         idx, g, p = _present(updates, params)
@@ -186,7 +204,11 @@ def stateful(
         return put(updates, idx, u), new._replace(**merged)
 
     def update_fn(
-        updates: list, state: Any, *, params: list | None = None, inplace: bool = True,
+        updates: list,
+        state: Any,
+        *,
+        params: list | None = None,
+        inplace: bool = True,
         treespec: Any = None,
     ) -> tuple[list, Any]:
         checker(updates, state, treespec)
@@ -207,7 +229,11 @@ def stateless(name: str, step: StatelessStep, *, uses_params: bool = False) -> F
         return EmptyState()
 
     def update_fn(
-        updates: list, state: Any, *, params: list | None = None, inplace: bool = True,
+        updates: list,
+        state: Any,
+        *,
+        params: list | None = None,
+        inplace: bool = True,
         treespec: Any = None,
     ) -> tuple[list, Any]:
         idx, g, p = _present(updates, params)

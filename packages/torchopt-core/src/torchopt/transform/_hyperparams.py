@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -211,8 +212,12 @@ def inject_hyperparams(
             )
 
         def update_fn(
-            updates: list, state: InjectHyperparamsState, *, params: list | None = None,
-            inplace: bool = True, treespec: Any = None,
+            updates: list,
+            state: InjectHyperparamsState,
+            *,
+            params: list | None = None,
+            inplace: bool = True,
+            treespec: Any = None,
         ) -> tuple[list, InjectHyperparamsState]:
             if all(u is None for u in updates):
                 return updates, state

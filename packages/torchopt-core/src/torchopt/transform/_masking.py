@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import optree
 import torch
 
-from torchopt import _foreach as _fe
-
 from torchopt import _checks
-from torchopt.base import EmptyState, GradientTransformation, identity
+from torchopt import _foreach as _fe
+from torchopt.base import GradientTransformation, identity
 from torchopt.transform._flat import FlatTransformation, as_flat, put, stateless
 
 __all__ = ['MaskedNode', 'MaskedState', 'masked', 'add_decayed_weights']
@@ -58,14 +57,21 @@ def masked(inner: GradientTransformation, mask: Any = None) -> FlatTransformatio
         return MaskedState(inner_state=inner_init(sub, optree.tree_structure(sub)))
 
     def update_fn(
-        updates: list, state: MaskedState, *, params: list | None = None, inplace: bool = True,
+        updates: list,
+        state: MaskedState,
+        *,
+        params: list | None = None,
+        inplace: bool = True,
         treespec: Any = None,
     ) -> tuple[list, MaskedState]:
         sel = [i for i, m in enumerate(_mask_leaves(mask, updates, treespec)) if m]
         sub = [updates[i] for i in sel]
         sub_params = None if params is None else [params[i] for i in sel]
         new_sub, inner_state = inner_update(
-            sub, state.inner_state, params=sub_params, inplace=inplace,
+            sub,
+            state.inner_state,
+            params=sub_params,
+            inplace=inplace,
             treespec=optree.tree_structure(sub, none_is_leaf=True),
         )
         return put(updates, sel, list(new_sub)), MaskedState(inner_state=inner_state)

@@ -6,9 +6,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from torchopt import _foreach as _fe
-
 from torchopt import _checks
+from torchopt import _foreach as _fe
 from torchopt.transform._flat import FlatTransformation, stateful, stateless
 from torchopt.transform.utils import write_, zeros_like
 

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import torch
-
-from torchopt import _foreach as _fe
-
 from torchopt import _checks
+from torchopt import _foreach as _fe
 from torchopt.transform._flat import FlatTransformation, stateful
 from torchopt.transform.utils import ema, ema_sq, write_, zeros_like
 
@@ -30,7 +27,9 @@ class ScaleByRmsState(NamedTuple):
     nu: list
 
 
-def scale_by_rms(alpha: float = 0.9, eps: float = 1e-8, initial_scale: float = 0.0) -> FlatTransformation:
+def scale_by_rms(
+    alpha: float = 0.9, eps: float = 1e-8, initial_scale: float = 0.0
+) -> FlatTransformation:
     r"""RMSprop scaling: :math:`v_t = \alpha v_{t-1} + (1-\alpha) g_t^2`, :math:`u_t = g_t / (\sqrt{v_t} + \epsilon)`.
 
     Args:
@@ -98,9 +97,7 @@ def scale_by_stddev(
             u = g
         else:
             u = _fe.div(g, _fe.add(_fe.sqrt(denom), eps))
-        return u, ScaleByRStdDevState(
-            mu=new_mu, nu=new_nu
-        )
+        return u, ScaleByRStdDevState(mu=new_mu, nu=new_nu)
 
     return stateful('scale_by_stddev', init_fn, update_fn)
 
@@ -183,8 +180,6 @@ def scale_by_adadelta(
         else:
             u = _fe.mul(_fe.div(delta, std), g)
             new_nu = ema_sq(nu, u, rho, inplace=False)
-        return u, ScaleByAdadeltaState(
-            mu=new_mu, nu=new_nu
-        )
+        return u, ScaleByAdadeltaState(mu=new_mu, nu=new_nu)
 
     return stateful('scale_by_adadelta', init_fn, update_fn)

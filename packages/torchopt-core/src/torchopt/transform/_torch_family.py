@@ -175,7 +175,7 @@ def scale_by_asgd(
             raise ValueError('scale_by_asgd needs `params`: call update(..., params=params)')
         counts = advance(s.count, inplace)
         coef = smap(coefficients, count_scalars(counts))
-        eta, mu = ([list(x) for x in zip(*coef)] if isinstance(coef, list) else coef)
+        eta, mu = [list(x) for x in zip(*coef)] if isinstance(coef, list) else coef
         neg_eta = smap(lambda e: -e, eta)
         decay = smap(lambda e: -lambd * e, eta)
         if inplace:
@@ -443,8 +443,10 @@ def scale_by_adafactor(
         t = count_scalars(counts)
         rows, cols, variances = s.row_var, s.col_var, s.variance
         ts = t if isinstance(t, list) else [t] * len(g)
-        if inplace and not isinstance(ts[0], torch.Tensor) and all(
-            x.device.type == 'cpu' for x in g
+        if (
+            inplace
+            and not isinstance(ts[0], torch.Tensor)
+            and all(x.device.type == 'cpu' for x in g)
         ):
             u = _inplace_cpu(g, p, rows, cols, variances, ts)
         else:

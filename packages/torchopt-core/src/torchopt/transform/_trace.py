@@ -6,9 +6,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from torchopt import _foreach as _fe
-
 from torchopt import _checks
+from torchopt import _foreach as _fe
 from torchopt.base import GradientTransformation, identity
 from torchopt.transform._flat import stateful
 from torchopt.transform.utils import advance, count_scalars, counts_like, smap, zeros_like
@@ -76,7 +75,9 @@ def trace(
         return (0.0, 1.0) if c == 0 else (momentum, 1.0 - dampening)
 
     def step(g: list, s: Any, p: Any, inplace: bool) -> tuple[list, Any]:
-        if isinstance(s, TraceState):  # no dampening: b = g + momentum * b, exact from a zero buffer
+        if isinstance(
+            s, TraceState
+        ):  # no dampening: b = g + momentum * b, exact from a zero buffer
             if inplace and nesterov:
                 _fe.mul_(s.trace, momentum)
                 _fe.add_(s.trace, g)
@@ -100,4 +101,5 @@ def trace(
         _fe.copy_(s.trace, new_buf)
         _fe.copy_(g, new_buf)
         return g, s
+
     return stateful('trace', init_fn, step, scalars=('count',))

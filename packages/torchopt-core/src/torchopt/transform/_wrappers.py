@@ -80,8 +80,12 @@ def apply_if_finite(
         )
 
     def update_fn(
-        updates: list, state: ApplyIfFiniteState, *, params: list | None = None,
-        inplace: bool = True, treespec: Any = None,
+        updates: list,
+        state: ApplyIfFiniteState,
+        *,
+        params: list | None = None,
+        inplace: bool = True,
+        treespec: Any = None,
     ) -> tuple[list, ApplyIfFiniteState]:
         finite = _all_finite(updates)
         notfinite = 0 if finite else int(state.notfinite_count) + 1

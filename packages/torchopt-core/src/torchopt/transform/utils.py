@@ -12,7 +12,8 @@ Step counts are one 0-dim float32 CPU tensor per parameter (``torch.optim``'s ``
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import optree
 import torch
@@ -27,7 +28,9 @@ TensorList = list[torch.Tensor]
 
 
 def tree_map_flat(
-    func: Callable[..., Any], flat_arg: Sequence[Any], *flat_args: Sequence[Any],
+    func: Callable[..., Any],
+    flat_arg: Sequence[Any],
+    *flat_args: Sequence[Any],
     none_is_leaf: bool = False,
 ) -> list[Any]:
     """Map ``func`` over flat lists; ``None`` entries of ``flat_arg`` map to ``None``."""
@@ -37,7 +40,9 @@ def tree_map_flat(
 
 
 def tree_map_flat_(
-    func: Callable[..., Any], flat_arg: Sequence[Any], *flat_args: Sequence[Any],
+    func: Callable[..., Any],
+    flat_arg: Sequence[Any],
+    *flat_args: Sequence[Any],
     none_is_leaf: bool = False,
 ) -> Sequence[Any]:
     """In-place variant of :func:`tree_map_flat`: call ``func`` for its effect, return ``flat_arg``."""
@@ -151,7 +156,9 @@ def zeros_like(params: Sequence[Any], requires_grad: bool = False, fill: float =
     return [
         None
         if p is None
-        else torch.full_like(p, fill, memory_format=torch.preserve_format, requires_grad=requires_grad)
+        else torch.full_like(
+            p, fill, memory_format=torch.preserve_format, requires_grad=requires_grad
+        )
         for p in params
     ]
 

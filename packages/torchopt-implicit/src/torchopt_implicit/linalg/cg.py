@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torchopt.typing import TensorTree
 
+from torchopt.typing import TensorTree
 from torchopt_implicit.linalg.utils import FlatSystem, MatvecLike, all_true, host_float, vdot_real
 
 __all__ = ['cg']

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torchopt.typing import TensorTree
 
+from torchopt.typing import TensorTree
 from torchopt_implicit.linalg.utils import (
     FlatSystem,
     MatvecLike,

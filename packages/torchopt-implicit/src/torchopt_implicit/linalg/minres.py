@@ -7,8 +7,8 @@ import warnings
 from typing import Any
 
 import torch
-from torchopt.typing import TensorTree
 
+from torchopt.typing import TensorTree
 from torchopt_implicit.linalg.utils import (
     ConvergenceWarning,
     FlatSystem,

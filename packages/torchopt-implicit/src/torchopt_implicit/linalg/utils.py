@@ -17,6 +17,7 @@ import warnings
 from typing import Any, Callable, Union
 
 import torch
+
 from torchopt import pytree
 from torchopt.typing import TensorTree
 
@@ -183,7 +184,10 @@ class FlatSystem:
             self.x0 = torch.zeros_like(self.b)
         else:
             x0_leaves, x0_spec = pytree.tree_flatten(x0)
-            if x0_spec != self.raveler.treespec or [t.shape for t in x0_leaves] != self.raveler.shapes:
+            if (
+                x0_spec != self.raveler.treespec
+                or [t.shape for t in x0_leaves] != self.raveler.shapes
+            ):
                 raise ValueError(
                     f'`x0` must have the same structure and shapes as `b`, got '
                     f'{x0_spec} with shapes {[tuple(t.shape) for t in x0_leaves]} for `x0` and '
@@ -224,7 +228,9 @@ class FlatSystem:
     def tolerance_sq(self, rtol: float, atol: float) -> torch.Tensor:
         """Squared stopping threshold ``max(rtol**2 * ||b||**2, atol**2)`` (a tensor)."""
         if rtol < 0 or atol < 0:
-            raise ValueError(f'`rtol` and `atol` must be non-negative, got rtol={rtol}, atol={atol}')
+            raise ValueError(
+                f'`rtol` and `atol` must be non-negative, got rtol={rtol}, atol={atol}'
+            )
         bb = vdot_real(self.b, self.b)
         return torch.clamp(bb * (rtol * rtol), min=atol * atol)
 
@@ -302,7 +308,9 @@ def max_value(t: torch.Tensor) -> float:
         return host_float(_unwrap_functorch(t).max())
 
 
-def warn_not_converged(name: str, maxiter: int, resid_sq: torch.Tensor, tol_sq: torch.Tensor) -> None:
+def warn_not_converged(
+    name: str, maxiter: int, resid_sq: torch.Tensor, tol_sq: torch.Tensor
+) -> None:
     """Emit a :class:`ConvergenceWarning` with the reached residual norm."""
     warnings.warn(
         f'{name} did not converge within maxiter={maxiter} iterations: residual norm '
@@ -313,7 +321,9 @@ def warn_not_converged(name: str, maxiter: int, resid_sq: torch.Tensor, tol_sq: 
     )
 
 
-def _basis_images(flat_mv: Callable[[torch.Tensor], torch.Tensor], size: int, like: torch.Tensor) -> torch.Tensor:
+def _basis_images(
+    flat_mv: Callable[[torch.Tensor], torch.Tensor], size: int, like: torch.Tensor
+) -> torch.Tensor:
     """``out[i] = flat_mv(e_i)`` for all unit vectors, batched by ``vmap``."""
     eye = torch.eye(size, dtype=like.dtype, device=like.device)
     return torch.func.vmap(flat_mv)(eye)
@@ -347,7 +357,9 @@ def jacobi_preconditioner(
     raveler = TreeRaveler(example, 'example')
     ex = raveler.ravel(example)
     if not callable(A):
-        diag = torch.cat([m.diagonal().reshape(-1).to(raveler.dtype) for m in pytree.tree_leaves(A)])
+        diag = torch.cat(
+            [m.diagonal().reshape(-1).to(raveler.dtype) for m in pytree.tree_leaves(A)]
+        )
     else:
         flat_mv = raveler.flat_matvec(A)
         if num_samples is None:
@@ -355,9 +367,14 @@ def jacobi_preconditioner(
         else:
             if num_samples < 1:
                 raise ValueError(f'`num_samples` must be a positive integer, got {num_samples}')
-            z = torch.randint(
-                0, 2, (num_samples, raveler.size), generator=generator, device=ex.device
-            ).to(ex.dtype).mul_(2).sub_(1)
+            z = (
+                torch.randint(
+                    0, 2, (num_samples, raveler.size), generator=generator, device=ex.device
+                )
+                .to(ex.dtype)
+                .mul_(2)
+                .sub_(1)
+            )
             diag = (z * torch.func.vmap(flat_mv)(z)).mean(0)
     small = diag.abs() <= eps
     inv_diag = torch.where(small, torch.ones_like(diag), 1.0 / torch.where(small, 1.0, diag))

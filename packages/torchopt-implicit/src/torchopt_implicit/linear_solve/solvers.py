@@ -11,9 +11,9 @@ import functools
 from typing import Any, Callable
 
 import torch
+
 from torchopt import pytree
 from torchopt.typing import TensorTree
-
 from torchopt_implicit import linalg
 from torchopt_implicit.linalg.minres import minres_with_status
 from torchopt_implicit.linalg.utils import TreeRaveler, all_true
@@ -27,7 +27,9 @@ from torchopt_implicit.linear_solve.utils import (
 __all__ = ['solve_bicgstab', 'solve_cg', 'solve_gmres', 'solve_inv', 'solve_normal_cg']
 
 Matvec = Callable[[TensorTree], TensorTree]
-_ITERATIVE_KWARGS = frozenset({'matvec', 'b', 'ridge', 'init', 'rtol', 'atol', 'maxiter', 'M', 'warn'})
+_ITERATIVE_KWARGS = frozenset(
+    {'matvec', 'b', 'ridge', 'init', 'rtol', 'atol', 'maxiter', 'M', 'warn'}
+)
 
 
 def _factory(fn: Callable[..., TensorTree], allowed: frozenset[str], kwargs: dict[str, Any]) -> Any:
@@ -45,7 +47,11 @@ def _with_ridge(matvec: Matvec, ridge: float | None) -> Matvec:
 
 
 def _solve_cg(
-    matvec: Matvec, b: TensorTree, ridge: float | None = None, init: TensorTree | None = None, **kwargs: Any
+    matvec: Matvec,
+    b: TensorTree,
+    ridge: float | None = None,
+    init: TensorTree | None = None,
+    **kwargs: Any,
 ) -> TensorTree:
     return linalg.cg(_with_ridge(matvec, ridge), b, x0=init, **kwargs)
 
@@ -173,7 +179,11 @@ def solve_normal_cg(**kwargs: Any) -> Callable[..., TensorTree]:
 
 
 def _solve_gmres(
-    matvec: Matvec, b: TensorTree, ridge: float | None = None, init: TensorTree | None = None, **kwargs: Any
+    matvec: Matvec,
+    b: TensorTree,
+    ridge: float | None = None,
+    init: TensorTree | None = None,
+    **kwargs: Any,
 ) -> TensorTree:
     return linalg.gmres(_with_ridge(matvec, ridge), b, x0=init, **kwargs)
 
@@ -192,7 +202,11 @@ def solve_gmres(**kwargs: Any) -> Callable[..., TensorTree]:
 
 
 def _solve_bicgstab(
-    matvec: Matvec, b: TensorTree, ridge: float | None = None, init: TensorTree | None = None, **kwargs: Any
+    matvec: Matvec,
+    b: TensorTree,
+    ridge: float | None = None,
+    init: TensorTree | None = None,
+    **kwargs: Any,
 ) -> TensorTree:
     return linalg.bicgstab(_with_ridge(matvec, ridge), b, x0=init, **kwargs)
 
@@ -242,4 +256,6 @@ def solve_inv(**kwargs: Any) -> Callable[..., TensorTree]:
     Returns:
         ``solver(matvec, b, **overrides) -> x``.
     """
-    return _factory(_solve_inv, frozenset({'matvec', 'b', 'ridge', 'ns', 'maxiter', 'alpha'}), kwargs)
+    return _factory(
+        _solve_inv, frozenset({'matvec', 'b', 'ridge', 'ns', 'maxiter', 'alpha'}), kwargs
+    )

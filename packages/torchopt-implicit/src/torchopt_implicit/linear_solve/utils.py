@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+
 from torchopt import pytree
 from torchopt.typing import TensorTree
-
 from torchopt_implicit.linalg.utils import TreeRaveler
 
 __all__ = [

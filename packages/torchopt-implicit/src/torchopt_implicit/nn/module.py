@@ -27,16 +27,21 @@ import abc
 import functools
 import inspect
 import itertools
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import torch
+
 from torchopt.nn import MetaGradientModule
 from torchopt.nn.stateless import reparametrize, swap_state
 from torchopt.typing import LinearSolver, TupleOfTensors
-
 from torchopt_implicit.decorator import custom_root
 
-__all__ = ['ImplicitMetaGradientModule', 'enable_implicit_gradients', 'make_optimality_from_objective']
+__all__ = [
+    'ImplicitMetaGradientModule',
+    'enable_implicit_gradients',
+    'make_optimality_from_objective',
+]
 
 _ENABLED_FLAG = '__implicit_gradients_enabled__'
 
@@ -50,7 +55,9 @@ def _stateless_optimality_fn(
     *input: Any,  # noqa: A002
     **kwargs: Any,
 ) -> TupleOfTensors:
-    named = itertools.chain(zip(params_names, flat_params), zip(meta_params_names, flat_meta_params))
+    named = itertools.chain(
+        zip(params_names, flat_params), zip(meta_params_names, flat_meta_params)
+    )
     with reparametrize(module, named):
         return tuple(module.optimality(*input, **kwargs))
 
@@ -82,7 +89,10 @@ def make_optimality_from_objective(
         TypeError: ``'The objective function is not defined.'`` if ``cls`` has no
             ``objective()`` of its own.
     """
-    if getattr(cls, 'objective', ImplicitMetaGradientModule.objective) is ImplicitMetaGradientModule.objective:
+    if (
+        getattr(cls, 'objective', ImplicitMetaGradientModule.objective)
+        is ImplicitMetaGradientModule.objective
+    ):
         raise TypeError('The objective function is not defined.')
 
     def optimality(self: ImplicitMetaGradientModule, *input: Any, **kwargs: Any) -> TupleOfTensors:  # noqa: A002
@@ -108,7 +118,7 @@ def _check_has_parameters(module: ImplicitMetaGradientModule) -> None:
         raise RuntimeError('The module has no meta-parameters.')
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _implicit_solver(solve: LinearSolver | None) -> Callable[..., TupleOfTensors]:
     return custom_root(_stateless_optimality_fn, argnums=1, solve=solve)(_identity_solver_fn)
 
@@ -191,7 +201,9 @@ class ImplicitMetaGradientModule(MetaGradientModule, metaclass=abc.ABCMeta):
         """Validate the subclass and wrap its :meth:`solve`."""
         super().__init_subclass__(**kwargs)
         if linear_solve is not None and not callable(linear_solve):
-            raise TypeError(f'`linear_solve` must be a callable solve(matvec, b) -> x, got {linear_solve!r}')
+            raise TypeError(
+                f'`linear_solve` must be a callable solve(matvec, b) -> x, got {linear_solve!r}'
+            )
         cls.linear_solve = linear_solve
 
         optimality = getattr(cls, 'optimality', ImplicitMetaGradientModule.optimality)

@@ -16,10 +16,32 @@ from torchopt.optim.meta.base import MetaOptimizer
 from torchopt.typing import ScalarOrSchedule
 
 __all__ = [
-    'MetaSGD', 'MetaAdam', 'MetaAdamW', 'MetaAdaGrad', 'MetaAdagrad', 'MetaAdaDelta',
-    'MetaAdadelta', 'MetaAdaMax', 'MetaAdamax', 'MetaRAdam', 'MetaRMSProp', 'MetaRMSprop',
-    'MetaNAdam', 'MetaLion', 'MetaLamb', 'MetaAMSGrad', 'MetaAdafactor', 'MetaRprop', 'MetaASGD',
-    'MetaMuon', 'MetaAdaBelief', 'MetaYogi', 'MetaNovoGrad', 'MetaAdan', 'MetaSignSGD', 'MetaLARS',
+    'MetaSGD',
+    'MetaAdam',
+    'MetaAdamW',
+    'MetaAdaGrad',
+    'MetaAdagrad',
+    'MetaAdaDelta',
+    'MetaAdadelta',
+    'MetaAdaMax',
+    'MetaAdamax',
+    'MetaRAdam',
+    'MetaRMSProp',
+    'MetaRMSprop',
+    'MetaNAdam',
+    'MetaLion',
+    'MetaLamb',
+    'MetaAMSGrad',
+    'MetaAdafactor',
+    'MetaRprop',
+    'MetaASGD',
+    'MetaMuon',
+    'MetaAdaBelief',
+    'MetaYogi',
+    'MetaNovoGrad',
+    'MetaAdan',
+    'MetaSignSGD',
+    'MetaLARS',
 ]
 
 
@@ -40,8 +62,13 @@ class MetaSGD(MetaOptimizer):
         super().__init__(
             module,
             alias.sgd(
-                lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                nesterov=nesterov, moment_requires_grad=moment_requires_grad, maximize=maximize,
+                lr=lr,
+                momentum=momentum,
+                dampening=dampening,
+                weight_decay=weight_decay,
+                nesterov=nesterov,
+                moment_requires_grad=moment_requires_grad,
+                maximize=maximize,
             ),
         )
 
@@ -66,9 +93,15 @@ class MetaAdam(MetaOptimizer):
         super().__init__(
             module,
             alias.adam(
-                lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_root=eps_root,
-                moment_requires_grad=moment_requires_grad, maximize=maximize,
-                use_accelerated_op=use_accelerated_op, amsgrad=amsgrad,
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+                eps_root=eps_root,
+                moment_requires_grad=moment_requires_grad,
+                maximize=maximize,
+                use_accelerated_op=use_accelerated_op,
+                amsgrad=amsgrad,
             ),
         )
 
@@ -94,9 +127,16 @@ class MetaAdamW(MetaOptimizer):
         super().__init__(
             module,
             alias.adamw(
-                lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, eps_root=eps_root,
-                mask=mask, moment_requires_grad=moment_requires_grad, maximize=maximize,
-                use_accelerated_op=use_accelerated_op, amsgrad=amsgrad,
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
+                eps_root=eps_root,
+                mask=mask,
+                moment_requires_grad=moment_requires_grad,
+                maximize=maximize,
+                use_accelerated_op=use_accelerated_op,
+                amsgrad=amsgrad,
             ),
         )
 
@@ -118,8 +158,12 @@ class MetaAdaGrad(MetaOptimizer):
         super().__init__(
             module,
             alias.adagrad(
-                lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize,
+                lr=lr,
+                lr_decay=lr_decay,
+                weight_decay=weight_decay,
+                initial_accumulator_value=initial_accumulator_value,
+                eps=eps,
+                maximize=maximize,
             ),
         )
 
@@ -140,7 +184,10 @@ class MetaAdaDelta(MetaOptimizer):
         super().__init__(
             module,
             alias.adadelta(
-                lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
+                lr=lr,
+                rho=rho,
+                eps=eps,
+                weight_decay=weight_decay,
                 moment_requires_grad=moment_requires_grad,
             ),
         )
@@ -162,7 +209,10 @@ class MetaAdaMax(MetaOptimizer):
         super().__init__(
             module,
             alias.adamax(
-                lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
                 moment_requires_grad=moment_requires_grad,
             ),
         )
@@ -184,7 +234,10 @@ class MetaRAdam(MetaOptimizer):
         super().__init__(
             module,
             alias.radam(
-                lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                lr=lr,
+                betas=betas,
+                eps=eps,
+                weight_decay=weight_decay,
                 moment_requires_grad=moment_requires_grad,
             ),
         )
@@ -210,8 +263,14 @@ class MetaRMSProp(MetaOptimizer):
         super().__init__(
             module,
             alias.rmsprop(
-                lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                centered=centered, initial_scale=initial_scale, nesterov=nesterov,
+                lr=lr,
+                alpha=alpha,
+                eps=eps,
+                weight_decay=weight_decay,
+                momentum=momentum,
+                centered=centered,
+                initial_scale=initial_scale,
+                nesterov=nesterov,
                 maximize=maximize,
             ),
         )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence, cast
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -55,10 +56,7 @@ class MetaOptimizer:
     @staticmethod
     def _trainable(containers: Sequence[dict[str, Any]]) -> list[tuple[dict, str, torch.Tensor]]:
         return [
-            (c, k, v)
-            for c in containers
-            for k, v in c.items()
-            if v is not None and v.requires_grad
+            (c, k, v) for c in containers for k, v in c.items() if v is not None and v.requires_grad
         ]
 
     def step(self, loss: torch.Tensor, *, create_graph: bool | None = None) -> None:
@@ -100,7 +98,8 @@ class MetaOptimizer:
                 new_params: Any = apply_updates(params, updates, inplace=False)  # a tuple
                 if not create_graph:
                     new_params = tuple(
-                        p.detach().requires_grad_(True) for p in new_params  # keep trainable
+                        p.detach().requires_grad_(True)
+                        for p in new_params  # keep trainable
                     )
                 for (container, key, _), new in zip(slots, new_params):
                     container[key] = new
