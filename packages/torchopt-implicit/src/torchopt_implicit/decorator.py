@@ -9,23 +9,27 @@ product with the output cotangent :math:`\bar g` therefore needs one linear solv
 
     A^\top u = -\bar g, \qquad \bar\theta = B^\top u .
 
-Both products are VJPs of :math:`F` (:func:`torch.func.vjp`, linearized once per backward). The solver's output is wrapped in a
-:class:`torch.autograd.Function` with ``setup_context`` and a generated vmap rule, so
-:func:`torch.func.vmap`, :func:`torch.func.grad`, :func:`torch.func.jacrev` and ordinary
-``backward()`` all go through the implicit gradient.
+Both products are VJPs of :math:`F` (:func:`torch.func.vjp`, linearized once per backward).
+The solver's output is wrapped in a :class:`torch.autograd.Function` with ``setup_context``
+and a generated vmap rule, so :func:`torch.func.vmap`, :func:`torch.func.grad`,
+:func:`torch.func.jacrev` and ordinary ``backward()`` all go through the implicit gradient.
+Under :func:`torch.compile` a second Function is used, whose backward is one opaque custom op
+(:mod:`torchopt_implicit._compiled`): the forward compiles into the graph, first-order gradients
+are the eager ones.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Callable, Union
 
 import torch
+
 from torchopt import pytree
 from torchopt.typing import TensorTree
-
-from torchopt_implicit import linear_solve
+from torchopt_implicit import _compiled, linear_solve
 
 __all__ = ['custom_fixed_point', 'custom_root']
 
@@ -75,7 +79,9 @@ def _check_argnums_fit(solver_fn: Callable[..., Any], argnums: tuple[int, ...]) 
 class _CallLayout:
     """How one call's arguments map to the flat tensor inputs of the autograd Function."""
 
-    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any], argnums: tuple[int, ...]) -> None:
+    def __init__(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], argnums: tuple[int, ...]
+    ) -> None:
         self.argnums = argnums
         self.arg_specs = []
         self.arg_slices = []  # per positional arg: (start, stop) in the flat leaves
@@ -90,7 +96,10 @@ class _CallLayout:
             self.arg_specs.append(spec)
             self.arg_slices.append((len(leaves), len(leaves) + len(arg_leaves)))
             leaves.extend(arg_leaves)
-        kw_leaves, self.kw_spec = pytree.tree_flatten(kwargs, none_is_leaf=True)
+        # No keyword arguments (the common case): no flatten, which dynamo cannot trace for a dict.
+        kw_leaves, self.kw_spec = (
+            pytree.tree_flatten(kwargs, none_is_leaf=True) if kwargs else ([], None)
+        )
         self.kw_start = len(leaves)
         leaves.extend(kw_leaves)
         self.is_tensor = [isinstance(t, torch.Tensor) for t in leaves]
@@ -120,7 +129,11 @@ class _CallLayout:
             pytree.tree_unflatten(spec, leaves[start:stop])
             for spec, (start, stop) in zip(self.arg_specs, self.arg_slices)
         ]
-        kwargs = pytree.tree_unflatten(self.kw_spec, leaves[self.kw_start :])
+        kwargs = (
+            {}
+            if self.kw_spec is None
+            else pytree.tree_unflatten(self.kw_spec, leaves[self.kw_start :])
+        )
         return args, kwargs
 
 
@@ -147,7 +160,7 @@ def _make_matvec(
     fn_x: Callable[[TensorTree], TensorTree], solution: TensorTree
 ) -> tuple[Callable[[TensorTree], TensorTree], Any]:
     """``u -> A^T u``: the VJP of ``fn_x`` at ``solution`` (linearized once)."""
-    residual, vjp_fn = torch.func.vjp(fn_x, solution)
+    residual, vjp_fn, *_ = torch.func.vjp(fn_x, solution)  # (no aux: two values)
     res_leaves, res_spec = pytree.tree_flatten(residual)
     _check_residual_count(len(res_leaves), pytree.tree_structure(solution).num_leaves)
 
@@ -159,7 +172,7 @@ def _make_matvec(
 
 def _record_graph(
     optimality_fn: Callable[..., TensorTree],
-    layout: _CallLayout,
+    layout: _CallLayout | _compiled.CompiledLayout,
     tensors: Sequence[torch.Tensor],
     solution: TensorTree,
     wanted: list[int],
@@ -213,7 +226,7 @@ class _RecordedVJP:
 def _root_vjp_recorded(
     optimality_fn: Callable[..., TensorTree],
     solve: Callable[..., TensorTree],
-    layout: _CallLayout,
+    layout: _CallLayout | _compiled.CompiledLayout,
     tensors: Sequence[torch.Tensor],
     solution: TensorTree,
     cotangent: TensorTree,
@@ -254,15 +267,13 @@ def _root_vjp_recorded(
 def _root_vjp(
     optimality_fn: Callable[..., TensorTree],
     solve: Callable[..., TensorTree],
-    layout: _CallLayout,
+    layout: _CallLayout | _compiled.CompiledLayout,
     tensors: Sequence[torch.Tensor],
     solution: TensorTree,
     cotangent: TensorTree,
     needs_grad: Sequence[bool],
 ) -> list[torch.Tensor | None]:
-    wanted = [
-        idx for idx in layout.argnums if any(needs_grad[i] for i in layout.diff_inputs[idx])
-    ]
+    wanted = [idx for idx in layout.argnums if any(needs_grad[i] for i in layout.diff_inputs[idx])]
     if not wanted:  # only inputs outside `argnums` want gradients: they get none, no solve needed
         return [None] * len(tensors)
     # First-order backward outside torch.func transforms: one recorded graph, reused.
@@ -284,15 +295,18 @@ def _root_vjp(
     u = pytree.tree_unflatten(res_spec, pytree.tree_leaves(u))
 
     grads: list[torch.Tensor | None] = [None] * len(tensors)
+
     def fn_theta(*thetas: Any) -> TensorTree:
         call_args = list(rest)
         for idx, theta in zip(wanted, thetas):
             call_args[idx - 1] = theta
         return optimality_fn(solution, *call_args, **kwargs)
 
-    _, vjp_theta = torch.func.vjp(fn_theta, *(args[idx] for idx in wanted))
+    _, vjp_theta, *_ = torch.func.vjp(fn_theta, *(args[idx] for idx in wanted))
     for idx, grad_tree in zip(wanted, vjp_theta(u)):
-        for pos, grad in zip(layout.diff_inputs[idx], pytree.tree_leaves(grad_tree, none_is_leaf=True)):
+        for pos, grad in zip(
+            layout.diff_inputs[idx], pytree.tree_leaves(grad_tree, none_is_leaf=True)
+        ):
             grads[pos] = grad
     return grads
 
@@ -307,7 +321,7 @@ def _make_function(
         generate_vmap_rule = True
 
         @staticmethod
-        def forward(layout: _CallLayout, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        def forward(layout: _CallLayout, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
             args, kwargs = layout.rebuild(tensors)
             output, aux = _split_output(solver_fn(*args, **kwargs), has_aux)
             out_leaves, layout.out_spec = pytree.tree_flatten(output)
@@ -326,14 +340,16 @@ def _make_function(
             return (*out, *aux_tensors)
 
         @staticmethod
-        def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+        def setup_context(
+            ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]
+        ) -> None:
             layout, *tensors = inputs
             ctx.layout = layout
             ctx.save_for_backward(*tensors, *output[: layout.num_out])
             ctx.mark_non_differentiable(*output[layout.num_out :])
 
         @staticmethod
-        def backward(ctx: Any, *grad_outputs: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        def backward(ctx: Any, *grad_outputs: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
             layout: _CallLayout = ctx.layout
             saved = ctx.saved_tensors
             num_in = len(saved) - layout.num_out
@@ -346,6 +362,105 @@ def _make_function(
             return (None, *grads)
 
     return ImplicitRoot
+
+
+def _make_compiled_function(
+    solver_fn: Callable[..., Any], solver_id: int, argnums: tuple[int, ...], has_aux: bool
+) -> type[torch.autograd.Function]:
+    """The autograd Function of the ``torch.compile`` path (see :mod:`torchopt_implicit._compiled`).
+
+    Dynamo traces its ``forward`` (the solver) into the graph; its ``backward`` closes over
+    constants only and calls the opaque ``torchopt_implicit::root_vjp`` op.
+    """
+
+    class CompiledImplicitRoot(torch.autograd.Function):  # pylint: disable=abstract-method
+        @staticmethod
+        def forward(
+            call_desc: Any, box: list[Any], *tensors: torch.Tensor
+        ) -> tuple[torch.Tensor, ...]:
+            it = iter(tensors)
+            args = [_compiled.unflatten(desc, it) for desc in call_desc[0]]
+            kwargs = _compiled.unflatten(call_desc[1], it)
+            output, aux = _split_output(solver_fn(*args, **kwargs), has_aux)
+            out_leaves, out_desc = _compiled.flatten(output, 'the output of solver_fn')
+            if not out_leaves or _compiled.has_constant_leaf(out_desc):
+                raise RuntimeError(
+                    f'{_PREFIX}: output of function solver_fn should be a torch.Tensor or a '
+                    f'tuple (tree) of torch.Tensor. Got {output!r}'
+                )
+            aux_leaves, aux_desc = _compiled.flatten(aux, 'the aux output of solver_fn')
+            box.append((out_desc, aux_desc, len(out_leaves)))
+            out = [
+                t.detach().clone() if any(t is s for s in tensors) else t.detach()
+                for t in out_leaves
+            ]
+            return (*out, *[t.detach() for t in aux_leaves])
+
+        @staticmethod
+        def setup_context(
+            ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]
+        ) -> None:
+            call_desc, box, *tensors = inputs
+            out_desc, _, num_out = box[-1]
+            ctx.call_desc, ctx.out_desc, ctx.num_out = call_desc, out_desc, num_out
+            ctx.save_for_backward(*tensors, *output[:num_out])
+            ctx.mark_non_differentiable(*output[num_out:])
+
+        @staticmethod
+        def backward(ctx: Any, *grad_outputs: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+            saved = ctx.saved_tensors
+            num_in = len(saved) - ctx.num_out
+            needs = tuple(ctx.needs_input_grad[2:])
+            key, positions = _compiled.vjp_key(
+                solver_id, argnums, ctx.call_desc, ctx.out_desc, needs
+            )
+            grads: list[torch.Tensor | None] = [None] * num_in
+            if positions:
+                computed = _compiled.root_vjp(
+                    key,
+                    list(saved[:num_in]),
+                    list(saved[num_in:]),
+                    list(grad_outputs[: ctx.num_out]),
+                )
+                for pos, grad in zip(positions, computed):
+                    grads[pos] = grad
+            return (None, None, *grads)
+
+    return CompiledImplicitRoot
+
+
+def _compiled_call(
+    function: type[torch.autograd.Function],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    argnums: tuple[int, ...],
+    has_aux: bool,
+) -> Any:
+    """One call of the decorated solver while dynamo traces it."""
+    arg_descs = []
+    tensors: list[torch.Tensor] = []
+    for idx, arg in enumerate(args):
+        arg_tensors, desc = _compiled.flatten(arg, f'argument {idx} of solver_fn')
+        if idx in argnums and _compiled.has_constant_leaf(desc):
+            raise RuntimeError(
+                f'{_PREFIX}: argument {idx} of function solver_fn specified with `argnums` '
+                f'should be a torch.Tensor or a tree of torch.Tensor, got {type(arg).__name__}'
+            )
+        arg_descs.append(desc)
+        tensors.extend(arg_tensors)
+    kw_tensors, kw_desc = _compiled.flatten(kwargs, 'the keyword arguments of solver_fn')
+    tensors.extend(kw_tensors)
+    box: list[Any] = []
+    call_desc = (tuple(arg_descs), kw_desc)
+    if torch.is_grad_enabled():
+        flat = function.apply(call_desc, box, *tensors)
+    else:  # no gradient can flow (and dynamo mis-calls a setup_context forward under no_grad)
+        flat = function.forward(call_desc, box, *tensors)
+    out_desc, aux_desc, num_out = box[-1]
+    output = _compiled.unflatten(out_desc, iter(flat[:num_out]))
+    if not has_aux:
+        return output
+    return output, _compiled.unflatten(aux_desc, iter(flat[num_out:]))
 
 
 def _custom_root(
@@ -361,6 +476,10 @@ def _custom_root(
     except (TypeError, ValueError):
         signature = None
     function = _make_function(solver_fn, optimality_fn, solve, has_aux)
+    state = _compiled.SolverState(optimality_fn, solve, argnums)  # owned by the wrapper below
+    compiled_function = _make_compiled_function(
+        solver_fn, _compiled.register_solver(state), argnums, has_aux
+    )
 
     @functools.wraps(solver_fn)
     def wrapped_solver_fn(*args: Any, **kwargs: Any) -> Any:
@@ -374,6 +493,8 @@ def _custom_root(
                 f'{_PREFIX}: `argnums` refers to positional argument(s) {missing} but only '
                 f'{len(args)} positional argument(s) were given'
             )
+        if torch.compiler.is_compiling():
+            return _compiled_call(compiled_function, tuple(args), dict(kwargs), argnums, has_aux)
         layout = _CallLayout(tuple(args), dict(kwargs), argnums)
         flat = function.apply(layout, *layout.tensors)
         output = pytree.tree_unflatten(layout.out_spec, flat[: layout.num_out])
@@ -383,6 +504,7 @@ def _custom_root(
         aux_leaves = [next(it_t) if flag else next(it_o) for flag in layout.aux_is_tensor]
         return output, pytree.tree_unflatten(layout.aux_spec, aux_leaves)
 
+    wrapped_solver_fn._implicit_state = state  # type: ignore[attr-defined]  # keeps it alive
     return wrapped_solver_fn
 
 
