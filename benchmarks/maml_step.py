@@ -192,7 +192,9 @@ def main() -> None:
     )
     print()
     print(
-        '| inner optimizer | implementation | time (ms) | vs hand-written | saved per inner step (KiB) | vs hand-written | saved by the update alone (KiB) | vs hand-written |'
+        '| inner optimizer | implementation | time (ms) | vs hand-written '
+        '| saved per inner step (KiB) | vs hand-written '
+        '| saved by the update alone (KiB) | vs hand-written |'
     )
     print('|---|---|---:|---:|---:|---:|---:|---:|')
     for opt_name, impls in CASES.items():

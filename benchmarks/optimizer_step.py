@@ -204,7 +204,7 @@ def bench(tree: str, name: str, rounds: int) -> dict[str, float]:
         runners = _runners(name, leaves)
     times: dict[str, list[float]] = {k: [] for k in runners}
     with torch.no_grad():
-        for k, f in runners.items():  # warm up
+        for f in runners.values():  # warm up
             for _ in range(3):
                 getattr(f, 'prepare', lambda: None)()
                 f()
@@ -250,7 +250,8 @@ def main() -> None:
                     f'| {tree} | {name} | {k} | {v * 1e3:.2f} | {v / ref_fe:.2f}x | {v / fused:.2f}x |'
                 )
             print(
-                f'| {tree} | {name} | (torch.optim foreach / fused) | {ref_fe * 1e3:.2f} / {ref_fu * 1e3:.2f} | 1.00x | |'
+                f'| {tree} | {name} | (torch.optim foreach / fused) '
+                f'| {ref_fe * 1e3:.2f} / {ref_fu * 1e3:.2f} | 1.00x | |'
             )
             sys.stdout.flush()
 

@@ -1,8 +1,9 @@
 """Selective install from a wheelhouse: ``torchopt-core[implicit]`` brings exactly that plugin.
 
 Builds the six wheels, makes a fresh virtual environment (torch and optree installed first from
-the machine's package sources, with graphviz for the viz plugin), installs ``torchopt-core[implicit]`` from the wheelhouse only,
-and checks what is found; then ``[all]`` installs every plugin.
+the machine's package sources, with graphviz for the viz plugin), installs
+``torchopt-core[implicit]`` from the wheelhouse only, and checks what is found; then ``[all]``
+installs every plugin.
 """
 
 from __future__ import annotations

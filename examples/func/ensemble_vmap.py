@@ -76,7 +76,11 @@ def train_one_by_one(models, batches, lr: float) -> dict:
         optimizer = torchopt.adam(lr=lr)
         state = optimizer.init(params)
         for x, y in batches:
-            grads = grad(lambda p: F.cross_entropy(functional_call(model, p, (x,)), y))(params)
+
+            def loss(p, model=model, x=x, y=y):
+                return F.cross_entropy(functional_call(model, p, (x,)), y)
+
+            grads = grad(loss)(params)
             updates, state = optimizer.update(grads, state, inplace=False)
             params = torchopt.apply_updates(params, updates, inplace=False)
         finals.append(params)

@@ -350,7 +350,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     results: dict[str, float] = {}
     curves: dict[str, Curve] = {}
     print(
-        f'{cfg.ways}-way {cfg.shots}-shot, {len(train_classes)} meta-train / {len(test_classes)} meta-test classes'
+        f'{cfg.ways}-way {cfg.shots}-shot, {len(train_classes)} meta-train / '
+        f'{len(test_classes)} meta-test classes'
     )
     for api in apis:
         gen_train = torch.Generator().manual_seed(cfg.seed)

@@ -13,11 +13,14 @@ def test_compiled_in_place_step_matches_eager():
         return g[0].sum()
 
     compiled = torch.compile(step, fullgraph=True, backend='aot_eager')
-    make = lambda: (
-        [torch.randn(5, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)],
-        [torch.randn(5, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)],
-        [torch.rand(5, dtype=torch.float64), torch.rand(3, 2, dtype=torch.float64)],
-    )
+
+    def make():
+        return (
+            [torch.randn(5, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)],
+            [torch.randn(5, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)],
+            [torch.rand(5, dtype=torch.float64), torch.rand(3, 2, dtype=torch.float64)],
+        )
+
     torch.manual_seed(0)
     eager_args = make()
     torch.manual_seed(0)

@@ -96,7 +96,7 @@ def test_eval_mode_module_is_an_ordinary_child() -> None:
 
 def test_bad_registrations_raise_upstream_errors() -> None:
     """Upstream: the TypeError/KeyError/ValueError messages of bad registrations."""
-    x, y, b = _tensor(True), _tensor(True), _tensor(False)
+    x, _, b = _tensor(True), _tensor(True), _tensor(False)
     m = MetaGradientModule(x, b)
     for register in (m.register_meta_parameter, m.register_parameter):
         kind = 'meta-parameter' if register == m.register_meta_parameter else 'parameter'

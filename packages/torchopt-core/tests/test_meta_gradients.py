@@ -43,7 +43,7 @@ def _outer_loss(w, b, xv, yv):
 # Hand-written unrolls: each returns the final (w, b) built with autograd.grad(create_graph=True).
 def _unroll_sgd(w, b, lam, x, y, k, lr=0.1, momentum=0.9):
     bufs = None
-    for t in range(k):
+    for _ in range(k):
         gw, gb = torch.autograd.grad(_inner_loss(w, b, lam, x, y), (w, b), create_graph=True)
         if momentum:
             bufs = (gw, gb) if bufs is None else (momentum * bufs[0] + gw, momentum * bufs[1] + gb)

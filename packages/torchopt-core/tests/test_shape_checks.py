@@ -5,8 +5,8 @@ torch's CPU fused kernels do not check shapes: before the checks, ``adam(0.1)`` 
 memory (wrong numbers, ``munmap_chunk(): invalid pointer``, or a segfault). Every optimizer is
 run through every entry point with the shapes differing at one leaf — functional ``update``
 (in place and not), the torch-like class's ``load_state_dict`` (torch.optim's layout and
-TorchOpt 0.7's tuple of states), and the Meta class's ``load_state_dict`` — each optimizer in its own subprocess, so that a crash fails the test
-instead of the test run.
+TorchOpt 0.7's tuple of states), and the Meta class's ``load_state_dict`` — each optimizer in
+its own subprocess, so that a crash fails the test instead of the test run.
 """
 
 from __future__ import annotations

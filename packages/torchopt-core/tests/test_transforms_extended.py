@@ -324,7 +324,7 @@ def test_params_ema_and_incremental_update():
     debiased = T.params_ema(0.5, debias=True)
     d_state = debiased.init(params)
     expect = torch.zeros(2)
-    for k in range(1, 4):
+    for _ in range(1, 4):
         with torch.no_grad():
             params['w'].add_(1.0)
         state = averager.update(params, state)

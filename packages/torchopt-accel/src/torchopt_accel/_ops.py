@@ -16,9 +16,10 @@ when :mod:`torchopt_accel._C` loads). This module registers
       \bar m = \beta_1 G_m, \quad \bar v = \beta_2 G_v
 
   (:math:`\hat b_i = 1 - \beta_i^t`; the :math:`1/s` term is 0 where :math:`s = 0`, an entry
-  whose gradient was always 0 with :math:`\epsilon_{root} = 0`, where autograd would give 0/0). The fused ``adam_backward`` kernel computes it when no
-  graph of the backward is needed; otherwise (``create_graph=True``, ``torch.func``) the same
-  formula runs as differentiable ``torch`` ops, so higher-order derivatives are exact too.
+  whose gradient was always 0 with :math:`\epsilon_{root} = 0`, where autograd would give 0/0).
+  The fused ``adam_backward`` kernel computes it when no graph of the backward is needed;
+  otherwise (``create_graph=True``, ``torch.func``) the same formula runs as differentiable
+  ``torch`` ops, so higher-order derivatives are exact too.
 
 and the Python entry points that split leaves into (device, dtype) groups and make one op call
 per group.

@@ -68,7 +68,7 @@ def _adam(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any
     if not isinstance(sub, ScaleByAmsgradState if amsgrad else ScaleByAdamState):
         return None
     mu, nu, counts = take(sub.mu, idx), take(sub.nu, idx), take(sub.count, idx)
-    maxes = take(sub.nu_max, idx) if amsgrad else []
+    maxes = take(sub.nu_max, idx) if isinstance(sub, ScaleByAmsgradState) else []
     h = fused.hyper
     if fused.accel and not _dispatch.functorch_active():
         kernels = _dispatch.accel_kernels(p)
@@ -252,7 +252,7 @@ def fused_update(
     mu, nu, counts = take(sub.mu, idx), take(sub.nu, idx), take(sub.count, idx)
     amsgrad = fused.kind == 'amsgrad'
     maxes = take(sub.nu_max, idx) if amsgrad else []
-    p = take(params, idx) if wd != 0.0 else []
+    p = take(params, idx) if wd != 0.0 and params is not None else []
     if not _dispatch.kernel_eligible(g, mu, nu, *([p] if p else []), *([maxes] * amsgrad)):
         return None
     maximize = h['maximize']
@@ -310,14 +310,14 @@ def _sgd_update(
         return None  # the composed transformations raise their error
     where = 'torchopt sgd'
     _dispatch.check_state(where, updates, sub, (), treespec)
-    if wd != 0.0:
+    if wd != 0.0 and params is not None:  # not None: returned above otherwise
         _dispatch.check_like(where, 'params', updates, params, treespec=treespec)
     idx = present_indices(updates)
     g = take(updates, idx)
     if not g:
         return updates, state
     bufs = take(sub.trace, idx)
-    p = take(params, idx) if wd != 0.0 else []
+    p = take(params, idx) if wd != 0.0 and params is not None else []
     if not _dispatch.kernel_eligible(g, bufs, *([p] if p else [])):
         return None
     with torch.no_grad():

@@ -126,7 +126,7 @@ def _reason() -> str:
     return 'missing'
 
 
-def _normalize(devices: Any) -> list[torch.device] | None:
+def _normalize(devices: Any) -> list[torch.device]:
     if devices is None:
         return [torch.device('cuda'), torch.device('cpu')]
     if isinstance(devices, (torch.device, str, int)):

@@ -217,7 +217,11 @@ class Optimizer(torch.optim.Optimizer):
                     tuple(self.param_groups[i]['params'])
                 )
 
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+    # torch's stub types ``closure`` as returning float; at run time torch.optim returns what the
+    # closure returns (a tensor loss), as this does.
+    def step(  # type: ignore[override]
+        self, closure: Callable[[], torch.Tensor] | None = None
+    ) -> torch.Tensor | None:
         """Update every parameter that has a gradient; return ``closure()`` if given."""
         loss = None
         if closure is not None:

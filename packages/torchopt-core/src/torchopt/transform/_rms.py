@@ -30,7 +30,9 @@ class ScaleByRmsState(NamedTuple):
 def scale_by_rms(
     alpha: float = 0.9, eps: float = 1e-8, initial_scale: float = 0.0
 ) -> FlatTransformation:
-    r"""RMSprop scaling: :math:`v_t = \alpha v_{t-1} + (1-\alpha) g_t^2`, :math:`u_t = g_t / (\sqrt{v_t} + \epsilon)`.
+    r"""RMSprop scaling: :math:`u_t = g_t / (\sqrt{v_t} + \epsilon)`.
+
+    With :math:`v_t = \alpha v_{t-1} + (1-\alpha) g_t^2`.
 
     Args:
         alpha: smoothing constant, in ``[0, 1)``.
