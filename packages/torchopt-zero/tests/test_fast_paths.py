@@ -45,20 +45,66 @@ def quadratic():
     return (lambda x: 0.5 * x @ a @ x + b @ x), theta, a @ theta + b
 
 
-@pytest.mark.parametrize('sampler', list(SAMPLERS))
+def leaves_quadratic():
+    """:func:`quadratic` over three leaves of 50, 30 and 4x5 elements (a dict, noise per leaf).
+
+    ``A`` couples the leaves: the error depends on the noise of different leaves being
+    independent standard normal (one ``(N, d)`` draw over all d elements, leaves in order).
+    """
+    f, theta, g = quadratic()
+    shapes = {'u': (50,), 'v': (30,), 'w': (4, 5)}
+    sizes = [math.prod(s) for s in shapes.values()]
+
+    def split(t):
+        return {k: part.reshape(s) for (k, s), part in zip(shapes.items(), t.split(sizes))}
+
+    def f_leaves(p):
+        return f(torch.cat([p[k].reshape(-1) for k in shapes]))
+
+    return f_leaves, split(theta), split(g)
+
+
+@pytest.mark.parametrize('sampler', [*SAMPLERS, 'per-leaf'])
 @pytest.mark.parametrize('num_samples', [10, 100, 1000])
 def test_antithetic_relative_rms_error_is_sqrt_d_plus_1_over_n(sampler, num_samples):
-    """On a quadratic the antithetic error is exactly (d + 1) |g|^2 / N in mean square."""
-    f, theta, g = quadratic()
-    fn = zero_order(SAMPLERS[sampler], method='antithetic', num_samples=num_samples, sigma=0.1)(f)
+    r"""On a quadratic the antithetic error is exactly (d + 1) |g|^2 / N in mean square.
+
+    (The antithetic difference of a quadratic is exactly :math:`2 \sigma g^\top u`, for every
+    ``sigma``.) Issue #24's target: the measured relative RMS error within 10% of
+    :math:`\sqrt{(d + 1) / N}`. Fixed seeds make it deterministic; the tolerance is justified by
+    the standard error of the measurement over the 200 trials (from their spread, delta method),
+    asserted below 2.5% of the rule: 10% is then over 4 standard errors, so a correct estimator
+    passes for almost every seed and a 10% deviation (e.g. noise correlated across leaves, or
+    off by a constant factor) fails.
+    """
+    if sampler == 'per-leaf':
+        f, theta, g = leaves_quadratic()
+        fn = zero_order(SAMPLERS['callable'], method='antithetic', num_samples=num_samples)(f)
+    else:
+        f, theta, g = quadratic()
+        fn = zero_order(SAMPLERS[sampler], method='antithetic', num_samples=num_samples, sigma=0.1)(
+            f
+        )
+    g_flat = torch.cat([v.reshape(-1) for v in g.values()]) if isinstance(g, dict) else g
     torch.manual_seed(num_samples)
     errors = []
     for _ in range(200):
-        x = theta.clone().requires_grad_()
-        fn(x).backward()
-        errors.append(float((x.grad - g).pow(2).sum()))
-    rel_rms = math.sqrt(sum(errors) / len(errors)) / float(g.norm())
-    assert rel_rms == pytest.approx(math.sqrt((D + 1) / num_samples), rel=0.10)
+        if isinstance(theta, dict):
+            x = {k: v.clone().requires_grad_() for k, v in theta.items()}
+            fn(x).backward()
+            grad = torch.cat([v.grad.reshape(-1) for v in x.values()])
+        else:
+            x = theta.clone().requires_grad_()
+            fn(x).backward()
+            grad = x.grad
+        errors.append(float((grad - g_flat).pow(2).sum()))
+    sq = torch.tensor(errors, dtype=DTYPE)
+    mse = float(sq.mean())
+    se_rel_rms = float(sq.std()) / math.sqrt(len(errors)) / (2 * math.sqrt(mse))
+    rule = math.sqrt((D + 1) / num_samples)
+    rel_rms = math.sqrt(mse) / float(g_flat.norm())
+    assert se_rel_rms / float(g_flat.norm()) < 0.025 * rule
+    assert rel_rms == pytest.approx(rule, rel=0.10)
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
@@ -253,3 +299,31 @@ def test_module_instances_draw_from_their_own_sample(reference):
         lambda ts: (ts[0] ** 2).sum(), [two.w], [two.draws[0]], 'antithetic', 0.1
     )
     torch.testing.assert_close(two.w.grad, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('method', ['naive', 'forward', 'antithetic'])
+def test_direct_node_apply_matches_function_apply(method, monkeypatch):
+    """The direct C ``apply`` (outside transforms) gives what ``Function.apply`` gives."""
+    from torchopt_zero import decorator  # noqa: PLC0415
+
+    f, theta, _ = quadratic()
+    fn = zero_order(SAMPLERS['callable'], method=method, num_samples=7, sigma=0.1)(f)
+    grads = []
+    for compiling in (False, True):  # True: run_flat takes the public Function.apply
+        monkeypatch.setattr(decorator, '_is_compiling', lambda c=compiling: c)
+        x = theta.clone().requires_grad_()
+        torch.manual_seed(0)
+        out = fn(x)
+        assert out.grad_fn is not None
+        assert type(out.grad_fn).__name__ == '_ZeroOrderFunctionBackward'
+        out.backward()
+        grads.append((out.detach(), x.grad))
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
+def test_functorch_transforms_still_get_function_apply_errors():
+    """Under ``torch.func.grad`` the public ``Function.apply`` runs, with its usual error."""
+    f, theta, _ = quadratic()
+    fn = zero_order(SAMPLERS['callable'], method='antithetic', num_samples=4)(f)
+    with pytest.raises(RuntimeError, match='setup_context'):
+        torch.func.grad(fn)(theta)

@@ -162,7 +162,7 @@ class _GroupsPlan(NamedTuple):
     """The layout of several leaves (the grouped path), computed once per layout."""
 
     groups: list[_Group]
-    positions: list[int]  # the perturbed leaves, group by group
+    positions: list[int] | None  # the perturbed leaves, group by group (None: all, in order)
     chunk: int  # noise draws per chunk
 
 
@@ -185,14 +185,18 @@ def check_batch(values: object, rows: int) -> Tensor:
 
 
 def _of_perturbed(
-    fn: Callable[..., Tensor], leaves: Sequence[Tensor], positions: list[int], batched: bool
+    fn: Callable[..., Tensor],
+    leaves: Sequence[Tensor],
+    positions: list[int] | None,
+    batched: bool,
 ) -> Callable[..., Tensor]:
     """``fn`` as a function of the perturbed leaves (at ``positions``, in that order) only.
 
     With ``batched``, the unperturbed leaves are expanded (a view) to the rows of the batch.
+    ``positions=None`` means every leaf is perturbed, in order: ``fn`` itself.
     """
-    if positions == list(range(len(leaves))):
-        return fn  # every leaf is perturbed, in order
+    if positions is None:
+        return fn
 
     def fn_of_perturbed(*perturbed: Tensor) -> Tensor:
         # the unperturbed leaves come from the closure: vmap does not batch them
@@ -380,9 +384,10 @@ class Estimator:
                     signs=self._signs_like(leaves[members[0]]) if self._antithetic else None,
                 )
             )
+        positions = [j for group in groups for j in group.members]
         plan = self._group_plans[key] = _GroupsPlan(
             groups=groups,
-            positions=[j for group in groups for j in group.members],
+            positions=None if positions == list(range(len(leaves))) else positions,
             chunk=_chunk_size(self.config, sum(group.dim for group in groups)),
         )
         return plan
@@ -421,7 +426,9 @@ class Estimator:
                 ):
                     noise = _as_noise(noise, size, leaves[group.members[0]])
                 noises.append(noise)
-                parts = (noise,) if len(group.members) == 1 else noise.split(group.sizes, dim=1)
+                parts = (
+                    (noise,) if len(group.members) == 1 else noise.split_with_sizes(group.sizes, 1)
+                )
                 for j, part, rows, flat in zip(group.members, parts, group.rows, group.flat):
                     theta = leaves[j] if flat else leaves[j].reshape(-1)
                     if group.signs is None:
@@ -444,7 +451,7 @@ class Estimator:
         for group, total in zip(plan.groups, totals):
             if post is not None:
                 total.mul_(post.to(total.dtype))
-            parts = (total,) if len(group.members) == 1 else total.split(group.sizes)
+            parts = (total,) if len(group.members) == 1 else total.split_with_sizes(group.sizes)
             for j, grad in zip(group.members, parts):
                 grads[j] = grad if grad.shape == leaves[j].shape else grad.view(leaves[j].shape)
         return grads

@@ -94,6 +94,13 @@ def _backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
 
 _backward_once = once_differentiable(_backward)
 
+# ``torch.autograd.Function.apply`` outside functorch transforms is the C ``apply`` of the base
+# class after unwrapping dead functorch wrappers; calling that directly saves ~4 us a call.
+_apply_node = super(torch.autograd.Function, _ZeroOrderFunction).apply
+_unwrap_if_dead = getattr(torch._C._functorch, 'unwrap_if_dead', None)
+_transforms_active = torch._C._are_functorch_transforms_active
+_is_compiling = getattr(getattr(torch, 'compiler', None), 'is_compiling', lambda: False)
+
 
 def _normalize_argnums(argnums: int | Sequence[int]) -> tuple[int, ...]:
     if isinstance(argnums, numbers.Integral) and not isinstance(argnums, bool):
@@ -248,7 +255,9 @@ def run_flat(
     ):
         with torch.no_grad():  # nothing to differentiate: only the non-argnum inputs are left
             return _value(estimator, flat_fn, leaves)
-    return _ZeroOrderFunction.apply(estimator, sample, flat_fn, *leaves)
+    if _unwrap_if_dead is None or _transforms_active() or _is_compiling():
+        return _ZeroOrderFunction.apply(estimator, sample, flat_fn, *leaves)
+    return _apply_node(estimator, sample, flat_fn, *[_unwrap_if_dead(t) for t in leaves])
 
 
 def zero_order(
