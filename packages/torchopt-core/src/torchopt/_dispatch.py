@@ -44,6 +44,7 @@ __all__ = [
     'check_like',
     'check_state',
     'compiling',
+    'traced_eligible',
     'find_fused',
     'functorch_active',
     'host_values',
@@ -60,7 +61,13 @@ _GET_DEVICE, _IS_CONTIGUOUS = torch.Tensor.get_device, torch.Tensor.is_contiguou
 
 
 def functorch_active() -> bool:
-    """Whether we run inside a ``torch.func`` transform (vmap, grad, jvp, ...)."""
+    """Whether we run inside a ``torch.func`` transform (vmap, grad, jvp, ...).
+
+    Under ``torch.compile`` this is true even outside every transform: dynamo (torch 2.13)
+    evaluates ``peek_interpreter_stack() is not None`` as true. The compiled paths rely on it
+    (the per-tensor composed ops it selects are the ones that trace); :func:`traced_eligible`
+    is the one check that looks at the real transform level while compiling.
+    """
     return _peek() is not None
 
 
@@ -225,6 +232,29 @@ def kernel_eligible(*lists: Sequence[torch.Tensor]) -> bool:
         return False
 
 
+def traced_eligible(*lists: Sequence[torch.Tensor]) -> bool:
+    """Under ``torch.compile`` and outside ``torch.func``: may the traced fused Adam math run?
+
+    (:func:`torchopt._kernels._traced_adam_`, the compiled stand-in for torch's fused kernel.)
+    The same tensor conditions as :func:`kernel_eligible`, evaluated once at trace time.
+    """
+    if not compiling() or torch._C._functorch.maybe_current_level() is not None:
+        return False
+    if not lists or not lists[0]:
+        return False
+    first = lists[0][0]
+    if first.dtype not in FUSED_DTYPES or first.device.type not in ('cpu', 'cuda'):
+        return False
+    return all(
+        t.dtype == first.dtype
+        and t.device == first.device
+        and t.layout == torch.strided
+        and t.is_contiguous()
+        for lst in lists
+        for t in lst
+    )
+
+
 def adam_path(inplace: bool, eps_root: float, accel: bool, *lists: Sequence[torch.Tensor]) -> str:
     """The implementation of one ``scale_by_adam`` update on present leaves.
 
@@ -237,7 +267,8 @@ def adam_path(inplace: bool, eps_root: float, accel: bool, *lists: Sequence[torc
     if accel and not functorch_active() and accel_kernels(lists[0]) is not None:
         return 'accel'
     if inplace:
-        return 'fused' if eps_root == 0.0 and kernel_eligible(*lists) else 'foreach'
+        eligible = kernel_eligible(*lists) or traced_eligible(*lists)
+        return 'fused' if eps_root == 0.0 and eligible else 'foreach'
     if functorch_active():
         return 'foreach'
     return 'node' if torch.is_grad_enabled() else 'untracked'
