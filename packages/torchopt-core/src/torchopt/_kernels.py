@@ -146,19 +146,21 @@ def _sgd(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any:
         maximize=h['maximize'],
     )
     if h['momentum'] == 0.0:
-        if not _dispatch.kernel_eligible(p, g):
+        if not (_dispatch.kernel_eligible(p, g) or _dispatch.traced_eligible(p, g)):
             return None
-        torch._fused_sgd_(p, g, [], is_first_step=False, **kwargs)
+        _sgd_kernel(p, g, [], is_first_step=False, **kwargs)
         return state
     if not isinstance(sub, (TraceState, DampenedTraceState)):
         return None
     bufs = take(sub.trace, idx)
-    if not _dispatch.kernel_eligible(p, g, bufs):
+    if not (_dispatch.kernel_eligible(p, g, bufs) or _dispatch.traced_eligible(p, g, bufs)):
         return None
     if isinstance(sub, TraceState):
         # Zero-initialised buffers make the first step b = g exactly (no dampening).
-        torch._fused_sgd_(p, g, bufs, is_first_step=False, **kwargs)
+        _sgd_kernel(p, g, bufs, is_first_step=False, **kwargs)
         return state
+    if _dispatch.compiling():  # the first step is told apart by host step counts: composed ops
+        return None
     counts = take(sub.count, idx)
     for value, members in _groups(counts).items():
         torch._fused_sgd_(
@@ -170,6 +172,31 @@ def _sgd(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any:
         )
     _counts.advance_(counts)
     return state
+
+
+def _sgd_kernel(p: list, g: list, bufs: list, **hyper: Any) -> None:
+    """Run torch's fused SGD kernel; when compiling, the same math as tensor ops.
+
+    (Compiled, the composed transformations would write the update into ``g``: the gradients
+    would not survive the step, unlike eagerly and in ``torch.optim``.)
+    """
+    if not _dispatch.compiling():
+        torch._fused_sgd_(p, g, bufs, **hyper)
+        return
+    is_first_step, momentum = hyper['is_first_step'], hyper['momentum']
+    wd, lr, dampening = hyper['weight_decay'], hyper['lr'], hyper['dampening']
+    for i, (pi, gi) in enumerate(zip(p, g)):
+        grad = -gi if hyper['maximize'] else gi
+        if wd != 0.0:
+            grad = grad + wd * pi
+        if momentum != 0.0:
+            buf = bufs[i]
+            if is_first_step:
+                buf.copy_(grad)
+            else:
+                buf.mul_(momentum).add_(grad, alpha=1.0 - dampening)
+            grad = grad + momentum * buf if hyper['nesterov'] else buf
+        pi.add_(grad, alpha=-lr)
 
 
 def adam_direction_(
