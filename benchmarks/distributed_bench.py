@@ -240,7 +240,7 @@ def _collective_paired(args: argparse.Namespace) -> None:
     mine = {k: _median(times[2][k][args.warmup :]) for k in ('compute', 'faults', 'cpu')}
     dist.all_gather_object(gathered, mine)
     if rank != 0:
-        dist.destroy_process_group()
+        todist.destroy_process_group()
         return
     result: dict[str, Any] = {
         str(w): {k: _median(v[args.warmup :]) for k, v in row.items()} for w, row in times.items()
@@ -252,7 +252,7 @@ def _collective_paired(args: argparse.Namespace) -> None:
     numel = sum(p.numel() for p in params[2])
     result['grad_bytes'] = numel * params[2][0].element_size()
     print('BENCH ' + json.dumps(result), flush=True)
-    dist.destroy_process_group()
+    todist.destroy_process_group()
 
 
 # --- orchestrator -------------------------------------------------------------------------------

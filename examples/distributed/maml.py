@@ -305,7 +305,7 @@ def train_collective(args: argparse.Namespace) -> dict[str, float] | None:
         if rank == 0 and not args.bench and (it % args.log_every == 0 or it == args.iterations):
             print(f'iter {it:4d}  query loss {loss:.4f}  query acc {acc:.3f}', flush=True)
     after = evaluate_collective(params, test_data, args, args.eval_tasks, device)
-    dist.destroy_process_group()
+    todist.destroy_process_group()  # barrier, then release the group and join its threads
     if rank != 0:
         return None
     print(f'meta-test accuracy (5-way 1-shot): {before:.3f} before, {after:.3f} after', flush=True)

@@ -21,8 +21,8 @@ UPSTREAM_ALL = [
 
 #: Beyond TorchOpt 0.7: the collective task-parallel path (torchopt_distributed.collective).
 COLLECTIVE_ALL = [
-    'init_process_group', 'shard_bounds', 'shard_tasks', 'unwrap_model', 'all_reduce_gradients',
-    'average_meta_gradients',
+    'init_process_group', 'destroy_process_group', 'shard_bounds', 'shard_tasks', 'unwrap_model',
+    'all_reduce_gradients', 'average_meta_gradients',
 ]  # fmt: skip
 
 

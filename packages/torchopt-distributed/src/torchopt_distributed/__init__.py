@@ -49,6 +49,7 @@ from torchopt_distributed.api import (
 from torchopt_distributed.collective import (
     all_reduce_gradients,
     average_meta_gradients,
+    destroy_process_group,
     init_process_group,
     shard_bounds,
     shard_tasks,
@@ -97,6 +98,7 @@ __all__ = [
     'rank_zero_only',
     # beyond TorchOpt 0.7: the collective task-parallel path
     'init_process_group',
+    'destroy_process_group',
     'shard_bounds',
     'shard_tasks',
     'unwrap_model',

@@ -22,6 +22,7 @@ Example (``torchrun --nproc_per_node 2 train.py``)::
             loss.backward()
         todist.average_meta_gradients(net, len(local))  # = the one-process mean over tasks
         meta_opt.step()
+    todist.destroy_process_group()                 # barrier, release the group, join threads
 
 Models wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`: DDP's reducer cannot
 follow the double backward of an unrolled inner loop (PyTorch issue #63929), so run the inner
@@ -33,7 +34,12 @@ when it is constructed; buffers (e.g. batch-norm statistics) are not synchronise
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
+import sys
+import warnings
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar, cast
@@ -48,6 +54,7 @@ __all__ = [
     'COLLECTIVE_TIMEOUT_ENV',
     'DEFAULT_COLLECTIVE_TIMEOUT',
     'init_process_group',
+    'destroy_process_group',
     'shard_bounds',
     'shard_tasks',
     'unwrap_model',
@@ -106,6 +113,13 @@ def init_process_group(
 
     Raises:
         RuntimeError: the default process group is already initialised.
+
+    The group is left by :func:`destroy_process_group`; if the program exits without calling it,
+    an :mod:`atexit` hook destroys the group (locally, without a barrier) before the interpreter
+    shuts down, so that gloo's worker threads are joined while they can still take the GIL (see
+    :func:`destroy_process_group`). ``torch.distributed.nn.functional`` is imported first: imported
+    after the group exists (as ``torch._dynamo`` and DDP do), its functions would capture the
+    group as a default argument and keep it, and its threads, alive after it is destroyed.
     """
     if backend is not None and not isinstance(backend, str):
         raise TypeError(f'backend must be a str or None, got {backend!r}')
@@ -132,6 +146,7 @@ def init_process_group(
         device = torch.device('cuda', info.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
         kwargs['device_id'] = device
+    _import_functional_before_init()
     dist.init_process_group(
         backend,
         rank=info.world_rank,
@@ -139,7 +154,126 @@ def init_process_group(
         timeout=timedelta(seconds=seconds),
         **kwargs,
     )
+    global _OWN_GROUP, _EXIT_HOOK_REGISTERED  # noqa: PLW0603
+    _OWN_GROUP = weakref.ref(dist.group.WORLD)
+    if not _EXIT_HOOK_REGISTERED:
+        atexit.register(_destroy_at_exit)
+        _EXIT_HOOK_REGISTERED = True
     return backend
+
+
+# ----------------------------------------------------------------------------------------------
+# Leaving the world
+# ----------------------------------------------------------------------------------------------
+#
+# Why this is more than ``dist.destroy_process_group()``: a gloo worker thread drops its
+# reference to a finished collective's Work (and so to the tensors it holds, whose Python
+# objects need the GIL to be released) only *after* the Work is marked complete, i.e. possibly
+# after the caller has moved on. If the interpreter is already finalising when that happens, the
+# thread's attempt to take the GIL ends it with ``pthread_exit``, whose forced unwind through a
+# ``noexcept`` frame calls ``std::terminate``: the process aborts (SIGABRT, "terminate called
+# without an active exception") after it has done all its work. Destroying the process group
+# joins those threads, but only if nothing else keeps the group alive: ``torch.distributed.nn.
+# functional``, when imported after the group was created (``torch._dynamo`` and DDP import
+# it), holds it as the default ``group`` argument of ten functions.
+
+_OWN_GROUP: weakref.ReferenceType[Any] | None = None
+_EXIT_HOOK_REGISTERED = False
+_FUNCTIONAL = 'torch.distributed.nn.functional'
+
+
+def _import_functional_before_init() -> None:
+    if _FUNCTIONAL in sys.modules or dist.is_initialized():
+        return
+    try:
+        __import__(_FUNCTIONAL)  # its defaults then capture ``group.WORLD`` while it is None
+    except ImportError:  # pragma: no cover - a torch build without it
+        pass
+
+
+def _forget_destroyed_groups() -> None:
+    """Reset stale ``group`` defaults of ``torch.distributed.nn.functional`` to ``None``.
+
+    ``None`` means the default group at call time; a default that holds a (now destroyed)
+    process group would keep it, and its threads, alive.
+    """
+    module = sys.modules.get(_FUNCTIONAL)
+    if module is None:
+        return
+    for value in vars(module).values():
+        defaults = getattr(value, '__defaults__', None)
+        if getattr(value, '__module__', None) != _FUNCTIONAL or not defaults:
+            continue
+        if any(isinstance(d, dist.ProcessGroup) for d in defaults):
+            value.__defaults__ = tuple(
+                None if isinstance(d, dist.ProcessGroup) else d for d in defaults
+            )
+
+
+def _destroy(group_ref: weakref.ReferenceType[Any]) -> bool:
+    """Destroy every process group; whether the default one is gone (its threads joined)."""
+    dist.destroy_process_group()
+    _forget_destroyed_groups()
+    if group_ref() is not None:
+        gc.collect()  # e.g. a dropped DistributedDataParallel model in a reference cycle
+    return group_ref() is None
+
+
+def _still_alive_warning() -> None:
+    warnings.warn(
+        'the destroyed default process group is still referenced (e.g. by a '
+        'DistributedDataParallel model that is still alive), so its worker threads outlive '
+        'destroy_process_group; a process that exits right after a collective can then abort '
+        '(std::terminate). Drop such references (del ddp) before destroy_process_group.',
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def destroy_process_group(*, barrier: bool = True) -> None:
+    """Leave the world: wait for every rank, destroy the process groups, join their threads.
+
+    Call it once every rank is done with its collectives (the counterpart of
+    :func:`init_process_group`; it also works for a group made by
+    :func:`torch.distributed.init_process_group`). Unlike ``dist.destroy_process_group()`` alone,
+    it makes sure that the default group is really released -- its gloo worker threads joined --
+    before the program goes on to exit: a worker thread that is still releasing the last
+    collective's tensors when the interpreter shuts down aborts the process (``terminate called
+    without an active exception``). To that end it resets the default ``group`` argument of
+    ``torch.distributed.nn.functional``'s functions when they hold the destroyed group (they
+    capture it when that module is imported after the group was created) to ``None``, which is
+    what they hold when imported before, and collects garbage if the group is still alive.
+
+    Args:
+        barrier: First wait until every rank reaches this call (``dist.barrier()``, bounded by the
+            group's timeout), so that no rank leaves while another still communicates with it.
+            Pass ``False`` when a rank may be gone (after a failed collective).
+
+    Warns:
+        RuntimeWarning: the group is still referenced after it was destroyed (e.g. by a
+            ``DistributedDataParallel`` model that is still alive): delete those first.
+    """
+    if not isinstance(barrier, bool):
+        raise TypeError(f'barrier must be True or False, got {barrier!r}')
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if barrier and dist.get_world_size() > 1:
+        dist.barrier()
+    if not _destroy(weakref.ref(dist.group.WORLD)):
+        _still_alive_warning()
+
+
+def _destroy_at_exit() -> None:
+    """Destroy the group made by :func:`init_process_group` if the program did not.
+
+    No barrier: this also runs when a rank leaves with an exception.
+    """
+    own = _OWN_GROUP() if _OWN_GROUP is not None else None
+    if own is None or not dist.is_initialized() or dist.group.WORLD is not own:
+        return
+    del own
+    if not _destroy(weakref.ref(dist.group.WORLD)):
+        _still_alive_warning()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,6 +11,14 @@ Modes (``argv[1]``):
   ``ddp.module``), plus an outer SGD step that must leave the replicas identical.
 * ``idle T``: join the world (timeout ``T`` s) and leave; launched with a rank missing, the
   ranks that did start must fail within the bound.
+* ``teardown HOW``: the end of a run that used to abort at exit now and then (SIGABRT,
+  ``terminate called without an active exception``): ``torch._dynamo`` and DDP imported after
+  the group exists (they capture it through ``torch.distributed.nn.functional``), a DDP model,
+  and a collective on Python tensors just before leaving. ``HOW``: ``helper`` (the library's
+  init and :func:`destroy_process_group`), ``torch-init`` (``dist.init_process_group`` with
+  the library's destroy), ``torch-destroy`` (the library's init, ``dist.destroy_process_group``),
+  ``exit`` (no destroy at all: the library's exit hook), ``ddp-alive`` (destroy while a DDP model
+  is still referenced: a warning). Reports the gloo worker threads left after the teardown.
 * ``dies T`` / ``stalls T``: process-group timeout ``T`` s; rank 1 exits abruptly (``dies``) or
   sleeps (``stalls``) instead of joining an all-reduce; the other ranks report the error they
   get and how long it took.
@@ -23,6 +31,8 @@ import json
 import os
 import sys
 import time
+import warnings
+from datetime import timedelta
 
 import torch
 from torch import nn
@@ -36,7 +46,7 @@ INNER_STEPS = 2
 
 
 def report(**fields):
-    fields['rank'] = DIST.get_rank() if DIST.is_initialized() else -1
+    fields.setdefault('rank', DIST.get_rank() if DIST.is_initialized() else -1)
     print('RESULT ' + json.dumps(fields), flush=True)
 
 
@@ -193,9 +203,60 @@ def check_failure(mode: str) -> None:
     report(error=None, call_time=time.monotonic() - began)
 
 
+def gloo_threads() -> list[str] | None:
+    """Names of this process's gloo worker threads (None where /proc is not available)."""
+    try:
+        tasks = os.listdir('/proc/self/task')
+    except OSError:
+        return None
+    names = []
+    for tid in tasks:
+        try:
+            with open(f'/proc/self/task/{tid}/comm') as comm:
+                names.append(comm.read().strip())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return sorted(n for n in names if n.startswith(('pt_gloo', 'gloo')))
+
+
+def teardown(how: str) -> None:
+    rank = int(os.environ['RANK'])
+    if how == 'exit':  # atexit runs last-in first-out: this reports after the library's hook
+        import atexit
+
+        atexit.register(lambda: print('RESULT ' + json.dumps(
+            {'rank': rank, 'check': 'teardown', 'threads': gloo_threads(), 'warning': None}
+        ), flush=True))  # fmt: skip
+    if how == 'torch-init':
+        DIST.init_process_group('gloo', init_method='env://', timeout=timedelta(seconds=60))
+    else:
+        todist.init_process_group('gloo', timeout=60.0)
+    import torch._dynamo  # noqa: F401  (imports torch.distributed.nn.functional)
+
+    ddp = nn.parallel.DistributedDataParallel(make_net(seed=rank))
+    module_meta_grads(todist.unwrap_model(ddp), todist.shard_tasks(4), 0.25)
+    todist.average_meta_gradients(ddp, len(todist.shard_tasks(4)))
+    identical_on_all_ranks(list(ddp.parameters()))  # an all_gather on Python tensors, last
+    if how != 'ddp-alive':
+        del ddp
+    if how == 'exit':
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        if how == 'torch-destroy':
+            DIST.destroy_process_group()
+        else:
+            todist.destroy_process_group()
+    report(rank=rank, check='teardown', threads=gloo_threads(),
+           warning=str(caught[0].message) if caught else None)  # fmt: skip
+
+
 def main() -> None:
     faulthandler.dump_traceback_later(120, exit=True)
     mode = sys.argv[1]
+    if mode == 'teardown':
+        teardown(sys.argv[2])
+        return
     timeout = float(sys.argv[2]) if mode in ('dies', 'stalls', 'idle') else 60.0
     began = time.monotonic()
     try:
@@ -215,7 +276,7 @@ def main() -> None:
         report(error=None, call_time=time.monotonic() - began)
     else:
         raise SystemExit(f'unknown mode {mode!r}')
-    DIST.destroy_process_group()
+    todist.destroy_process_group()
 
 
 if __name__ == '__main__':
