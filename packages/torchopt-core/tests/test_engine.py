@@ -305,3 +305,36 @@ def test_functional_inplace_sgd_momentum_matches_torch_optim(monkeypatch, kwargs
     # Heavy-ball momentum takes the two-pass path; dampened and Nesterov the composed chain.
     fast = 'nesterov' not in kwargs and 'dampening' not in kwargs
     assert taken == [fast] * 8
+
+
+@pytest.mark.parametrize('kwargs', [dict(), dict(weight_decay=0.1), dict(maximize=True)])
+def test_functional_inplace_sgd_momentum_accel_kernel_matches_torch_optim(monkeypatch, kwargs):
+    """``sgd(..., use_accelerated_op=True)``: accel's one-pass kernel runs and is torch's SGD."""
+    torchopt_accel = pytest.importorskip('torchopt_accel')
+    calls = []
+    original = torchopt_accel.sgd_update_
+
+    def spy(*args, **kw):
+        calls.append(len(args[0]))
+        return original(*args, **kw)
+
+    monkeypatch.setattr(torchopt_accel, 'sgd_update_', spy)
+    shapes = [(3,), (70_000,), (20, 30)]
+    g0 = torch.Generator().manual_seed(12)
+    params = [torch.randn(s, generator=g0) for s in shapes]
+    ref = [p.clone().requires_grad_() for p in params]
+    opt = torchopt.sgd(1e-2, momentum=0.9, use_accelerated_op=True, **kwargs)
+    ref_opt = torch.optim.SGD(ref, lr=1e-2, momentum=0.9, foreach=False, **kwargs)
+    state = opt.init(params)
+    for step in range(6):
+        grads = [torch.randn(s, generator=g0) for s in shapes]
+        if step % 2:
+            grads[0] = None  # skipped: its buffer must not move
+        given = [None if g is None else g.clone() for g in grads]  # overwritten with updates
+        updates, state = opt.update(given, state, params=params, inplace=True)
+        torchopt.apply_updates(params, updates)
+        for r, g in zip(ref, grads):
+            r.grad = g
+        ref_opt.step()
+    assert calls == [3, 2] * 3  # the kernel took every step, on the present leaves
+    assert _max_err(params, ref) <= 1e-13

@@ -56,6 +56,7 @@ EXPECTED = {
 # binds exactly as before (torch.optim.Adam's and AdamW's ``amsgrad``).
 EXTENSIONS = {name: ', amsgrad=False' for name in ('adam', 'adamw', 'Adam', 'AdamW', 'MetaAdam',
                                                     'MetaAdamW')}  # fmt: skip
+EXTENSIONS['sgd'] = ', use_accelerated_op=False'  # the one-pass accel kernel (#16)
 
 # Where a class that follows TorchOpt 0.7 differs from torch.optim's default: upstream wins.
 TORCH_DEFAULT_EXCEPTIONS = {('SGD', 'lr'): 'TorchOpt 0.7 requires lr; torch.optim has 1e-3'}
