@@ -1,5 +1,6 @@
 """Differentiable (meta) optimizers (upstream ``torchopt.optim.meta``)."""
 
+from torchopt.optim.meta import _classes
 from torchopt.optim.meta._classes import (
     MetaAdaBelief,
     MetaAdaDelta,
@@ -30,32 +31,4 @@ from torchopt.optim.meta._classes import (
 )
 from torchopt.optim.meta.base import MetaOptimizer
 
-__all__ = [
-    'MetaOptimizer',
-    'MetaSGD',
-    'MetaAdam',
-    'MetaAdamW',
-    'MetaAdaGrad',
-    'MetaAdagrad',
-    'MetaAdaDelta',
-    'MetaAdadelta',
-    'MetaAdaMax',
-    'MetaAdamax',
-    'MetaRAdam',
-    'MetaRMSProp',
-    'MetaRMSprop',
-    'MetaNAdam',
-    'MetaLion',
-    'MetaLamb',
-    'MetaAMSGrad',
-    'MetaAdafactor',
-    'MetaRprop',
-    'MetaASGD',
-    'MetaMuon',
-    'MetaAdaBelief',
-    'MetaYogi',
-    'MetaNovoGrad',
-    'MetaAdan',
-    'MetaSignSGD',
-    'MetaLARS',
-]
+__all__ = ['MetaOptimizer', *_classes.__all__]  # the classes' list, in their order
