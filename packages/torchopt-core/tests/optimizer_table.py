@@ -25,6 +25,9 @@ import torchopt
 
 ADAM = ('exp_avg', 'exp_avg_sq', 'step')
 AMSGRAD = ('exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'step')
+ADAFACTOR = ('col_var', 'row_var', 'step', 'variance')  # row_var, col_var of matrices only
+RPROP = ('prev', 'step', 'step_size')
+ASGD = ('ax', 'eta', 'mu', 'step')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +42,7 @@ class Row:
     torch_cls: Callable[..., Any] | None = None  # torch.optim's: torch_cls(params, **torch_kwargs)
     torch_extra: dict = dataclasses.field(default_factory=dict)  # added to kwargs for torch_cls
     reference: Callable[..., Any] | None = None  # else: float64 rule (p, g, state, kwargs) -> p
-    checkpoint: tuple[str, ...] = ()  # per-parameter state_dict names (() : kept under 'torchopt')
+    checkpoint: tuple[str, ...] = ()  # state_dict names, all parameters' (() : under 'torchopt')
     matrices_only: bool = False  # Muon: every parameter a matrix
 
     @property
@@ -89,7 +92,7 @@ CASES = [
         T.MetaSGD,
         torch.optim.SGD,
         dict(lr=1e-2, momentum=0.9, dampening=0.5, weight_decay=0.1),
-        checkpoint=('momentum_buffer', 'step'),
+        checkpoint=('momentum_buffer',),
     ),
     _row(
         'SGD-nesterov',
@@ -188,7 +191,7 @@ CASES = [
         T.MetaAdadelta,
         torch.optim.Adadelta,
         dict(lr=1.0),
-        checkpoint=('acc_delta', 'square_avg'),
+        checkpoint=('acc_delta', 'square_avg', 'step'),
     ),
     _row(
         'Adadelta-all',
@@ -197,7 +200,7 @@ CASES = [
         T.MetaAdadelta,
         torch.optim.Adadelta,
         dict(lr=0.5, rho=0.8, eps=1e-5, weight_decay=0.1),
-        checkpoint=('acc_delta', 'square_avg'),
+        checkpoint=('acc_delta', 'square_avg', 'step'),
     ),
     _row(
         'Adamax',
@@ -242,7 +245,7 @@ CASES = [
         T.MetaRMSprop,
         torch.optim.RMSprop,
         dict(lr=1e-2),
-        checkpoint=('square_avg',),
+        checkpoint=('square_avg', 'step'),
     ),
     _row(
         'RMSprop-all',
@@ -259,7 +262,7 @@ CASES = [
             centered=True,
             maximize=True,
         ),
-        checkpoint=('grad_avg', 'momentum_buffer', 'square_avg'),
+        checkpoint=('grad_avg', 'momentum_buffer', 'square_avg', 'step'),
     ),
     _row(
         'RMSprop-m',
@@ -268,7 +271,7 @@ CASES = [
         T.MetaRMSprop,
         torch.optim.RMSprop,
         dict(lr=1e-2, momentum=0.9),
-        checkpoint=('momentum_buffer', 'square_avg'),
+        checkpoint=('momentum_buffer', 'square_avg', 'step'),
     ),
     _row(
         'NAdam',
@@ -316,7 +319,13 @@ CASES = [
         checkpoint=AMSGRAD,
     ),
     _row(
-        'Adafactor', T.Adafactor, T.adafactor, T.MetaAdafactor, torch.optim.Adafactor, dict(lr=1e-2)
+        'Adafactor',
+        T.Adafactor,
+        T.adafactor,
+        T.MetaAdafactor,
+        torch.optim.Adafactor,
+        dict(lr=1e-2),
+        checkpoint=ADAFACTOR,
     ),
     _row(
         'Adafactor-all',
@@ -325,8 +334,17 @@ CASES = [
         T.MetaAdafactor,
         torch.optim.Adafactor,
         dict(lr=5e-2, beta2_decay=-0.5, eps=(1e-20, 1e-3), d=2.0, weight_decay=0.1, maximize=True),
+        checkpoint=ADAFACTOR,
     ),
-    _row('Rprop', T.Rprop, T.rprop, T.MetaRprop, torch.optim.Rprop, dict(lr=1e-2)),
+    _row(
+        'Rprop',
+        T.Rprop,
+        T.rprop,
+        T.MetaRprop,
+        torch.optim.Rprop,
+        dict(lr=1e-2),
+        checkpoint=RPROP,
+    ),
     _row(
         'Rprop-all',
         T.Rprop,
@@ -334,8 +352,9 @@ CASES = [
         T.MetaRprop,
         torch.optim.Rprop,
         dict(lr=5e-3, etas=(0.3, 1.5), step_sizes=(1e-4, 1e-1), maximize=True),
+        checkpoint=RPROP,
     ),
-    _row('ASGD', T.ASGD, T.asgd, T.MetaASGD, torch.optim.ASGD, dict(lr=1e-2)),
+    _row('ASGD', T.ASGD, T.asgd, T.MetaASGD, torch.optim.ASGD, dict(lr=1e-2), checkpoint=ASGD),
     _row(
         'ASGD-all',
         T.ASGD,
@@ -343,8 +362,18 @@ CASES = [
         T.MetaASGD,
         torch.optim.ASGD,
         dict(lr=2e-2, lambd=1e-2, alpha=0.5, t0=5, weight_decay=0.1),
+        checkpoint=ASGD,
     ),
-    _row('Muon', T.Muon, T.muon, T.MetaMuon, torch.optim.Muon, dict(lr=1e-2), matrices_only=True),
+    _row(
+        'Muon',
+        T.Muon,
+        T.muon,
+        T.MetaMuon,
+        torch.optim.Muon,
+        dict(lr=1e-2),
+        checkpoint=('momentum_buffer',),
+        matrices_only=True,
+    ),
     _row(
         'Muon-all',
         T.Muon,
@@ -359,6 +388,7 @@ CASES = [
             ns_steps=3,
             adjust_lr_fn='match_rms_adamw',
         ),
+        checkpoint=('momentum_buffer',),
         matrices_only=True,
     ),
 ]

@@ -34,6 +34,12 @@ from torchopt.transform import (
     TraceState,
 )
 from torchopt.transform._adaptive import ScaleByAmsgradState
+from torchopt.transform._torch_family import (
+    ScaleByAdafactorState,
+    ScaleByASGDState,
+    ScaleByMuonState,
+    ScaleByRpropState,
+)
 
 __all__ = ['NAMES', 'check_tree', 'export', 'parse', 'state_view']
 
@@ -55,45 +61,130 @@ NAMES: dict[type, dict[str, str]] = {
         'mu_product': 'mu_product',
     },
     TraceState: {'trace': 'momentum_buffer'},
-    DampenedTraceState: {'trace': 'momentum_buffer', 'count': 'step'},
+    DampenedTraceState: {'trace': 'momentum_buffer'},
     ScaleByRssState: {'sum_of_squares': 'sum'},
     ScaleByScheduleState: {'count': 'step'},
     ScaleByRmsState: {'nu': 'square_avg'},
     ScaleByRStdDevState: {'mu': 'grad_avg', 'nu': 'square_avg'},
     ScaleByAdadeltaState: {'mu': 'square_avg', 'nu': 'acc_delta'},
     ScaleByLionState: {'mu': 'exp_avg'},
+    ScaleByAdafactorState: {
+        'row_var': 'row_var',
+        'col_var': 'col_var',
+        'variance': 'variance',
+        'count': 'step',
+    },
+    ScaleByRpropState: {'prev': 'prev', 'step_size': 'step_size', 'count': 'step'},
+    ScaleByASGDState: {'ax': 'ax', 'count': 'step'},
+    ScaleByMuonState: {'momentum_buffer': 'momentum_buffer'},
 }
 _SCALARS = {'count', 't', 'mu_product'}
 
+# Fields torch.optim does not keep, with the name older torchopt checkpoints gave them: not
+# exported, and set to 1 for a loaded parameter (SGD's dampened momentum only asks whether a
+# parameter has taken a step: its momentum buffer is then in the checkpoint).
+_HIDDEN: dict[type, dict[str, str]] = {DampenedTraceState: {'count': 'step'}}
 
-def _slots(state: Any, n: int) -> list[tuple[Any, str, str]] | None:
-    """``(namedtuple, field, name)`` for every per-leaf field of a chain state, or ``None``.
+# States whose torch.optim counterpart keeps a ``step`` it counts but never reads (RMSprop,
+# Adadelta), while the state (TorchOpt 0.7's layout) has no count: when nothing else in the
+# chain counts the steps (a schedule does), ``step`` is written as 1 (the parameter has taken
+# a step; the true number is not known) and ignored when loaded.
+_UNCOUNTED = (ScaleByRmsState, ScaleByRStdDevState, ScaleByAdadeltaState)
+
+
+def _adafactor_fields(param: torch.Tensor) -> set[str]:
+    """The buffers ``torch.optim.Adafactor`` keeps for ``param``: factored for a matrix."""
+    return {'row_var', 'col_var', 'count'} if param.dim() > 1 else {'variance', 'count'}
+
+
+# Per-parameter layouts: the fields kept for each parameter (the others are empty tensors).
+_PER_PARAM = {ScaleByAdafactorState: _adafactor_fields}
+
+
+def _scalar_dtype() -> torch.dtype:
+    """The dtype of ``torch.optim``'s 0-dim state (``_get_scalar_dtype``)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _asgd_derived(count: torch.Tensor, group: dict) -> dict[str, torch.Tensor]:
+    """``torch.optim.ASGD``'s ``eta`` and ``mu`` after ``count`` steps (for the next step).
+
+    Nothing for a group without ASGD's hyper-parameters (a generic ``Optimizer(params, impl)``).
+    """
+    if not all(isinstance(group.get(k), (int, float)) for k in ('lr', 'lambd', 'alpha', 't0')):
+        return {}
+    step = float(count)
+    lr, lambd, alpha, t0 = (float(group[k]) for k in ('lr', 'lambd', 'alpha', 't0'))
+    dtype = _scalar_dtype()
+    eta = torch.tensor(lr / ((1 + lambd * lr * step) ** alpha), dtype=dtype)
+    return {'eta': eta, 'mu': torch.tensor(1 / max(1.0, step - t0), dtype=dtype)}
+
+
+# Values torch.optim stores that follow from a state's count and the group's hyper-parameters:
+# written on export, recomputed (so ignored) on import.
+_DERIVED = {ScaleByASGDState: (('eta', 'mu'), _asgd_derived)}
+
+
+class _Layout:
+    """How one group's chain state reads in ``torch.optim``'s names.
+
+    ``slots`` are ``(namedtuple, field, name)`` for the exported fields, ``hidden`` the
+    ``(namedtuple, field)`` that are not, ``derived`` the ``(namedtuple, names, fn)`` computed
+    on export, ``synth_step`` whether ``step`` is written as 1, and ``ignored`` the names
+    accepted and dropped on import.
+    """
+
+    def __init__(self) -> None:
+        self.slots: list[tuple[Any, str, str]] = []
+        self.hidden: list[tuple[Any, str]] = []
+        self.derived: list[tuple[Any, tuple[str, ...], Any]] = []
+        self.synth_step = False
+        self.ignored: set[str] = set()
+
+
+def _layout(state: Any, n: int) -> _Layout | None:
+    """The :class:`_Layout` of a chain state, or ``None``.
 
     ``None`` when some part of the state is not described by :data:`NAMES` (it is then stored
     as it is). Names that repeat within a chain (two step counts) get a ``_1``, ``_2`` suffix.
     """
-    out: list[tuple[Any, str, str]] = []
+    out = _Layout()
     used: dict[str, int] = {}
+    uncounted = False
 
     def walk(node: Any) -> bool:
+        nonlocal uncounted
         if isinstance(node, (EmptyState, UninitializedState)):
             return True
         if type(node) in NAMES:
-            names = NAMES[type(node)]
+            names, hidden = NAMES[type(node)], _HIDDEN.get(type(node), {})
             for field in node._fields:
                 value = getattr(node, field)
-                if field not in names or not isinstance(value, list) or len(value) != n:
+                described = field in names or field in hidden
+                if not described or not isinstance(value, list) or len(value) != n:
                     return False
+                if field in hidden:
+                    out.hidden.append((node, field))
+                    continue
                 name = names[field]
                 k = used.get(name, 0)
                 used[name] = k + 1
-                out.append((node, field, name if k == 0 else f'{name}_{k}'))
+                out.slots.append((node, field, name if k == 0 else f'{name}_{k}'))
+            if type(node) in _DERIVED:
+                derived_names, fn = _DERIVED[type(node)]
+                out.derived.append((node, derived_names, fn))
+            uncounted = uncounted or isinstance(node, _UNCOUNTED)
             return True
         if isinstance(node, tuple) and not hasattr(node, '_fields'):
             return all(walk(x) for x in node)
         return False
 
-    return out if walk(state) else None
+    if not walk(state):
+        return None
+    if uncounted and 'step' not in used:
+        out.synth_step = True
+        out.ignored.add('step')
+    return out
 
 
 def _export_value(name: str, value: torch.Tensor) -> tuple[str, torch.Tensor]:
@@ -111,6 +202,12 @@ def _started(node: Any, j: int) -> bool:
     return True
 
 
+def _kept(node: Any, field: str, param: torch.Tensor) -> bool:
+    """Whether ``torch.optim`` keeps ``field`` of ``node`` for ``param``."""
+    fields = _PER_PARAM.get(type(node))
+    return fields is None or field in fields(param)
+
+
 def export(opt: Any) -> dict[str, Any]:
     """The optimizer's ``state_dict()`` (tensors by reference)."""
     state: dict[int, dict[str, Any]] = {}
@@ -126,18 +223,23 @@ def export(opt: Any) -> dict[str, Any]:
         chain = opt.state_groups[i]
         if isinstance(chain, UninitializedState):
             continue
-        slots = _slots(chain, n)
-        if slots is None:
+        layout = _layout(chain, n)
+        if layout is None:
             raw[i] = chain
             continue
-        for j, idx in enumerate(ids):
+        for j, (idx, param) in enumerate(zip(ids, group['params'])):
             entry = {}
-            for node, field, name in slots:
+            for node, field, name in layout.slots:
                 value = getattr(node, field)[j]
-                if value is None or not _started(node, j):
+                if value is None or not _started(node, j) or not _kept(node, field, param):
                     continue
                 key, value = _export_value(name, value)
                 entry[key] = value
+            for node, _, fn in layout.derived:
+                if _started(node, j) and node.count[j] is not None:
+                    entry.update(fn(node.count[j], group))
+            if entry and layout.synth_step:
+                entry['step'] = torch.ones((), dtype=torch.float32)
             if entry:
                 state[idx] = entry
     return {
@@ -176,42 +278,63 @@ def check_tree(i: int, template: Any, state: Any) -> Any:
     return state
 
 
-def _import_entry(i: int, idx: int, entry: Any, slots: list, j: int, param: torch.Tensor) -> None:
-    """Write one parameter's saved buffers into the template ``slots`` (validated first)."""
+def _one_number(i: int, idx: int, key: str, value: Any) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        value = torch.as_tensor(value)
+    if value.numel() != 1:
+        raise _fail(i, f'state {key!r} of parameter {idx} must hold one number, got shape '
+                       f'{tuple(value.shape)}')  # fmt: skip
+    return value
+
+
+def _import_entry(
+    i: int, idx: int, entry: Any, layout: _Layout, j: int, param: torch.Tensor
+) -> None:
+    """Write one parameter's saved buffers into the template's ``layout`` (validated first)."""
     if not isinstance(entry, dict):
         raise _fail(i, f'the state of parameter {idx} must be a dict, got {type(entry).__name__}')
     expected = {_export_value(name, torch.zeros(()))[0]: (node, field, name)
-                for node, field, name in slots}  # fmt: skip
-    unknown = sorted(set(entry) - set(expected))
+                for node, field, name in layout.slots if _kept(node, field, param)}  # fmt: skip
+    dropped = set(layout.ignored) | {n for _, names, _ in layout.derived for n in names}
+    dropped |= {_HIDDEN[type(node)][field] for node, field in layout.hidden} - set(expected)
+    unknown = sorted(set(entry) - set(expected) - dropped)
     if unknown:
         raise _fail(
             i,
             f'parameter {idx} has unexpected state keys {unknown}; this optimizer keeps '
-            f'{sorted(expected)}: is it the state of another optimizer?',
+            f'{sorted(expected | dict.fromkeys(dropped))}: is it the state of another optimizer?',
         )
+    for key in dropped & set(entry):  # recomputed, or not kept: only checked
+        _one_number(i, idx, key, entry[key])
     for key, (node, field, name) in expected.items():
         lst = getattr(node, field)
         if key not in entry:
-            if key == 'step' and type(node) is DampenedTraceState and 'momentum_buffer' in entry:
-                lst[j] = torch.ones_like(lst[j])  # torch.optim.SGD keeps no step: it has started
-                continue
             if entry:
                 raise _fail(i, f'parameter {idx} is missing the state key {key!r}')
             continue
-        value = entry[key]
-        if not isinstance(value, torch.Tensor):
-            value = torch.as_tensor(value)
         want = lst[j]
-        if field not in _SCALARS and value.shape != param.shape:
-            raise _fail(i, f'state {key!r} of parameter {idx} has shape {tuple(value.shape)} but '
-                           f'the parameter has shape {tuple(param.shape)}')  # fmt: skip
-        if field in _SCALARS and value.numel() != 1:
-            raise _fail(i, f'state {key!r} of parameter {idx} must hold one number, got shape '
-                           f'{tuple(value.shape)}')  # fmt: skip
+        if field in _SCALARS:
+            value = _one_number(i, idx, key, entry[key])
+        else:
+            value = entry[key]
+            if not isinstance(value, torch.Tensor):
+                value = torch.as_tensor(value)
+            if value.shape != want.shape:
+                raise _fail(i, f'state {key!r} of parameter {idx} has shape '
+                               f'{tuple(value.shape)}, expected {tuple(want.shape)} (the '
+                               f'parameter has shape {tuple(param.shape)})')  # fmt: skip
         value = value.detach().to(dtype=want.dtype, device=want.device).reshape(want.shape)
         if name.startswith('step+1'):
             value = value + 1
-        lst[j] = value.clone()
+        if field in _SCALARS:
+            with torch.no_grad():  # in place: the counts stay views of one vector (_counts)
+                want.copy_(value)
+        else:
+            lst[j] = value.clone()
+    if entry:
+        for node, field in layout.hidden:  # the parameter has taken a step
+            with torch.no_grad():
+                getattr(node, field)[j].fill_(1.0)
 
 
 def parse(opt: Any, state_dict: Any) -> tuple[list, list[dict]]:
@@ -253,13 +376,14 @@ def parse(opt: Any, state_dict: Any) -> tuple[list, list[dict]]:
         if len(ids) != len(params):
             raise _fail(i, f'the state holds {len(ids)} parameters, the group has {len(params)}')
         template = opt.group_impl(i).init(params)
-        slots = _slots(template, len(params))
-        if saved.get('amsgrad') and not any(s[2] == 'max_exp_avg_sq' for s in slots or ()):
+        layout = _layout(template, len(params))
+        slots = layout.slots if layout is not None else ()
+        if saved.get('amsgrad') and not any(s[2] == 'max_exp_avg_sq' for s in slots):
             raise _fail(i, "the state is AMSGrad's (amsgrad=True): load it into torchopt.AMSGrad")
         if i in raw:
             states.append(check_tree(i, template, raw[i]))
             continue
-        if slots is None:
+        if layout is None:
             raise _fail(i, 'the state has no per-parameter layout for this transformation')
         entries = [saved_state.get(idx) for idx in ids]
         if all(e is None for e in entries):
@@ -267,6 +391,6 @@ def parse(opt: Any, state_dict: Any) -> tuple[list, list[dict]]:
             continue
         for j, (idx, entry, param) in enumerate(zip(ids, entries, params)):
             if entry is not None:
-                _import_entry(i, idx, entry, slots, j, param)
+                _import_entry(i, idx, entry, layout, j, param)
         states.append(template)
     return states, [dict(g) for g in groups]

@@ -48,10 +48,15 @@ __all__ = [
 
 
 class ScaleByRpropState(NamedTuple):
-    """State of :func:`scale_by_rprop`: the previous (masked) gradient and the step sizes."""
+    """State of :func:`scale_by_rprop`: the previous (masked) gradient, step sizes, step counts.
+
+    The update never reads the counts; they are ``torch.optim.Rprop``'s ``step``, so that a
+    checkpoint holds what torch's holds.
+    """
 
     prev: list
     step_size: list
+    count: list  # type: ignore[assignment]  # shadows tuple.count
 
 
 def scale_by_rprop(
@@ -89,13 +94,16 @@ def scale_by_rprop(
 
     def init_fn(params: list, treespec: Any) -> ScaleByRpropState:
         return ScaleByRpropState(
-            prev=zeros_like(params), step_size=zeros_like(params, fill=learning_rate)
+            prev=zeros_like(params),
+            step_size=zeros_like(params, fill=learning_rate),
+            count=counts_like(params),
         )
 
     def step(
         g: list, s: ScaleByRpropState, p: Any, inplace: bool
     ) -> tuple[list, ScaleByRpropState]:
         inplace = inplace and not _dispatch.functorch_active()
+        counts = advance(s.count, inplace)
         prod = _fe.mul(g, s.prev)
         out, prev, sizes = [], [], []
         for x, pr, size, sg in zip(g, s.prev, s.step_size, prod):
@@ -118,9 +126,9 @@ def scale_by_rprop(
             torch._foreach_neg_(out)
             return out, s
         u = [-(torch.sign(x) * size) for x, size in zip(out, sizes)]
-        return u, ScaleByRpropState(prev=prev, step_size=sizes)
+        return u, ScaleByRpropState(prev=prev, step_size=sizes, count=counts)
 
-    return stateful('scale_by_rprop', init_fn, step)
+    return stateful('scale_by_rprop', init_fn, step, scalars=('count',))
 
 
 # --- ASGD -----------------------------------------------------------------------------------------
