@@ -218,20 +218,50 @@ def test_direct_vmap_checks_outputs_and_leaves_no_vmap_level_behind(first):
 
 @pytest.mark.parametrize('method', ['naive', 'forward', 'antithetic'])
 @pytest.mark.parametrize('shape', [(), (3, 4), (5,)])
-def test_single_leaf_path_matches_formula(method, shape, recorder, reference):
+@pytest.mark.parametrize('chunk_size', [None, 3])  # one chunk (straight-line code), or three
+def test_single_leaf_path_matches_formula(method, shape, chunk_size, recorder, reference):
     gen = torch.Generator().manual_seed(1)
     theta = torch.randn(shape, generator=gen, dtype=DTYPE, requires_grad=True)
 
     def f(t):
         return torch.sin(t).sum() * t.pow(2).sum() + 0.3
 
-    out = zero_order(recorder, method=method, num_samples=7, sigma=0.3)(f)(theta)
+    out = zero_order(recorder, method=method, num_samples=7, sigma=0.3, chunk_size=chunk_size)(f)(
+        theta
+    )
     (2.5 * out).backward()  # the incoming gradient is folded into the products
     assert theta.grad.shape == theta.shape
     (expected,) = reference(
         lambda ts: f(ts[0]), [theta], [recorder.noise_for(shape)], method, 0.3, grad_output=2.5
     )
     torch.testing.assert_close(theta.grad, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('method', ['naive', 'forward', 'antithetic'])
+def test_single_pytree_argument_path_equals_general_path(method):
+    """``fn(params)`` (one pytree, its own short path) gives what the general layout gives."""
+    gen = torch.Generator().manual_seed(2)
+    params = {
+        'b': torch.randn(3, generator=gen, dtype=DTYPE, requires_grad=True),
+        'a': [torch.randn(2, 2, generator=gen, dtype=DTYPE, requires_grad=True)],
+    }
+
+    def f(p, scale=1.0):
+        return scale * (torch.sin(p['b']).sum() + (p['a'][0] ** 2).sum() * p['b'].sum())
+
+    grads, outs = [], []
+    for extra in ((), (1.0,)):  # (): the short path; (1.0,): a second, unperturbed argument
+        for leaf in (params['b'], params['a'][0]):
+            leaf.grad = None
+        torch.manual_seed(0)
+        out = zero_order(SAMPLERS['normal'], method=method, num_samples=6, sigma=0.2)(f)(
+            params, *extra
+        )
+        out.backward()
+        outs.append(out.detach())
+        grads.append((params['b'].grad.clone(), params['a'][0].grad.clone()))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize('method', ['naive', 'forward', 'antithetic'])

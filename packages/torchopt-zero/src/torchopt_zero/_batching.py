@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ['FAST_VMAP', 'check_scalar', 'vmap_call', 'vmap_one']
+__all__ = ['FAST_VMAP', 'check_scalar', 'is_compiling', 'vmap_call', 'vmap_one']
 
 try:  # the primitives of torch/_functorch/vmap.py (_flat_vmap), stable since torch 2.0
     from torch._C._functorch import (
@@ -32,7 +32,9 @@ except ImportError:  # pragma: no cover - depends on the torch build
 else:
     FAST_VMAP = True
 
-_is_compiling = getattr(getattr(torch, 'compiler', None), 'is_compiling', lambda: False)
+is_compiling = _is_compiling = getattr(
+    getattr(torch, 'compiler', None), 'is_compiling', lambda: False
+)
 
 
 def check_scalar(value: object) -> Tensor:

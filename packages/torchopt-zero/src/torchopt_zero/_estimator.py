@@ -28,7 +28,15 @@ from typing import Any, NamedTuple, cast
 import torch
 from torch import Tensor
 
-from torchopt_zero._batching import check_scalar, vmap_call, vmap_one
+from torchopt_zero._batching import FAST_VMAP, check_scalar, is_compiling, vmap_call, vmap_one
+
+if FAST_VMAP:  # the primitives of torch.func.vmap (see torchopt_zero._batching)
+    from torch._C._functorch import (
+        _add_batch_dim,
+        _remove_batch_dim,
+        _vmap_decrement_nesting,
+        _vmap_increment_nesting,
+    )
 
 __all__ = [
     'METHODS',
@@ -143,6 +151,7 @@ class _LeafPlan(NamedTuple):
     signs: Tensor | None  # [[[sigma]], [[-sigma]]] (antithetic) or None
     dtype: torch.dtype
     device: torch.device
+    chunks: int  # number of chunks (1: every sample in one batched evaluation)
 
 
 class _Group(NamedTuple):
@@ -232,7 +241,7 @@ class Estimator:
         'mode',
         '_signs',
         '_antithetic',
-        '_forward',
+        'forward',
         '_scale',
         '_plans',
         '_group_plans',
@@ -244,7 +253,7 @@ class Estimator:
         self.mode: str | None = None
         self._signs: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         self._antithetic = config.method == 'antithetic'
-        self._forward = config.method == 'forward'
+        self.forward = config.method == 'forward'  # the forward pass keeps f(theta)
         self._scale = 1.0 / (config.num_samples * config.sigma * (2 if self._antithetic else 1))
         self._plans: dict[tuple[torch.Size, torch.dtype, torch.device], _LeafPlan] = {}
         self._group_plans: dict[tuple[Any, ...], _GroupsPlan] = {}
@@ -277,14 +286,65 @@ class Estimator:
             alpha, post = float(grad_output) * self._scale, None
         else:  # no device synchronisation
             alpha, post = 1.0, grad_output * self._scale
-        if len(leaves) == 1:  # the common case, kept lean: its overhead matters most
-            if not perturb[0]:
-                return [None]
-            total = self._one_leaf(fn, sample, leaves[0], f0, alpha)
-            if post is not None:
-                total.mul_(post.to(total.dtype))
-            return [total]
-        return self._estimate_groups(fn, sample, leaves, perturb, f0, alpha, post)
+        if len(leaves) != 1:
+            return self._estimate_groups(fn, sample, leaves, perturb, f0, alpha, post)
+        if not perturb[0]:
+            return [None]
+        # one leaf, the common case: straight-line code, its overhead matters most
+        leaf = leaves[0]
+        plan = self._plans.get((leaf.shape, leaf.dtype, leaf.device)) or self._plan(leaf)
+        if plan.chunks != 1:
+            total = self._one_leaf(fn, sample, leaf, plan, f0, alpha)
+        else:
+            size = plan.size
+            noise = sample(size)
+            if (  # the checks and the cast, when the sampler did not return them ready
+                type(noise) is not Tensor  # pylint: disable=unidiomatic-typecheck
+                or noise.dtype is not plan.dtype
+                or noise.shape != size
+                or noise.device != plan.device
+            ):
+                noise = _as_noise(noise, size, leaf)
+            theta = leaf if plan.flat else leaf.reshape(-1)
+            signs = plan.signs
+            if signs is None:
+                rows = torch.add(theta, noise, alpha=self.config.sigma)
+                if not plan.flat:
+                    rows = rows.view(plan.rows)
+            else:  # (2, num, dim): the + rows, then the - rows, in one kernel
+                rows = torch.addcmul(theta, signs, noise).view(plan.rows)
+            count = rows.shape[0]
+            mode = self.mode  # 'error' / 'different': a vmap works (never with batched=True)
+            if (
+                (mode == 'error' or mode == 'different')
+                and (count > _LOOP_MAX or self.config.vectorize)
+                and FAST_VMAP
+                and not is_compiling()
+            ):  # vmap_one, inlined: the direct vmap call
+                level = _vmap_increment_nesting(count, mode)
+                try:
+                    values = fn(_add_batch_dim(rows, 0, level))
+                    if not isinstance(values, Tensor) or values.ndim != 0:
+                        check_scalar(values)  # raises
+                    values = _remove_batch_dim(values, level, count, 0)
+                finally:
+                    _vmap_decrement_nesting()
+            else:
+                values = self._evaluate_one(fn, rows)
+            if signs is not None:
+                num = size[0]
+                values = values[:num] - values[num:]
+            elif self.forward:  # forward differences are given f(theta)
+                values = values - cast(Tensor, f0)
+            if values.dtype is not plan.dtype or values.device != plan.device:
+                values = values.to(noise)
+            # beta=0: the uninitialised input is ignored
+            total = torch.addmv(noise.new_empty(plan.dim), noise.T, values, beta=0, alpha=alpha)
+            if not plan.flat:
+                total = total.view(leaf.shape)
+        if post is not None:
+            total.mul_(post.to(total.dtype))
+        return [total]
 
     def _plan(self, leaf: Tensor) -> _LeafPlan:
         """What the one-leaf path needs to know about a leaf's layout, computed once per layout."""
@@ -301,6 +361,7 @@ class Estimator:
                 signs=self._signs_like(leaf) if self._antithetic else None,
                 dtype=leaf.dtype,
                 device=leaf.device,
+                chunks=-(-self.config.num_samples // chunk),
             )
         return plan
 
@@ -309,11 +370,11 @@ class Estimator:
         fn: Callable[..., Tensor],
         sample: Sampler,
         leaf: Tensor,
+        plan: _LeafPlan,
         f0: Tensor | None,
         alpha: float,
     ) -> Tensor:
-        """``alpha * sum_i w_i u_i`` for a single leaf, shaped like it."""
-        plan = self._plans.get((leaf.shape, leaf.dtype, leaf.device)) or self._plan(leaf)
+        """``alpha * sum_i w_i u_i`` for a single leaf in several chunks, shaped like it."""
         num_samples = self.config.num_samples
         theta = leaf if plan.flat else leaf.reshape(-1)
         size = plan.size
@@ -351,12 +412,13 @@ class Estimator:
 
     def _evaluate_one(self, fn: Callable[..., Tensor], rows: Tensor) -> Tensor:
         """``fn`` at each row of ``rows``: the direct vmap call once the mode is known."""
+        mode = self.mode  # 'error' or 'different' only if not batched and vectorize is not False
+        if (mode == 'error' or mode == 'different') and (
+            rows.shape[0] > _LOOP_MAX or self.config.vectorize
+        ):
+            return vmap_one(fn, rows, mode)
         if self.config.batched:
             return check_batch(fn(rows), rows.shape[0])
-        mode = self.mode
-        if (mode == 'error' or mode == 'different') and self.config.vectorize is not False:
-            if rows.shape[0] > _LOOP_MAX or self.config.vectorize:
-                return vmap_one(fn, rows, mode)
         return self._evaluate(fn, [rows])
 
     def _groups_plan(self, leaves: Sequence[Tensor], perturb: Sequence[bool]) -> _GroupsPlan:
@@ -460,7 +522,7 @@ class Estimator:
         """The function-value factor of each noise vector (before the common scale)."""
         if self._antithetic:
             return values[:num] - values[num:]
-        if self._forward:  # forward differences are given f(theta)
+        if self.forward:  # forward differences are given f(theta)
             return values - cast(Tensor, f0)
         return values
 
