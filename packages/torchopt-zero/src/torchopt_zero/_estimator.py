@@ -498,7 +498,15 @@ class Estimator:
                     else:  # (2, num, numel): the + rows, then the - rows, in one kernel
                         value = torch.addcmul(theta, group.signs, part)
                     inputs.append(value if group.signs is None and flat else value.view(rows))
-            weights = self._weights(self._evaluate(batched_fn, inputs), num, f0)
+            count = inputs[0].shape[0]
+            mode = self.mode  # 'error' / 'different': a vmap works (never with batched=True)
+            if (mode == 'error' or mode == 'different') and (
+                count > _LOOP_MAX or self.config.vectorize
+            ):
+                values = vmap_call(batched_fn, inputs, mode)
+            else:
+                values = self._evaluate(batched_fn, inputs)
+            weights = self._weights(values, num, f0)
             for k, (group, noise) in enumerate(zip(plan.groups, noises)):
                 weight = weights
                 if weight.dtype is not group.dtype or weight.device != group.device:
