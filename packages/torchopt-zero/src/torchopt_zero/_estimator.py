@@ -173,6 +173,9 @@ class _GroupsPlan(NamedTuple):
     groups: list[_Group]
     positions: list[int] | None  # the perturbed leaves, group by group (None: all, in order)
     chunk: int  # noise draws per chunk
+    # one group and one chunk (the common case): the noise's size and, per member, (position,
+    # 1-D?, perturbed rows' shape, leaf shape); else None
+    single: tuple[torch.Size, list[tuple[int, bool, tuple[int, ...], torch.Size]]] | None
 
 
 def _chunk_size(config: EstimatorConfig, dim: int) -> int:
@@ -447,10 +450,22 @@ class Estimator:
                 )
             )
         positions = [j for group in groups for j in group.members]
+        chunk = _chunk_size(self.config, sum(group.dim for group in groups))
+        single = None
+        if len(groups) == 1 and chunk >= self.config.num_samples:
+            group = groups[0]
+            single = (
+                torch.Size((self.config.num_samples, group.dim)),
+                [
+                    (j, flat, rows, leaves[j].shape)
+                    for j, flat, rows in zip(group.members, group.flat, group.rows)
+                ],
+            )
         plan = self._group_plans[key] = _GroupsPlan(
             groups=groups,
             positions=None if positions == list(range(len(leaves))) else positions,
-            chunk=_chunk_size(self.config, sum(group.dim for group in groups)),
+            chunk=chunk,
+            single=single,
         )
         return plan
 
@@ -471,6 +486,43 @@ class Estimator:
         if not plan.groups:
             return grads
         batched_fn = _of_perturbed(fn, leaves, plan.positions, self.config.batched)
+        if plan.single is not None:  # one draw, one evaluation: straight-line code
+            size, layout = plan.single
+            group = plan.groups[0]
+            noise = sample(size)
+            if (
+                type(noise) is not Tensor  # pylint: disable=unidiomatic-typecheck
+                or noise.dtype is not group.dtype
+                or noise.shape != size
+                or noise.device != group.device
+            ):
+                noise = _as_noise(noise, size, leaves[group.members[0]])
+            signs = group.signs
+            inputs = []
+            for (j, flat, rows, _), part in zip(layout, noise.split_with_sizes(group.sizes, 1)):
+                theta = leaves[j] if flat else leaves[j].reshape(-1)
+                if signs is None:
+                    value = torch.add(theta, part, alpha=sigma)
+                    inputs.append(value if flat else value.view(rows))
+                else:  # (2, num, numel): the + rows, then the - rows, in one kernel
+                    inputs.append(torch.addcmul(theta, signs, part).view(rows))
+            mode = self.mode  # 'error' / 'different': a vmap works (never with batched=True)
+            if (mode == 'error' or mode == 'different') and (
+                inputs[0].shape[0] > _LOOP_MAX or self.config.vectorize
+            ):
+                values = vmap_call(batched_fn, inputs, mode)
+            else:
+                values = self._evaluate(batched_fn, inputs)
+            values = self._weights(values, num_samples, f0)
+            if values.dtype is not group.dtype or values.device != group.device:
+                values = values.to(noise)
+            # beta=0: the uninitialised input is ignored
+            total = torch.addmv(noise.new_empty(group.dim), noise.T, values, beta=0, alpha=alpha)
+            if post is not None:
+                total.mul_(post.to(total.dtype))
+            for (j, flat, _, shape), grad in zip(layout, total.split_with_sizes(group.sizes)):
+                grads[j] = grad if flat else grad.view(shape)
+            return grads
         totals: list[Tensor] = []
         done = 0
         while done < num_samples:
