@@ -12,10 +12,12 @@ noise); ``--clock wall`` times wall-clock seconds.
 
 Columns beside ``ratio`` (all against the same hand-written step, same rounds):
 
-* ``floor``: an ``autograd.Function`` whose backward does only what the hand-written code does,
-  but evaluates the *per-sample* objective with one direct ``vmap`` call (no argument handling,
-  no checks, no sampler): the cost of the two things the API cannot avoid for a per-sample
-  objective, the autograd node and ``vmap``'s per-operation cost inside the objective;
+* ``floor``: the bare minimum for a *per-sample* objective: an ``autograd.Function`` whose
+  backward draws ``torch.randn`` noise, perturbs with one kernel per leaf, evaluates the
+  objective with one direct ``vmap`` call and reduces with one ``addmv`` per leaf (no argument
+  handling, no checks, no sampler): the cost of the two things the API cannot avoid for a
+  per-sample objective, the autograd node and ``vmap``'s per-operation cost inside the
+  objective, with the least arithmetic around them;
 * ``batched``: the library with ``batched=True`` and the hand-vectorised objective (the user
   writes the batch, as the hand-written estimator does; no ``vmap``);
 * ``loop``: the perturbations evaluated one at a time (``vectorize=False``), as TorchOpt 0.7
@@ -80,6 +82,7 @@ class Problem(NamedTuple):
     objective: Callable[[dict[str, Tensor]], Tensor]  # per-sample, on the params dict
     batched: Callable[[dict[str, Tensor]], Tensor]  # every leaf with a leading sample dimension
     batched_library: Factory | None  # the decorated hand-vectorised objective (batched=True)
+    flat: Callable[..., Tensor] | None = None  # per-sample, of the leaves (None: via the dict)
 
 
 class RandnSampler:  # pylint: disable=too-few-public-methods
@@ -163,6 +166,7 @@ def quadratic(device: torch.device, dim: int = 100) -> Problem:
         lambda p: f(p['x']),
         batched,
         make_factory(lambda x: batched({'x': x}), True),
+        f,
     )
 
 
@@ -301,48 +305,72 @@ def hand_written(problem: Problem, method: str, n: int) -> Callable[[], None]:
 
 
 def floor_step(problem: Problem, method: str, n: int) -> Callable[[], None]:
-    """The hand-written estimator around the per-sample objective: autograd node + one vmap.
+    """The bare minimum around the per-sample objective: an autograd node and one direct vmap.
 
-    What any implementation of this API has to do: an ``autograd.Function`` (the output is
-    differentiated by ``.backward()``) whose backward evaluates the user's per-sample objective
-    at all perturbations with one ``vmap`` call (the direct entry the library uses). Nothing
-    else: no argument handling, no checks, ``torch.randn`` noise.
+    What any implementation of this API has to do, and nothing else: an ``autograd.Function``
+    (the output is differentiated by ``.backward()``) whose backward draws ``torch.randn`` noise
+    per leaf, perturbs each leaf with one kernel (``torch.add``, or ``torch.addcmul`` with
+    ``[sigma, -sigma]`` for both antithetic halves), evaluates the user's per-sample objective at
+    all perturbations with one direct ``vmap`` call (the entry the library uses) and reduces with
+    one ``addmv`` per leaf, the scale folded in. No argument handling, no checks, no sampler.
     """
     params = problem.params
     keys = list(params)
     objective = problem.objective
+    antithetic = method == 'antithetic'
+    scale = 1.0 / ((2 if antithetic else 1) * n * SIGMA)
 
-    def flat(*values: Tensor) -> Tensor:
+    def by_dict(*values: Tensor) -> Tensor:
         return objective(dict(zip(keys, values)))
+
+    flat = problem.flat or by_dict
+    signs = torch.tensor([SIGMA, -SIGMA]).view(2, 1, 1)
 
     class Floor(torch.autograd.Function):  # pylint: disable=abstract-method
         @staticmethod
         def forward(ctx: Any, *values: Tensor) -> Tensor:  # type: ignore[override]
             ctx.save_for_backward(*values)
-            return flat(*values)
+            out = flat(*values)
+            ctx.f0 = out.detach() if method == 'forward' else None
+            return out
 
         @staticmethod
         def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
             values = ctx.saved_tensors
-            noise = [torch.randn((n, *v.shape), device=v.device) for v in values]
-            if method == 'antithetic':
-                pert = [torch.cat((v + SIGMA * u, v - SIGMA * u)) for v, u in zip(values, noise)]
+            noise = [torch.randn(size) for size in sizes]
+            flats = [v if one_dim else v.reshape(-1) for v, one_dim in zip(values, flat_leaf)]
+            if antithetic:
+                pert = [torch.addcmul(v, signs, u) for v, u in zip(flats, noise)]
+                pert = [p.view(rows) for p, rows in zip(pert, rows_antithetic)]
                 vals = vmap_call(flat, pert, 'error')
-                weights = (vals[:n] - vals[n:]) * (grad / (2 * n * SIGMA))
+                vals = vals[:n] - vals[n:]
             else:
-                pert = [v + SIGMA * u for v, u in zip(values, noise)]
+                pert = [torch.add(v, u, alpha=SIGMA) for v, u in zip(flats, noise)]
+                pert = [p if one_dim else p.view(r) for p, r, one_dim in zip(pert, rows, flat_leaf)]
                 vals = vmap_call(flat, pert, 'error')
-                if method == 'forward':
-                    vals = vals - flat(*values)
-                weights = vals * (grad / (n * SIGMA))
-            return tuple((weights @ u.reshape(n, -1)).view_as(v) for v, u in zip(values, noise))
+                if ctx.f0 is not None:
+                    vals = vals - ctx.f0
+            alpha = float(grad) * scale
+            grads = [
+                torch.addmv(u.new_empty(u.shape[1]), u.T, vals, beta=0, alpha=alpha) for u in noise
+            ]
+            return tuple(
+                g if one_dim else g.view(v.shape) for g, v, one_dim in zip(grads, values, flat_leaf)
+            )
 
-    vmap_call(flat, [v.detach()[None] for v in params.values()], 'error', True)  # set-up
+    leaves = list(params.values())
+    signs = signs.to(leaves[0])
+    sizes = [torch.Size((n, v.numel())) for v in leaves]
+    flat_leaf = [v.ndim == 1 for v in leaves]
+    rows = [(n, *v.shape) for v in leaves]
+    rows_antithetic = [(2 * n, *v.shape) for v in leaves]
+    vmap_call(flat, [v.detach()[None] for v in leaves], 'error', True)  # set-up
+    apply = super(torch.autograd.Function, Floor).apply  # the C apply, as the library calls it
 
     def step() -> None:
-        for v in params.values():
+        for v in leaves:
             v.grad = None
-        Floor.apply(*params.values()).backward()
+        apply(*leaves).backward()
 
     return step
 
