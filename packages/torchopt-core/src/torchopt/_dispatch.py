@@ -31,7 +31,8 @@ agree in shape, and raises a ``ValueError`` naming the leaf.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from operator import attrgetter
+from itertools import chain
+from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
 import torch
@@ -47,6 +48,7 @@ __all__ = [
     'traced_eligible',
     'find_fused',
     'functorch_active',
+    'fused_ready',
     'host_values',
     'inplace_step',
     'kernel_eligible',
@@ -56,7 +58,9 @@ __all__ = [
 FUSED_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
 _peek = torch._C._functorch.peek_interpreter_stack
 _DTYPE, _SHAPE = attrgetter('dtype'), attrgetter('shape')
-_IS_CPU = attrgetter('is_cpu')
+_DTYPE_CPU = attrgetter('dtype', 'is_cpu')
+_META = attrgetter('shape', 'dtype', 'is_cpu')
+_DTYPE_CPU_OF_META = itemgetter(1, 2)
 _GET_DEVICE, _IS_CONTIGUOUS = torch.Tensor.get_device, torch.Tensor.is_contiguous
 
 
@@ -207,11 +211,11 @@ def kernel_eligible(*lists: Sequence[torch.Tensor]) -> bool:
         return False
     first = lists[0][0]
     dtype = first.dtype
-    if dtype not in FUSED_DTYPES or first.device.type not in ('cpu', 'cuda'):
+    if dtype not in FUSED_DTYPES:
         return False
-    ts = [t for lst in lists for t in lst]
+    ts = list(chain.from_iterable(lists))
     if compiling():  # evaluated once at trace time (tensor metadata is guarded)
-        return all(
+        return first.device.type in ('cpu', 'cuda') and all(
             t.dtype == dtype
             and t.device == first.device
             and t.layout == torch.strided
@@ -219,17 +223,79 @@ def kernel_eligible(*lists: Sequence[torch.Tensor]) -> bool:
             for t in ts
         )
     # map() with C getters: this check runs on every eager fused step, over every tensor.
-    if set(map(_DTYPE, ts)) != {dtype}:
-        return False
-    if first.is_cuda:
-        if set(map(_GET_DEVICE, ts)) != {first.get_device()}:
+    if first.is_cpu:  # (dtype, is_cpu) in one getter call per tensor
+        if set(map(_DTYPE_CPU, ts)) != {(dtype, True)}:
             return False
-    elif not all(map(_IS_CPU, ts)):
+    elif not first.is_cuda:
+        return False
+    elif set(map(_DTYPE, ts)) != {dtype} or set(map(_GET_DEVICE, ts)) != {first.get_device()}:
         return False
     try:
         return all(map(_IS_CONTIGUOUS, ts))  # also False for a sparse or mkldnn layout
     except RuntimeError:  # "sparse tensors do not have is_contiguous"
         return False
+
+
+def fused_ready(
+    where: str,
+    grads: Sequence[torch.Tensor],
+    named: Sequence[tuple[str, Sequence[Any]]],
+    *,
+    treespec: Any = None,
+    idx: Sequence[int] | None = None,
+) -> bool:
+    """Check the lists of one fused step and say whether torch's fused kernels may run on them.
+
+    The shape check of :func:`check_like` and the test of :func:`kernel_eligible` in one pass
+    over each list: every eager fused step runs this over every tensor, so on the CPU it reads
+    ``(shape, dtype, is_cpu)`` with one C getter per tensor and compares whole lists.
+
+    Args:
+        where: the optimizer, for the message.
+        grads: the present gradients.
+        named: ``(what, tensors)`` pairs aligned with ``grads``: the parameters and the state
+            buffers the kernel reads and writes (``'params'``, ``'state.mu'``, ...).
+        treespec: the params' treespec, to name a leaf by its tree path.
+        idx: the positions of ``grads`` among all leaves (``None``: every leaf is present).
+
+    Returns:
+        Whether the kernels may run (same dtype, device and contiguity everywhere).
+
+    Raises:
+        ValueError: when a list has another length than ``grads`` or a tensor another shape
+            than its gradient, before anything is written.
+    """
+    lists = [v for _, v in named]
+    if grads and not compiling() and _peek() is None and grads[0].is_cpu:
+        try:
+            meta = list(map(_META, grads))
+            same = [len(v) == len(meta) and list(map(_META, v)) == meta for v in lists]
+        except AttributeError:  # a None where a tensor belongs: the checks below name it
+            same = [False]
+        if all(same):
+            dtype = meta[0][1]
+            if dtype not in FUSED_DTYPES or set(map(_DTYPE_CPU_OF_META, meta)) != {(dtype, True)}:
+                return False
+            try:
+                return all(map(_IS_CONTIGUOUS, chain(grads, *lists)))
+            except RuntimeError:  # "sparse tensors do not have is_contiguous"
+                return False
+    # Something differs (or not the eager CPU case): find what, with the general checks.
+    shapes = _shapes(grads)
+    for what, values in named:
+        if len(values) != len(grads):
+            check_like(where, what, grads, values, treespec=treespec)
+        if _shapes(values) != shapes:
+            if idx is None:
+                check_like(where, what, grads, values, treespec=treespec, ref_shapes=shapes)
+            else:  # name the leaf by its position in the whole tree
+                full = max(idx) + 1
+                ref: list[Any] = [None] * full
+                vals: list[Any] = [None] * full
+                for i, r, v in zip(idx, grads, values):
+                    ref[i], vals[i] = r, v
+                check_like(where, what, ref, vals, treespec=treespec)
+    return kernel_eligible(grads, *lists) or traced_eligible(grads, *lists)
 
 
 def traced_eligible(*lists: Sequence[torch.Tensor]) -> bool:
@@ -373,11 +439,11 @@ def find_fused(impl: Any) -> tuple[tuple | None, FusedStep | None]:
     ``prefix`` is ``None`` when ``impl`` itself declares the step, else the chain members that run
     before it.
     """
-    from torchopt.base import ChainedGradientTransformation
-
     fused = getattr(impl, 'fused', None)
     if isinstance(fused, FusedStep):
         return None, fused
+    from torchopt.base import ChainedGradientTransformation
+
     if isinstance(impl, ChainedGradientTransformation) and len(impl.transformations) > 1:
         fused = getattr(impl.transformations[-1], 'fused', None)
         if isinstance(fused, FusedStep):
@@ -394,14 +460,15 @@ def inplace_step(impl: Any, params: tuple, grads: tuple, state: Any, treespec: A
     optimizer alias, the members before it run first, then the alias's fused step.
     """
     from torchopt import _kernels
-    from torchopt.update import apply_updates
 
     prefix, fused = find_fused(impl)
     if fused is not None and prefix is None:
         new_state = _kernels.run_fused(fused, params, grads, state, treespec)
         if new_state is not None:
             return new_state
-    elif fused is not None and prefix is not None:
+    from torchopt.update import apply_updates
+
+    if fused is not None and prefix is not None:
         if not isinstance(state, tuple) or len(state) != len(prefix) + 1:
             raise ValueError(
                 'The number of updates and states has to be the same in chain! Make sure you '

@@ -17,10 +17,18 @@ import torch
 
 from torchopt import _counts, _dispatch
 from torchopt.transform._flat import present_indices, take
+from torchopt.transform._trace import DampenedTraceState, TraceState
 
 __all__ = ['adam_direction_', 'fused_update', 'run_fused', 'steps_for']
 
 _ACCEL_CHECKED = False
+# The per-leaf buffers each fused kind reads and writes, in the kernels' argument order.
+_BUFFERS = {
+    'sgd': ('trace',),
+    'adam': ('mu', 'nu'),
+    'adamw': ('mu', 'nu'),
+    'amsgrad': ('mu', 'nu', 'nu_max'),
+}
 
 
 def steps_for(counts: list, device: torch.device) -> list:
@@ -44,31 +52,47 @@ def run_fused(fused: Any, params: tuple, grads: tuple, state: tuple, treespec: A
     plain_sgd = fused.kind == 'sgd' and fused.hyper['momentum'] == 0.0
     if not isinstance(state, tuple) or not (plain_sgd or 0 <= fused.at < len(state)):
         return None
+    sub: Any = None if plain_sgd else state[fused.at]
+    if fused.kind == 'sgd':
+        if not (sub is None or isinstance(sub, (TraceState, DampenedTraceState))):
+            return None
+    elif not isinstance(sub, _adam_state_type(fused.kind)):
+        return None
     idx = present_indices(grads)
     g = take(grads, idx)
     if not g:
         return state
     where = f'torchopt {fused.kind}'
-    shapes = _dispatch._shapes(grads)  # read once for both checks
-    _dispatch.check_like(where, 'params', grads, params, treespec=treespec, ref_shapes=shapes)
-    sub = None if plain_sgd else state[fused.at]
-    if isinstance(sub, tuple) and hasattr(sub, '_fields'):
-        _dispatch.check_state(where, grads, sub, ('count',), treespec, ref_shapes=shapes)
+    if len(params) != len(grads):  # raises, naming the lengths
+        _dispatch.check_like(where, 'params', grads, params, treespec=treespec)
     p = take(params, idx)
+    named: list[tuple[str, list]] = [('params', p)]
+    if sub is not None:
+        for f in sub._fields:  # lengths first: ``take`` indexes by the gradients' positions
+            if len(getattr(sub, f)) != len(grads):
+                _dispatch.check_like(where, f'state.{f}', grads, getattr(sub, f), treespec=treespec)
+        named += [(f'state.{f}', take(getattr(sub, f), idx)) for f in _BUFFERS[fused.kind]]
+    eligible = _dispatch.fused_ready(where, g, named, treespec=treespec, idx=idx)
+    lists = [v for _, v in named[1:]]
     if fused.kind == 'sgd':
-        return _sgd(fused, p, g, sub, idx, state)
-    return _adam(fused, p, g, sub, idx, state)
+        return _sgd(fused, p, g, lists, sub, idx, state, eligible)
+    return _adam(fused, p, g, lists, sub, idx, state, eligible)
 
 
-def _adam(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any:
+def _adam_state_type(kind: str) -> type:
     from torchopt.transform._adam import ScaleByAdamState
     from torchopt.transform._adaptive import ScaleByAmsgradState
 
+    return ScaleByAmsgradState if kind == 'amsgrad' else ScaleByAdamState
+
+
+def _adam(
+    fused: Any, p: list, g: list, lists: list, sub: Any, idx: Any, state: tuple, eligible: bool
+) -> Any:
     amsgrad = fused.kind == 'amsgrad'
-    if not isinstance(sub, ScaleByAmsgradState if amsgrad else ScaleByAdamState):
-        return None
-    mu, nu, counts = take(sub.mu, idx), take(sub.nu, idx), take(sub.count, idx)
-    maxes = take(sub.nu_max, idx) if isinstance(sub, ScaleByAmsgradState) else []
+    mu, nu = lists[0], lists[1]
+    maxes = lists[2] if amsgrad else []
+    counts = take(sub.count, idx)
     h = fused.hyper
     # Compiled: no accel kernel (it takes the step as a Python int, one call per count value);
     # the traced fused math below runs instead.
@@ -93,8 +117,6 @@ def _adam(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any
                     maximize=h['maximize'],
                 )
             return state
-    lists = (p, g, mu, nu, *([maxes] * amsgrad))
-    eligible = _dispatch.kernel_eligible(*lists) or _dispatch.traced_eligible(*lists)
     if h['eps_root'] != 0.0 or not eligible:
         return None
     _counts.advance_(counts)
@@ -133,9 +155,11 @@ def _accel_ok(p: list, g: list, mu: list, nu: list) -> bool:
     return True
 
 
-def _sgd(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any:
-    from torchopt.transform._trace import DampenedTraceState, TraceState
-
+def _sgd(
+    fused: Any, p: list, g: list, lists: list, sub: Any, idx: Any, state: tuple, eligible: bool
+) -> Any:
+    if not eligible:
+        return None
     h = fused.hyper
     kwargs = dict(
         weight_decay=h['weight_decay'],
@@ -145,23 +169,13 @@ def _sgd(fused: Any, p: list, g: list, sub: Any, idx: Any, state: tuple) -> Any:
         nesterov=h['nesterov'],
         maximize=h['maximize'],
     )
-    if h['momentum'] == 0.0:
-        if not (_dispatch.kernel_eligible(p, g) or _dispatch.traced_eligible(p, g)):
-            return None
-        _sgd_kernel(p, g, [], is_first_step=False, **kwargs)
-        return state
-    if not isinstance(sub, (TraceState, DampenedTraceState)):
-        return None
-    bufs = take(sub.trace, idx)
-    if not (_dispatch.kernel_eligible(p, g, bufs) or _dispatch.traced_eligible(p, g, bufs)):
-        return None
-    if isinstance(sub, TraceState):
+    if sub is None or type(sub) is TraceState:
         # Zero-initialised buffers make the first step b = g exactly (no dampening).
-        _sgd_kernel(p, g, bufs, is_first_step=False, **kwargs)
+        _sgd_kernel(p, g, lists[0] if lists else [], is_first_step=False, **kwargs)
         return state
     if _dispatch.compiling():  # the first step is told apart by host step counts: composed ops
         return None
-    counts = take(sub.count, idx)
+    bufs, counts = lists[0], take(sub.count, idx)
     for value, members in _groups(counts).items():
         torch._fused_sgd_(
             take(p, members),

@@ -15,19 +15,25 @@ and ``torch.optim`` disagree, ``docs/migration.md`` says what was chosen:
 
 from __future__ import annotations
 
+import functools
+import itertools
 import types
 import weakref
 from collections.abc import Iterable, Sequence
+from operator import attrgetter
 from typing import Any, Callable, ClassVar
 
 import optree
 import torch
+from torch.optim import optimizer as _torch_optimizer
 
 from torchopt import _checks, _dispatch
 from torchopt.base import GradientTransformation, UninitializedState
 from torchopt.optim import _state_dict
 
 __all__ = ['Optimizer', 'flatten_params']
+
+_GRAD = attrgetter('grad')
 
 
 def flatten_params(params: Any, name: str = 'params') -> tuple[tuple[torch.Tensor, ...], Any]:
@@ -96,6 +102,7 @@ class Optimizer(torch.optim.Optimizer):
         """Initialise with one ``impl`` for every group, or (``None``) the class's factory."""
         self._impl: GradientTransformation | None = impl
         self._hyper: tuple[str, ...] = tuple(defaults)
+        self._rebuild_on = tuple(k for k in self._hyper if k != 'lr')
         self.param_treespecs: list[Any] = []
         self.state_groups: list[Any] = []
         self._group_impls: list[tuple[Any, GradientTransformation] | None] = []
@@ -150,7 +157,9 @@ class Optimizer(torch.optim.Optimizer):
         lr = group.get('lr')
         live = (self._live_lr and 'lr' in self._hyper and isinstance(lr, (int, float))
                 and not isinstance(lr, bool))  # fmt: skip
-        return live, tuple((k, group[k]) for k in self._hyper if not (live and k == 'lr'))
+        if live:  # read at every step: a change is no reason to rebuild
+            return True, tuple(map(group.__getitem__, self._rebuild_on))
+        return False, tuple(map(group.__getitem__, self._hyper))
 
     def _build(self, group: dict) -> tuple[Any, GradientTransformation]:
         if self._impl is not None:
@@ -188,6 +197,54 @@ class Optimizer(torch.optim.Optimizer):
         self.__dict__.update(state)
         self._patch_step_function()
         _LIVE[id(self)] = self
+
+    @staticmethod
+    def profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap ``step`` as ``torch.optim`` does: step pre/post hooks and a profiler range.
+
+        ``torch.optim.Optimizer.__init__`` installs this on the class. The hooks (global, from
+        ``torch.optim.optimizer.register_optimizer_step_pre_hook``, and the optimizer's own) run
+        in torch's order, a pre-hook may return new ``(args, kwargs)``, and profilers see the
+        same ``Optimizer.step#<class>.step`` range. Eagerly the range is torch's C++
+        ``_RecordFunctionFast`` (0.2 µs) instead of ``record_function`` (about 7 µs, a third of
+        the Python cost of a fused SGD step on 20 tensors); compiled, ``record_function``, which
+        dynamo traces.
+        """
+
+        @functools.wraps(func)
+        def step_with_hooks(*args: Any, **kwargs: Any) -> Any:
+            opt = args[0]
+            name = f'Optimizer.step#{type(opt).__name__}.step'
+            if _dispatch.compiling():
+                scope: Any = torch.autograd.profiler.record_function(name)
+            else:
+                scope = torch._C._profiler._RecordFunctionFast(name)
+            with scope:
+                pre = itertools.chain(
+                    _torch_optimizer._global_optimizer_pre_hooks.values(),
+                    opt._optimizer_step_pre_hooks.values(),
+                )
+                for hook in pre:
+                    changed = hook(opt, args, kwargs)
+                    if changed is None:
+                        continue
+                    if not (isinstance(changed, tuple) and len(changed) == 2):
+                        raise RuntimeError(
+                            f'{func} must return None or a tuple of (new_args, new_kwargs), '
+                            f'but got {changed}.'
+                        )
+                    args, kwargs = changed
+                out = func(*args, **kwargs)
+                opt._optimizer_step_code()
+                post = itertools.chain(
+                    opt._optimizer_step_post_hooks.values(),
+                    _torch_optimizer._global_optimizer_post_hooks.values(),
+                )
+                for hook in post:
+                    hook(opt, args, kwargs)
+            return out
+
+        return step_with_hooks
 
     # --- the step ------------------------------------------------------------------------------
 
@@ -227,7 +284,8 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if _dispatch.compiling():
+        compiling = _dispatch.compiling()
+        if compiling:
             # Before the state is read: dynamo runs this eagerly while tracing, so the state
             # exists before the graph that uses it and the first step is the only compilation.
             _initialise(id(self))
@@ -235,12 +293,11 @@ class Optimizer(torch.optim.Optimizer):
             self._init_states()
         with torch.no_grad():
             for i, group in enumerate(self.param_groups):
-                impl = self.group_impl(i)
                 params = tuple(group['params'])
-                state = self.state_groups[i]
-                grads = tuple(p.grad for p in params)
+                # (dynamo does not trace attrgetter calls; eagerly the C getter is faster)
+                grads = tuple(p.grad for p in params) if compiling else tuple(map(_GRAD, params))
                 self.state_groups[i] = _dispatch.inplace_step(
-                    impl, params, grads, state, self.param_treespecs[i]
+                    self.group_impl(i), params, grads, self.state_groups[i], self.param_treespecs[i]
                 )
         return loss
 
