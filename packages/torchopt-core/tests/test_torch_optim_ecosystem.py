@@ -239,6 +239,68 @@ def test_step_hooks_closure_and_zero_grad_as_torch_optim():
     assert all(p.grad is None for p in params)
 
 
+@pytest.mark.parametrize('cls', [torchopt.SGD, torchopt.Adam, torchopt.RMSProp])
+def test_step_wrapper_runs_hooks_and_profiler_range_as_torch_optim(cls):
+    """Global and own pre/post hooks in torch's order, a pre-hook's new arguments, its bad
+    return value, and the profiler's ``Optimizer.step#<class>.step`` range: the same as for a
+    torch.optim optimizer (torchopt's wrapper uses the C++ range, ``record_function`` is 7 µs)."""
+    from torch.optim.optimizer import (
+        register_optimizer_step_post_hook,
+        register_optimizer_step_pre_hook,
+    )
+
+    def run(make):
+        params = [p.clone().requires_grad_() for p in init_params(5)]
+        opt = make(params)
+        calls = []
+        handles = [
+            register_optimizer_step_pre_hook(lambda o, a, k: calls.append('global-pre')),
+            opt.register_step_pre_hook(lambda o, a, k: calls.append('pre')),
+            opt.register_step_post_hook(lambda o, a, k: calls.append(('post', a, k))),
+            register_optimizer_step_post_hook(lambda o, a, k: calls.append('global-post')),
+        ]
+        closure_calls = []
+
+        def closure():
+            closure_calls.append(1)
+            opt.zero_grad()
+            loss = _loss(params)
+            loss.backward()
+            return loss
+
+        # a pre-hook may replace the arguments: here it adds the closure
+        swap = opt.register_step_pre_hook(lambda o, a, k: (a, {'closure': closure}))
+        with torch.profiler.profile() as prof:
+            loss = opt.step()
+        swap.remove()
+        bad = opt.register_step_pre_hook(lambda o, a, k: 'not a pair')
+        with pytest.raises(RuntimeError, match='must return None or a tuple'):
+            opt.step()
+        bad.remove()
+        for h in handles:
+            h.remove()
+        names = [e.name for e in prof.events() if e.name.startswith('Optimizer.step#')]
+        return calls, len(closure_calls), loss is not None, names, [p.detach() for p in params]
+
+    kw = dict(lr=0.1)
+    torch_cls = {torchopt.SGD: torch.optim.SGD, torchopt.Adam: torch.optim.Adam,
+                 torchopt.RMSProp: torch.optim.RMSprop}[cls]  # fmt: skip
+    mine = run(lambda ps: cls(ps, **kw))
+    ref = run(lambda ps: torch_cls(ps, **kw))
+    assert mine[0][:4] == ['global-pre', 'pre', mine[0][2], 'global-post']
+    assert [c if isinstance(c, str) else c[0] for c in mine[0]] == [
+        c if isinstance(c, str) else c[0] for c in ref[0]
+    ]
+    assert mine[0][2][2] == {
+        'closure': mine[0][2][2]['closure']
+    }  # the post-hook saw the new kwargs
+    assert mine[1:3] == ref[1:3] == (1, True)
+    assert mine[3] == [f'Optimizer.step#{cls.__name__}.step']
+    assert ref[3] == [f'Optimizer.step#{torch_cls.__name__}.step']
+    for a, b in zip(mine[4], ref[4]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_torchopt_07_code_keeps_working():
     """TorchOpt 0.7: pytree params, ``state_groups``, the tuple state layout, extract/recover."""
     tree = {'w': torch.ones(3, requires_grad=True), 'b': (torch.ones(2, requires_grad=True),)}

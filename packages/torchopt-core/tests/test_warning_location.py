@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import torchopt
-from torchopt import accelerated_op
+from torchopt import _kernels, accelerated_op
 
 
 @pytest.fixture
@@ -22,6 +22,9 @@ def no_accel(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run as if torchopt-accel were not installed, with the one-time warning not yet given."""
     monkeypatch.setattr(accelerated_op, '_plugin', lambda: None)
     monkeypatch.setattr(accelerated_op, '_warned', set())
+    # the functional in-place path asks the facade once per process (an earlier test in the same
+    # worker, e.g. accel's, may have asked it already)
+    monkeypatch.setattr(_kernels, '_ACCEL_CHECKED', False)
 
 
 def _params() -> list[torch.Tensor]:
