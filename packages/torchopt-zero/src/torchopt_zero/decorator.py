@@ -201,6 +201,15 @@ def _check_leaf(leaf: Any, position: int) -> None:
         )
 
 
+def _tree_function(fn: Callable[..., Tensor], spec: Any) -> Callable[..., Tensor]:
+    """``fn(tree)`` as a function of the leaves of ``tree`` (of structure ``spec``)."""
+
+    def tree_fn(*flat_leaves: Tensor) -> Tensor:
+        return fn(pytree.tree_unflatten(spec, flat_leaves))
+
+    return tree_fn
+
+
 def _flat_function(
     fn: Callable[..., Tensor],
     args: tuple[Any, ...],
@@ -216,11 +225,7 @@ def _flat_function(
         flat, spec = pytree.tree_flatten(arg)  # fn(params): one pytree, no layout to build
         for leaf in flat:
             _check_leaf(leaf, 0)
-
-        def tree_fn(*flat_leaves: Tensor) -> Tensor:
-            return fn(pytree.tree_unflatten(spec, flat_leaves))
-
-        return tree_fn, flat
+        return _tree_function(fn, spec), flat
     positions = _positions(argnums, len(args))
     leaves: list[Tensor] = []
     layout = []  # (position, treespec or None for a bare tensor, first leaf, end)
@@ -374,18 +379,33 @@ def zero_order(
 
         @functools.wraps(fn)
         def apply(*args: Any, **kwargs: Any) -> Tensor:
-            if one_tensor and len(args) == 1 and not kwargs:  # fn(x): run_flat, inlined
+            if (  # fn(x) or fn(params): _flat_function and run_flat, inlined
+                one_tensor
+                and len(args) == 1
+                and not kwargs
+                and torch.is_grad_enabled()
+                and _unwrap_if_dead is not None
+                and not _transforms_active()
+                and not _is_compiling()
+            ):
                 x = args[0]
-                if (
-                    isinstance(x, Tensor)
-                    and x.requires_grad
-                    and x.is_floating_point()
-                    and torch.is_grad_enabled()
-                    and _unwrap_if_dead is not None
-                    and not _transforms_active()
-                    and not _is_compiling()
-                ):
-                    return _apply_node(estimator, sample, fn, _unwrap_if_dead(x))
+                if isinstance(x, Tensor):
+                    if x.requires_grad and x.is_floating_point():
+                        return _apply_node(estimator, sample, fn, _unwrap_if_dead(x))
+                else:
+                    flat, spec = pytree.tree_flatten(x)
+                    differentiable = False
+                    for leaf in flat:
+                        if not isinstance(leaf, Tensor) or not leaf.is_floating_point():
+                            _check_leaf(leaf, 0)  # raises
+                        differentiable = differentiable or leaf.requires_grad
+                    if differentiable:
+                        return _apply_node(
+                            estimator,
+                            sample,
+                            _tree_function(fn, spec),
+                            *[_unwrap_if_dead(t) for t in flat],
+                        )
             flat_fn, leaves = _flat_function(fn, args, kwargs, argnums)
             return run_flat(estimator, sample, flat_fn, leaves)
 
