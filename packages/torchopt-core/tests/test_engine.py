@@ -210,6 +210,48 @@ def test_the_fused_paths_run_and_match_the_composed_chain(monkeypatch):
         assert kernel in calls
 
 
+@pytest.mark.parametrize('kwargs', [dict(), dict(weight_decay=0.3), dict(maximize=True)])
+@pytest.mark.parametrize('api', ['class', 'functional'])
+def test_adamw_amsgrad_runs_the_fused_kernel_and_matches_torch_optim(monkeypatch, api, kwargs):
+    """AdamW(amsgrad=True): torch's fused AdamW kernel (its amsgrad flag), in the class step and
+    the functional in-place update, equal to torch.optim.AdamW(amsgrad=True) in float64 over 12
+    steps in which every third step one gradient is missing (its count must not advance)."""
+    calls = []
+    original = torch._fused_adamw_
+
+    def spy(*args, **kw):
+        calls.append(kw['amsgrad'])
+        return original(*args, **kw)
+
+    monkeypatch.setattr(torch, '_fused_adamw_', spy)
+    params = [p.clone().requires_grad_() for p in _init_params()]
+    ref = [p.detach().clone().requires_grad_() for p in params]
+    theirs = torch.optim.AdamW(ref, lr=5e-2, amsgrad=True, foreach=False, **kwargs)
+    if api == 'class':
+        opt = torchopt.AdamW(params, lr=5e-2, amsgrad=True, **kwargs)
+    else:
+        impl = torchopt.adamw(5e-2, amsgrad=True, **kwargs)
+        state = impl.init(tuple(p.detach() for p in params))
+    for step in range(12):
+        torch.manual_seed(step)
+        grads = [torch.randn_like(p) * (1 + step % 4) for p in params]
+        if step % 3 == 2:
+            grads[1] = None
+        for ps in (params, ref):
+            for p, g in zip(ps, grads):
+                p.grad = None if g is None else g.clone()
+        if api == 'class':
+            opt.step()
+        else:
+            with torch.no_grad():
+                plain = tuple(p.detach() for p in params)
+                updates, state = impl.update(tuple(p.grad for p in params), state, params=plain)
+                torchopt.apply_updates(plain, updates)
+        theirs.step()
+    assert calls and all(calls)
+    assert _max_err(params, ref) <= 1e-12
+
+
 @pytest.mark.parametrize('kwargs', [dict(), dict(weight_decay=0.1), dict(maximize=True)])
 @pytest.mark.parametrize(
     ('fn', 'torch_cls'), [(torchopt.adam, torch.optim.Adam), (torchopt.adamw, torch.optim.AdamW)]

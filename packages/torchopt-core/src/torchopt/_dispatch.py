@@ -422,9 +422,9 @@ def resolve(value: Any) -> Any:
 class FusedStep(NamedTuple):
     """A transformation's declaration that one fused kernel computes its whole in-place step.
 
-    ``kind`` is ``'sgd'``, ``'adam'`` or ``'adamw'``; ``hyper`` the kernel's hyper-parameters;
-    ``accel`` asks for ``torchopt_accel``'s kernel. The state index ``at`` is where the
-    transformation keeps the kernel's buffers in its chain state.
+    ``kind`` is ``'sgd'``, ``'adam'``, ``'adamw'``, ``'amsgrad'`` (Adam's) or ``'adamw-amsgrad'``;
+    ``hyper`` the kernel's hyper-parameters; ``accel`` asks for ``torchopt_accel``'s kernel. The
+    state index ``at`` is where the transformation keeps the kernel's buffers in its chain state.
     """
 
     kind: str

@@ -28,7 +28,10 @@ _BUFFERS = {
     'adam': ('mu', 'nu'),
     'adamw': ('mu', 'nu'),
     'amsgrad': ('mu', 'nu', 'nu_max'),
+    'adamw-amsgrad': ('mu', 'nu', 'nu_max'),
 }
+_AMSGRAD = frozenset({'amsgrad', 'adamw-amsgrad'})  # kinds with the running maximum of nu
+_DECOUPLED = frozenset({'adamw', 'adamw-amsgrad'})  # kinds with AdamW's decoupled decay
 
 
 def steps_for(counts: list, device: torch.device) -> list:
@@ -83,13 +86,13 @@ def _adam_state_type(kind: str) -> type:
     from torchopt.transform._adam import ScaleByAdamState
     from torchopt.transform._adaptive import ScaleByAmsgradState
 
-    return ScaleByAmsgradState if kind == 'amsgrad' else ScaleByAdamState
+    return ScaleByAmsgradState if kind in _AMSGRAD else ScaleByAdamState
 
 
 def _adam(
     fused: Any, p: list, g: list, lists: list, sub: Any, idx: Any, state: tuple, eligible: bool
 ) -> Any:
-    amsgrad = fused.kind == 'amsgrad'
+    amsgrad = fused.kind in _AMSGRAD
     mu, nu = lists[0], lists[1]
     maxes = lists[2] if amsgrad else []
     counts = take(sub.count, idx)
@@ -113,7 +116,7 @@ def _adam(
                     h['eps_root'],
                     int(value),
                     weight_decay=h['weight_decay'],
-                    decoupled=fused.kind == 'adamw',
+                    decoupled=fused.kind in _DECOUPLED,
                     maximize=h['maximize'],
                 )
             return state
@@ -121,7 +124,7 @@ def _adam(
         return None
     _counts.advance_(counts)
     _adam_kernel(
-        fused.kind == 'adamw',
+        fused.kind in _DECOUPLED,
         p,
         g,
         mu,
@@ -358,7 +361,7 @@ def fused_update(
     if not g:
         return updates, state
     mu, nu, counts = take(sub.mu, idx), take(sub.nu, idx), take(sub.count, idx)
-    amsgrad = fused.kind == 'amsgrad'
+    amsgrad = fused.kind in _AMSGRAD
     maxes = take(sub.nu_max, idx) if amsgrad else []
     p = take(params, idx) if wd != 0.0 and params is not None else []
     lists = (g, mu, nu, *([p] if p else []), *([maxes] * amsgrad))
@@ -366,7 +369,7 @@ def fused_update(
         return None
     maximize = h['maximize']
     with torch.no_grad():
-        if wd != 0.0 and fused.kind != 'adamw':  # L2: g' = -g + wd p (maximize) or g + wd p
+        if wd != 0.0 and fused.kind not in _DECOUPLED:  # L2: g' = -g + wd p (maximize) or g + wd p
             if maximize:
                 torch._foreach_neg_(g)
                 maximize = False
@@ -388,7 +391,7 @@ def fused_update(
             amsgrad=amsgrad,
             maximize=maximize,
         )
-        if wd != 0.0 and fused.kind == 'adamw':  # decoupled: u = -lr (direction + wd p)
+        if wd != 0.0 and fused.kind in _DECOUPLED:  # decoupled: u = -lr (direction + wd p)
             torch._foreach_add_(g, p, alpha=-lr * wd)
     return updates, state
 

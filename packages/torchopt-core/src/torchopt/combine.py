@@ -104,6 +104,7 @@ def _locate(fused: FusedStep, members: tuple) -> FusedStep:
     names = {
         'sgd': ('trace',),
         'amsgrad': ('scale_by_amsgrad',),
+        'adamw-amsgrad': ('scale_by_amsgrad',),
     }.get(fused.kind, ('scale_by_adam', 'scale_by_accelerated_adam'))
     for i, t in enumerate(members):
         if getattr(t, 'name', None) in names:

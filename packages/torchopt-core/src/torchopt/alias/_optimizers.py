@@ -245,12 +245,19 @@ def adamw(
     """
     b1, b2 = betas_of(betas)
     scaler = adam_scaler(b1, b2, eps, eps_root, moment_requires_grad, use_accelerated_op, amsgrad)
-    # torchopt._kernels has no fused AdamW step with AMSGrad: that chain runs op by op.
     fused = (
         None
-        if mask is not None or amsgrad
+        if mask is not None
         else _adam_fused(
-            'adamw', lr, b1, b2, eps, eps_root, weight_decay, maximize, use_accelerated_op
+            'adamw-amsgrad' if amsgrad else 'adamw',
+            lr,
+            b1,
+            b2,
+            eps,
+            eps_root,
+            weight_decay,
+            maximize,
+            use_accelerated_op,
         )
     )
     return optimizer_chain(
