@@ -28,6 +28,12 @@ import torchopt  # noqa: E402
 OPTIMIZERS = {
     'adam': (lambda: torchopt.adam(1e-3), torchopt.Adam, torch.optim.Adam, dict(lr=1e-3)),
     'adamw': (lambda: torchopt.adamw(1e-3), torchopt.AdamW, torch.optim.AdamW, dict(lr=1e-3)),
+    'adamw(amsgrad)': (
+        lambda: torchopt.adamw(1e-3, amsgrad=True),
+        lambda p, **kw: torchopt.AdamW(p, amsgrad=True, **kw),
+        lambda p, **kw: torch.optim.AdamW(p, amsgrad=True, **kw),
+        dict(lr=1e-3),
+    ),
     'sgd(momentum)': (
         lambda: torchopt.sgd(1e-3, momentum=0.9),
         lambda p, **kw: torchopt.SGD(p, momentum=0.9, **kw),
