@@ -20,7 +20,6 @@ of :math:`\bar{g} \, \nabla_\theta f(\theta)` (:math:`\bar{g}` the incoming outp
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, cast
@@ -29,6 +28,7 @@ import torch
 from torch import Tensor
 
 from torchopt_zero._batching import FAST_VMAP, check_scalar, is_compiling, vmap_call, vmap_one
+from torchopt_zero._noise import Sampler, as_noise, make_sampler
 
 if FAST_VMAP:  # the primitives of torch.func.vmap (see torchopt_zero._batching)
     from torch._C._functorch import (
@@ -59,9 +59,6 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 24
 # Up to this many evaluations run as direct calls: a batched call costs more than they do.
 _LOOP_MAX = 2
 
-#: A noise source: ``sample(sample_shape)``, as :meth:`torchopt.typing.Samplable.sample`.
-Sampler = Callable[[torch.Size], Any]
-
 
 class EstimatorConfig(NamedTuple):
     r"""Validated hyper-parameters of one zero-order estimator.
@@ -84,61 +81,6 @@ class EstimatorConfig(NamedTuple):
     chunk_size: int | None
     vectorize: bool | None
     batched: bool = False
-
-
-def _sample(distribution: Any, sample_shape: torch.Size) -> Any:
-    return distribution.sample(sample_shape)
-
-
-def _sample_normal(distribution: torch.distributions.Normal, sample_shape: torch.Size) -> Any:
-    """``distribution.sample(sample_shape)`` for a scalar normal, the same numbers 2-3x faster.
-
-    :meth:`torch.distributions.Normal.sample` calls ``torch.normal(loc.expand(shape),
-    scale.expand(shape))``, which fills its output with standard normal numbers and then
-    multiplies by ``scale`` and adds ``loc``; the broadcasting makes those two steps slow.
-    ``torch.randn`` draws the same standard normal numbers from the generator.
-    """
-    loc, scale = distribution.loc, distribution.scale
-    if (
-        loc.ndim
-        or scale.ndim
-        or loc.dtype != scale.dtype
-        or loc.device != scale.device
-        or 'sample' in vars(distribution)
-    ):
-        return distribution.sample(sample_shape)  # a batch shape (then rejected), a patch, ...
-    noise = torch.randn(sample_shape, dtype=loc.dtype, device=loc.device)
-    # x * 1 + 0 == x: skip both passes for the standard normal (read without a device sync)
-    if not loc.is_cpu or float(scale) != 1.0 or float(loc) != 0.0:
-        noise.mul_(scale).add_(loc)
-    return noise
-
-
-def make_sampler(distribution: Any) -> Sampler:
-    """The function :class:`Estimator` draws noise with: ``distribution.sample(shape)``.
-
-    For a plain :class:`torch.distributions.Normal` (not a subclass) with scalar ``loc`` and
-    ``scale``, a faster function that returns exactly the same numbers and leaves the random
-    number generator in the same state.
-    """
-    if type(distribution) is torch.distributions.Normal:  # pylint: disable=unidiomatic-typecheck
-        return functools.partial(_sample_normal, distribution)
-    return functools.partial(_sample, distribution)
-
-
-def _as_noise(noise: Any, shape: torch.Size, like: Tensor) -> Tensor:
-    """``noise`` (a draw of ``shape``) as a tensor of that shape, cast like ``like``."""
-    if not isinstance(noise, Tensor):
-        noise = torch.as_tensor(noise)
-    if noise.shape != shape:
-        raise ValueError(
-            f'`distribution.sample(sample_shape)` must return a tensor of shape sample_shape; '
-            f'asked for {tuple(shape)}, got {tuple(noise.shape)}. Use a distribution with '
-            f'scalar batch and event shapes, e.g. torch.distributions.Normal(0.0, 1.0).'
-        )
-    if noise.dtype != like.dtype or noise.device != like.device:
-        noise = noise.to(like)  # like's device and dtype
-    return noise
 
 
 class _LeafPlan(NamedTuple):
@@ -307,7 +249,7 @@ class Estimator:
                 or noise.shape != size
                 or noise.device != plan.device
             ):
-                noise = _as_noise(noise, size, leaf)
+                noise = as_noise(noise, size, leaf)
             theta = leaf if plan.flat else leaf.reshape(-1)
             signs = plan.signs
             if signs is None:
@@ -393,7 +335,7 @@ class Estimator:
                 or noise.shape != size
                 or noise.device != plan.device
             ):
-                noise = _as_noise(noise, size, leaf)
+                noise = as_noise(noise, size, leaf)
             if plan.signs is None:
                 rows = torch.add(theta, noise, alpha=self.config.sigma)
             else:  # (2, num, dim): the + rows, then the - rows, in one kernel
@@ -496,7 +438,7 @@ class Estimator:
                 or noise.shape != size
                 or noise.device != group.device
             ):
-                noise = _as_noise(noise, size, leaves[group.members[0]])
+                noise = as_noise(noise, size, leaves[group.members[0]])
             signs = group.signs
             inputs = []
             for (j, flat, rows, _), part in zip(layout, noise.split_with_sizes(group.sizes, 1)):
@@ -538,7 +480,7 @@ class Estimator:
                     or noise.shape != size
                     or noise.device != group.device
                 ):
-                    noise = _as_noise(noise, size, leaves[group.members[0]])
+                    noise = as_noise(noise, size, leaves[group.members[0]])
                 noises.append(noise)
                 parts = (
                     (noise,) if len(group.members) == 1 else noise.split_with_sizes(group.sizes, 1)
