@@ -191,22 +191,13 @@ def adam(
     """
     b1, b2 = betas_of(betas)
     scaler = adam_scaler(b1, b2, eps, eps_root, moment_requires_grad, use_accelerated_op, amsgrad)
+    hyper = (lr, b1, b2, eps, eps_root, weight_decay, maximize, use_accelerated_op)
     return optimizer_chain(
         scaler,
         lr=lr,
         weight_decay=weight_decay,
         maximize=maximize,
-        fused=_adam_fused(
-            'amsgrad' if amsgrad else 'adam',
-            lr,
-            b1,
-            b2,
-            eps,
-            eps_root,
-            weight_decay,
-            maximize,
-            use_accelerated_op,
-        ),  # fmt: skip
+        fused=_adam_fused('amsgrad' if amsgrad else 'adam', *hyper),
     )
 
 
@@ -245,21 +236,9 @@ def adamw(
     """
     b1, b2 = betas_of(betas)
     scaler = adam_scaler(b1, b2, eps, eps_root, moment_requires_grad, use_accelerated_op, amsgrad)
-    fused = (
-        None
-        if mask is not None
-        else _adam_fused(
-            'adamw-amsgrad' if amsgrad else 'adamw',
-            lr,
-            b1,
-            b2,
-            eps,
-            eps_root,
-            weight_decay,
-            maximize,
-            use_accelerated_op,
-        )
-    )
+    hyper = (lr, b1, b2, eps, eps_root, weight_decay, maximize, use_accelerated_op)
+    kind = 'adamw-amsgrad' if amsgrad else 'adamw'
+    fused = None if mask is not None else _adam_fused(kind, *hyper)
     return optimizer_chain(
         scaler,
         lr=lr,
