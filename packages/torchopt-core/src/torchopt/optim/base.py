@@ -274,6 +274,26 @@ class Optimizer(torch.optim.Optimizer):
                     tuple(self.param_groups[i]['params'])
                 )
 
+    def _mark_fused_buffers(self) -> None:
+        """Mark the buffers of the groups that run a fused kernel as static for ``torch.compile``.
+
+        The fused kernels update these buffers in place, so the tensors a step reads are the ones
+        the next step reads. Marked (``mark_static_address(guard=True)``, what dynamo does to
+        ``torch.optim``'s state), each is guarded by its identity instead of a full tensor check
+        of dtype, device, shape, strides and dynamic-dimension marks, and it becomes an attribute
+        of the graph instead of an input gathered at every call. The composed steps are not
+        marked: compiled, some of them return new tensors, which would then recompile every step.
+        A buffer replaced by ``load_state_dict`` fails its identity guard: one recompilation.
+        """
+        for i, state in enumerate(self.state_groups):
+            prefix, fused = _dispatch.find_fused(self.group_impl(i))
+            if fused is None or prefix is not None or not isinstance(state, tuple):
+                continue
+            if 0 <= fused.at < len(state):
+                for leaf in optree.tree_leaves(state[fused.at]):
+                    if isinstance(leaf, torch.Tensor):
+                        torch._dynamo.mark_static_address(leaf, guard=True)
+
     # torch's stub types ``closure`` as returning float; at run time torch.optim returns what the
     # closure returns (a tensor loss), as this does.
     def step(  # type: ignore[override]
@@ -333,5 +353,7 @@ _LIVE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 @torch.compiler.assume_constant_result
 def _initialise(key: int) -> int:
     """Initialise the states of the optimizer ``id() == key`` (run eagerly by dynamo)."""
-    _LIVE[key]._init_states()
+    opt = _LIVE[key]
+    opt._init_states()
+    opt._mark_fused_buffers()
     return 0
