@@ -280,10 +280,11 @@ class Optimizer(torch.optim.Optimizer):
         The fused kernels update these buffers in place, so the tensors a step reads are the ones
         the next step reads. Marked (``mark_static_address(guard=True)``, what dynamo does to
         ``torch.optim``'s state), each is guarded by its identity instead of a full tensor check
-        of dtype, device, shape, strides and dynamic-dimension marks, and it becomes an attribute
-        of the graph instead of an input gathered at every call. The composed steps are not
-        marked: compiled, some of them return new tensors, which would then recompile every step.
-        A buffer replaced by ``load_state_dict`` fails its identity guard: one recompilation.
+        of dtype, device, shape, strides and dynamic-dimension marks, and dynamo holds it as a
+        graph attribute instead of gathering it from the state at every call (inductor still
+        checks its size). The composed steps are not marked: compiled, some of them return new
+        tensors, which would then recompile every step. A buffer replaced by ``load_state_dict``
+        fails its identity guard: one recompilation, which marks the new one.
         """
         for i, state in enumerate(self.state_groups):
             prefix, fused = _dispatch.find_fused(self.group_impl(i))
