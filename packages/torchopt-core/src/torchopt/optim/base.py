@@ -195,6 +195,8 @@ class Optimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        if '_rebuild_on' not in state:  # pickled by a torchopt before 0.8's group key
+            self._rebuild_on = tuple(k for k in self._hyper if k != 'lr')
         self._patch_step_function()
         _LIVE[id(self)] = self
 
