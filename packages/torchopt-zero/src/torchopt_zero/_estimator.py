@@ -60,6 +60,19 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 24
 _LOOP_MAX = 2
 
 
+def _draw(sample: Any, size: torch.Size, plan: Any, leaf: Tensor) -> Tensor:
+    """``sample(size)``, checked and cast only when the sampler did not return it ready."""
+    noise = sample(size)
+    if (
+        type(noise) is not Tensor  # pylint: disable=unidiomatic-typecheck
+        or noise.dtype is not plan.dtype
+        or noise.shape != size
+        or noise.device != plan.device
+    ):
+        noise = as_noise(noise, size, leaf)
+    return noise
+
+
 class EstimatorConfig(NamedTuple):
     r"""Validated hyper-parameters of one zero-order estimator.
 
@@ -242,14 +255,7 @@ class Estimator:
             total = self._one_leaf(fn, sample, leaf, plan, f0, alpha)
         else:
             size = plan.size
-            noise = sample(size)
-            if (  # the checks and the cast, when the sampler did not return them ready
-                type(noise) is not Tensor  # pylint: disable=unidiomatic-typecheck
-                or noise.dtype is not plan.dtype
-                or noise.shape != size
-                or noise.device != plan.device
-            ):
-                noise = as_noise(noise, size, leaf)
+            noise = _draw(sample, size, plan, leaf)
             theta = leaf if plan.flat else leaf.reshape(-1)
             signs = plan.signs
             if signs is None:
@@ -328,14 +334,7 @@ class Estimator:
         while done < num_samples:
             if done + size[0] > num_samples:  # the last, partial chunk
                 size = torch.Size((num_samples - done, plan.dim))
-            noise = sample(size)
-            if (  # the checks and the cast, when the sampler did not return them ready
-                type(noise) is not Tensor  # pylint: disable=unidiomatic-typecheck
-                or noise.dtype is not plan.dtype
-                or noise.shape != size
-                or noise.device != plan.device
-            ):
-                noise = as_noise(noise, size, leaf)
+            noise = _draw(sample, size, plan, leaf)
             if plan.signs is None:
                 rows = torch.add(theta, noise, alpha=self.config.sigma)
             else:  # (2, num, dim): the + rows, then the - rows, in one kernel
