@@ -173,12 +173,14 @@ def test_differentiable_update_compiles_once_and_backpropagates():
 
 
 @_NON_LEAF_GRAD
-def test_maml_inner_loop_with_a_meta_optimizer_compiles_once(monkeypatch):
+@torch._dynamo.config.patch(trace_autograd_ops=True)
+def test_maml_inner_loop_with_a_meta_optimizer_compiles_once():
     """A MAML adaptation (3 MetaAdam steps) compiled as one function, the outer backward eager.
 
-    The inner ``torch.autograd.grad`` needs ``torch._dynamo.config.trace_autograd_ops``.
+    The inner ``torch.autograd.grad`` needs ``torch._dynamo.config.trace_autograd_ops``. It is set
+    with dynamo's own ``config.patch``: pytest's ``monkeypatch`` restores a config entry with
+    ``delattr``, which hides it from every later test in the process ("does not exist").
     """
-    monkeypatch.setattr(torch._dynamo.config, 'trace_autograd_ops', True)
     g0 = torch.Generator().manual_seed(4)
     tasks = [(torch.randn(8, 4, generator=g0), torch.randn(8, 1, generator=g0)) for _ in range(4)]
 
