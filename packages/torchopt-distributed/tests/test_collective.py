@@ -100,6 +100,7 @@ def test_unwrap_model():
      ({'weight': float('nan')}, ValueError, 'weight must be finite'),
      ({'bucket_cap_mb': 0}, ValueError, 'bucket_cap_mb must be > 0'),
      ({'bucket_cap_mb': '25'}, TypeError, 'bucket_cap_mb must be a number'),
+     ({'poll': 1}, TypeError, 'poll must be True or False'),
      ({}, RuntimeError, 'needs an initialized process group')],
 )  # fmt: skip
 def test_all_reduce_gradients_validates_options(kwargs, error, message):
@@ -196,9 +197,10 @@ def _check_meta_gradients(ranks, world_size: int, sizes: list[int], kinds: list[
 )
 def test_meta_gradients_equal_one_process(world_size, sizes):
     """float64 MAML meta-gradients averaged over 1/2/3 processes (uneven shards, empty shards)
-    equal the one-process mean within 1e-12: MetaOptimizer, functional inplace=False, op='sum'."""
+    equal the one-process mean within 1e-12: MetaOptimizer, functional inplace=False, op='sum'
+    with the blocking and the polling wait."""
     ranks = launch('collective.py', world_size, timeout=100, args=['grads', *map(str, sizes)])
-    kinds = ['module_mean', 'functional_mean', 'functional_sum']
+    kinds = ['module_mean', 'functional_mean', 'functional_sum', 'functional_poll_sum']
     _check_meta_gradients(ranks, world_size, sizes, kinds)
     zero = [r for r in _results(ranks) if r['check'] == 'zero_total']
     assert len(zero) == world_size and all('no rank had a task' in r['error'] for r in zero)
@@ -219,11 +221,13 @@ def test_ddp_wrapped_model(world_size):
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
-def test_rank_dying_during_all_reduce_fails_the_others():
-    """Rank 1 of 3 exits abruptly instead of joining an all-reduce: ranks 0 and 2 raise."""
+@pytest.mark.parametrize('wait', ['block', 'poll'])
+def test_rank_dying_during_all_reduce_fails_the_others(wait):
+    """Rank 1 of 3 exits abruptly instead of joining an all-reduce: ranks 0 and 2 raise, with
+    the blocking and with the polling wait."""
     bound = 5.0
     start = time.monotonic()
-    ranks = launch('collective.py', 3, timeout=60, args=['dies', str(bound)])
+    ranks = launch('collective.py', 3, timeout=60, args=['dies', str(bound), wait])
     assert [r.returncode for r in ranks] == [3, 9, 3], [r.stderr[-2000:] for r in ranks]
     for row in _results([ranks[0], ranks[2]]):
         assert row['error'] and 'RuntimeError' in row['error'], row
@@ -233,11 +237,12 @@ def test_rank_dying_during_all_reduce_fails_the_others():
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
-def test_rank_stalling_in_all_reduce_hits_the_timeout():
+@pytest.mark.parametrize('wait', ['block', 'poll'])
+def test_rank_stalling_in_all_reduce_hits_the_timeout(wait):
     """Rank 1 of 2 never joins an all-reduce (alive but busy): rank 0 fails after the
-    process-group timeout, not torch's 30-minute default."""
+    process-group timeout, not torch's 30-minute default; a polling wait too."""
     bound = 3.0
-    ranks = launch('collective.py', 2, timeout=60, args=['stalls', str(bound)])
+    ranks = launch('collective.py', 2, timeout=60, args=['stalls', str(bound), wait])
     (row,) = _results([ranks[0]])
     assert ranks[0].returncode == 3, ranks[0].stderr[-2000:]
     assert 'RuntimeError' in row['error'] and 'Timed out' in row['error'], row

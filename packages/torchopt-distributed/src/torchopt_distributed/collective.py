@@ -38,6 +38,7 @@ import atexit
 import gc
 import os
 import sys
+import time
 import warnings
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -68,6 +69,9 @@ T = TypeVar('T')
 COLLECTIVE_TIMEOUT_ENV = 'TORCHOPT_DIST_TIMEOUT'
 #: ``timeout`` (seconds) of :func:`init_process_group` when neither argument nor variable is set.
 DEFAULT_COLLECTIVE_TIMEOUT = 300.0
+#: What a polling wait does between checks: hand the CPU to any other runnable thread.
+_yield_cpu = getattr(os, 'sched_yield', None) or (lambda: time.sleep(0))
+
 #: Default bucket size of :func:`all_reduce_gradients` (as DDP's ``bucket_cap_mb``).
 DEFAULT_BUCKET_CAP_MB = 25.0
 
@@ -443,6 +447,7 @@ def all_reduce_gradients(
     weight: float | None = None,
     group: Any = None,
     bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
+    poll: bool = False,
 ) -> float:
     """All-reduce the ``.grad`` of parameters across the processes of ``group``, in buckets.
 
@@ -463,6 +468,12 @@ def all_reduce_gradients(
             the total weight travelling in the same bucket. ``None``: ``sum_r g_r / world_size``.
         group: The process group (default: the default group).
         bucket_cap_mb: Bucket size in MiB (default 25, as DDP).
+        poll: Wait for the all-reduces by polling their completion, giving the CPU away between
+            polls (``os.sched_yield``), instead of blocking in the backend's wait. A blocked
+            thread is woken by the backend's I/O thread when the last peer's data arrives, and
+            on a virtual machine that wake-up can take milliseconds (2-3 ms per gloo all-reduce
+            measured on a 2-vCPU VM; ``docs/distributed.md``). Polling keeps the CPU busy while
+            this rank waits for the others, so use it when every rank has a core of its own.
 
     Returns:
         The divisor applied: ``1.0`` for ``'sum'``, the world size, or the total weight.
@@ -484,6 +495,8 @@ def all_reduce_gradients(
         raise TypeError(f'bucket_cap_mb must be a number, got {bucket_cap_mb!r}')
     if not bucket_cap_mb > 0:
         raise ValueError(f'bucket_cap_mb must be > 0, got {bucket_cap_mb!r}')
+    if not isinstance(poll, bool):
+        raise TypeError(f'poll must be True or False, got {poll!r}')
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError(
             'all_reduce_gradients needs an initialized process group '
@@ -521,8 +534,7 @@ def all_reduce_gradients(
             flat.mul_(weight)
         flats.append(flat)
         works.append(dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group, async_op=True))
-    for work in works:
-        work.wait()
+    _wait(works, poll)
     if op == 'sum':
         divisor = 1.0
     elif weighted:
@@ -539,6 +551,20 @@ def all_reduce_gradients(
             grads[i].copy_(flat[offset : offset + numel].view_as(grads[i]))
             offset += numel
     return divisor
+
+
+def _wait(works: list[Any], poll: bool) -> None:
+    """Wait for ``works``, then collect their errors.
+
+    With ``poll``, spin on their completion first, yielding the CPU between checks (the
+    backend's I/O thread that completes them may need this very CPU).
+    """
+    if poll:
+        for work in works:
+            while not work.is_completed():
+                _yield_cpu()
+    for work in works:
+        work.wait()
 
 
 def _all_reduce_scalar(value: float, group: Any) -> float:
@@ -563,6 +589,7 @@ def average_meta_gradients(
     *,
     group: Any = None,
     bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
+    poll: bool = False,
 ) -> int:
     """Make ``.grad`` the mean meta-gradient over every task of every rank.
 
@@ -570,7 +597,8 @@ def average_meta_gradients(
     ``num_local_tasks`` tasks (``0`` for an empty share, whose gradients may be ``None``). The
     result, ``sum_r n_r g_r / sum_r n_r``, is the one-process mean over the whole meta-batch
     whatever the shard sizes (equal to it up to floating-point summation order). One
-    bucketed all-reduce (:func:`all_reduce_gradients` with ``weight=num_local_tasks``).
+    bucketed all-reduce (:func:`all_reduce_gradients` with ``weight=num_local_tasks``; ``poll``
+    as there).
 
     Returns:
         The number of tasks over all ranks.
@@ -579,6 +607,10 @@ def average_meta_gradients(
     if num_local_tasks < 0:
         raise ValueError(f'num_local_tasks must be >= 0, got {num_local_tasks}')
     total = all_reduce_gradients(
-        params_or_module, weight=num_local_tasks, group=group, bucket_cap_mb=bucket_cap_mb
+        params_or_module,
+        weight=num_local_tasks,
+        group=group,
+        bucket_cap_mb=bucket_cap_mb,
+        poll=poll,
     )
     return int(round(total))

@@ -148,6 +148,12 @@ def check_grads(sizes: list[int]) -> None:
         divisor = todist.all_reduce_gradients(par_s, op='sum', bucket_cap_mb=1e-3)  # 1 KiB buckets
         report(check=f'functional_sum_n{n}', tasks=k, total=divisor,
                diff=max_diff(par_s, ref_f), same=identical_on_all_ranks(par_s))  # fmt: skip
+        # 4. The same with the polling wait.
+        par_p = functional_params()
+        functional_meta_grads(par_p, local, 1.0 / n)
+        divisor = todist.all_reduce_gradients(par_p, op='sum', bucket_cap_mb=1e-3, poll=True)
+        report(check=f'functional_poll_sum_n{n}', tasks=k, total=divisor,
+               diff=max_diff(par_p, ref_f), same=identical_on_all_ranks(par_p))  # fmt: skip
 
 
 def check_zero_total() -> None:
@@ -184,7 +190,7 @@ def check_ddp(n: int) -> None:
            same=all(torch.equal(g, gathered[0]) for g in gathered))  # fmt: skip
 
 
-def check_failure(mode: str) -> None:
+def check_failure(mode: str, poll: bool) -> None:
     net = make_net()
     module_meta_grads(net, todist.shard_tasks(4), 0.25)
     todist.average_meta_gradients(net, len(todist.shard_tasks(4)))  # one that works
@@ -195,7 +201,7 @@ def check_failure(mode: str) -> None:
         os._exit(9)
     began = time.monotonic()
     try:
-        todist.average_meta_gradients(net, 1)
+        todist.average_meta_gradients(net, 1, poll=poll)
     except Exception as ex:  # noqa: BLE001
         report(error=f'{type(ex).__name__}: {ex}'[:500], call_time=time.monotonic() - began)
         sys.stdout.flush()
@@ -271,7 +277,7 @@ def main() -> None:
     elif mode == 'ddp':
         check_ddp(int(sys.argv[2]))
     elif mode in ('dies', 'stalls'):
-        check_failure(mode)
+        check_failure(mode, poll=sys.argv[3:] == ['poll'])
     elif mode == 'idle':
         report(error=None, call_time=time.monotonic() - began)
     else:
