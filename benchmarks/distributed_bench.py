@@ -184,7 +184,7 @@ def _collective_paired(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
     from fewshot_digits import FewShotDigits  # examples/fewshot_digits.py
-    from maml import init_params, local_task_losses  # examples/distributed/maml.py
+    from maml import init_params, local_meta_backward  # examples/distributed/maml.py
 
     import torchopt
     import torchopt.distributed as todist
@@ -211,11 +211,10 @@ def _collective_paired(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         local = tasks if workers == 1 else todist.shard_tasks(tasks)
         opts[workers].zero_grad()
-        out = local_task_losses(params[workers], local, settings)
-        (out[0] / num_tasks).backward()
+        local_meta_backward(params[workers], local, settings, num_tasks)
         computed = time.perf_counter()
         group = solo if workers == 1 else None
-        todist.all_reduce_gradients(params[workers], op='sum', group=group)
+        todist.all_reduce_gradients(params[workers], op='sum', group=group, poll=args.poll)
         reduced = time.perf_counter()
         opts[workers].step()
         done = time.perf_counter()
@@ -227,13 +226,16 @@ def _collective_paired(args: argparse.Namespace) -> None:
         row['cpu'].append(time.process_time() - cpu)
         dist.barrier(group)
         begin = time.perf_counter()
-        todist.all_reduce_gradients(params[workers], op='sum', group=group)
+        todist.all_reduce_gradients(params[workers], op='sum', group=group, poll=args.poll)
         row['comm'].append(time.perf_counter() - begin)
 
     for it in range(args.warmup + args.paired_iterations):
         for workers in (1, 2) if it % 2 == 0 else (2, 1):
             tasks = data.batch(num_tasks)  # the same tasks on both ranks
-            dist.barrier()
+            arrived = dist.barrier(async_op=True)
+            while args.busy_wait and not arrived.is_completed():
+                pass  # rank 1, while rank 0 runs the 1-process setting: see --busy-wait
+            arrived.wait()
             if workers == 2 or rank == 0:
                 step(workers, tasks)
     gathered: list[Any] = [None, None]
@@ -264,15 +266,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _ceiling(start_at: float, seconds: float, share: int, hidden: int, inner_steps: int) -> None:
+def _ceiling(
+    start_at: float, seconds: float, share: int, hidden: int, inner_steps: int, per_task: bool
+) -> None:
     """One process of the hardware-ceiling measurement: the MAML share of ``share`` tasks
-    (forward and backward, no RPC) in a loop, from ``start_at`` for ``seconds``."""
+    (forward and backward, no communication) in a loop, from ``start_at`` for ``seconds``; with
+    ``per_task`` one backward per task, as the collective backend does, else one backward of the
+    summed losses, as the RPC backend does."""
     sys.path[:0] = [str(EXAMPLE.parent), str(EXAMPLE.parent.parent)]
+    from types import SimpleNamespace
+
     import torch
     from fewshot_digits import FewShotDigits  # examples/fewshot_digits.py
-    from maml import init_params, task_losses  # examples/distributed/maml.py
+    from maml import init_params, local_meta_backward, task_losses  # examples/distributed/maml.py
 
     torch.set_num_threads(1)
+    settings = SimpleNamespace(inner_steps=inner_steps, inner_lr=0.4)
     data = FewShotDigits(n_way=5, k_shot=1, k_query=15, split='train', seed=0)
     params = init_params([64, hidden, hidden, 5])
     while time.time() < start_at:
@@ -282,8 +291,10 @@ def _ceiling(start_at: float, seconds: float, share: int, hidden: int, inner_ste
     while time.time() < end:
         tasks = data.batch(share)
         start = time.perf_counter()
-        out = task_losses.__wrapped__(params, *tasks, inner_steps, 0.4)
-        out[0].backward()
+        if per_task:
+            local_meta_backward(params, tasks, settings, share)
+        else:
+            task_losses.__wrapped__(params, *tasks, inner_steps, 0.4)[0].backward()
         times.append(time.perf_counter() - start)
     times.sort()
     print('BENCH ' + json.dumps({'median_s': times[len(times) // 2]}), flush=True)
@@ -371,14 +382,17 @@ def _collective_table(args: argparse.Namespace, tasks: int) -> tuple[float, floa
     result = _world(
         [__file__, '--backend', 'collective', '--role', 'collective-paired', '--tasks',
          str(tasks), '--paired-iterations', str(args.paired_iterations), '--warmup', '2',
-         '--hidden', str(args.hidden), '--inner-steps', str(args.inner_steps)],
+         '--hidden', str(args.hidden), '--inner-steps', str(args.inner_steps),
+         '--busy-wait' if args.busy_wait else '--no-busy-wait',
+         '--poll' if args.poll else '--no-poll'],
         2, timeout=600, pin=args.pin,
     )  # fmt: skip
     one, two = result['1'], result['2']
     print(
         f'Collective MAML meta-iteration ({tasks} tasks of 5-way 1-shot rotated digits, '
         f'MLP 64-{args.hidden}-{args.hidden}-5, {args.inner_steps} inner steps; gloo on '
-        f'127.0.0.1; {len(os.sched_getaffinity(0))} CPUs, '
+        f'127.0.0.1, {"polling" if args.poll else "blocking"} all-reduce wait; '
+        f'{len(os.sched_getaffinity(0))} CPUs, '
         f'{"one pinned per rank" if args.pin else "unpinned"}; 1 and 2 processes alternated in '
         f'one world of 2, median of {one["iterations"]} meta-iterations each; gradients '
         f'{result["grad_bytes"] / 1024:.0f} KiB)'
@@ -412,20 +426,21 @@ def _collective_table(args: argparse.Namespace, tasks: int) -> tuple[float, floa
         f'{one["cpu"] / max(cpus):.2f}x in CPU time (what the wall-clock speed-up approaches on '
         'an idle machine, less the communication latency)'
     )
-    ceiling = _ceiling_line(args, tasks)
+    ceiling = _ceiling_line(args, tasks, per_task=True)
     print()
     return one['total'], two['total'], ceiling
 
 
-def _ceiling_line(args: argparse.Namespace, tasks: int) -> float:
-    """Print the hardware-ceiling line (two independent processes, no communication)."""
+def _ceiling_line(args: argparse.Namespace, tasks: int, per_task: bool = False) -> float:
+    """Print the hardware-ceiling line (two independent processes, no communication), each
+    running its share the way the backend measured does (``per_task``: one backward per task)."""
     share, seconds = max(tasks // 2, 1), 2.0 if args.quick else 4.0
 
     def ceiling_cmd() -> list[str]:  # all processes start computing at the same moment
         return [
             __file__, '--role', 'ceiling', '--start-at', str(time.time() + 10), '--seconds',
             str(seconds), '--tasks', str(share), '--hidden', str(args.hidden),
-            '--inner-steps', str(args.inner_steps),
+            '--inner-steps', str(args.inner_steps), *(['--per-task'] if per_task else []),
         ]  # fmt: skip
 
     alone = _world(ceiling_cmd(), 1, timeout=120, pin=args.pin, every_rank=True)[0]['median_s']
@@ -528,6 +543,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--role', default=None, help=argparse.SUPPRESS)
     parser.add_argument('--start-at', type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument('--seconds', type=float, default=4.0, help=argparse.SUPPRESS)
+    parser.add_argument('--per-task', action='store_true', help=argparse.SUPPRESS)
+    parser.add_argument(
+        '--poll', action=argparse.BooleanOptionalAction, default=True,
+        help="collective: all_reduce_gradients(poll=True), a polling wait for the all-reduce "
+        '(--no-poll: the blocking wait)',
+    )  # fmt: skip
+    parser.add_argument(
+        '--busy-wait', action=argparse.BooleanOptionalAction, default=True,
+        help='collective: while rank 0 runs the 1-process setting, rank 1 spins on the barrier '
+        'instead of sleeping in it, so that it starts its share of the next 2-process '
+        'meta-iteration on a CPU that was kept busy, as in real 2-process training',
+    )  # fmt: skip
     parser.add_argument(
         '--pin', action=argparse.BooleanOptionalAction, default=True,
         help='pin rank r to CPU r (mod the CPUs this process may use); --no-pin lets the OS '
@@ -545,7 +572,8 @@ def main(argv: list[str] | None = None) -> None:
         _collective_paired(args)
         return
     if args.role == 'ceiling':
-        _ceiling(args.start_at, args.seconds, args.tasks[0], args.hidden, args.inner_steps)
+        share, hidden, steps = args.tasks[0], args.hidden, args.inner_steps
+        _ceiling(args.start_at, args.seconds, share, hidden, steps, args.per_task)
         return
     if args.quick:
         args.rounds, args.iterations, args.paired_iterations, args.repeat = 1, 6, 8, 100

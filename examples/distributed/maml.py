@@ -57,6 +57,7 @@ __all__ = [
     'meta_step',
     'rpc_options',
     'local_task_losses',
+    'local_meta_backward',
     'collective_meta_step',
     'train_collective',
     'main',
@@ -228,12 +229,32 @@ def local_task_losses(params, tasks, args) -> torch.Tensor:
     return task_losses.__wrapped__(params, *tasks, args.inner_steps, args.inner_lr)
 
 
+def local_meta_backward(params, tasks, args, num_tasks: int) -> torch.Tensor:
+    """Back-propagate ``(query loss of each task) / num_tasks`` into ``params[i].grad``, task by
+    task; return the detached ``[sum of query losses, sum of query accuracies]``.
+
+    The same gradients as one backward of the summed losses, but only one task's unrolled graph
+    is alive at a time: the memory of a meta-iteration no longer grows with the tasks per rank,
+    and two ranks on one machine do not compete for cache and memory bandwidth with whole
+    meta-batch graphs (``benchmarks/distributed_bench.py`` measures it).
+    """
+    sums = params[0].new_zeros(2)
+    for t in range(tasks.x_support.shape[0]):
+        loss, acc = adapt_and_evaluate(
+            params, tasks.x_support[t], tasks.y_support[t], tasks.x_query[t], tasks.y_query[t],
+            args.inner_steps, args.inner_lr,
+        )  # fmt: skip
+        (loss / num_tasks).backward()
+        sums += torch.stack([loss.detach(), acc.to(loss.dtype)])
+    return sums
+
+
 def collective_meta_step(params, meta_opt, tasks, args, device=None) -> tuple[torch.Tensor, float]:
     """One meta-iteration of the collective backend on this rank.
 
-    ``tasks`` is the whole meta-batch (the same on every rank); this rank adapts on its share,
-    back-propagates ``(sum of its query losses) / T`` and the gradients are summed over the
-    ranks: the mean over all ``T`` tasks whatever the shard sizes.
+    ``tasks`` is the whole meta-batch (the same on every rank); this rank adapts on its share and
+    back-propagates ``(query loss of each task) / T`` (:func:`local_meta_backward`), and the
+    gradients are summed over the ranks: the mean over all ``T`` tasks whatever the shard sizes.
 
     Returns:
         This rank's ``[loss sum, accuracy sum]`` (detached) and the seconds spent in the
@@ -244,14 +265,12 @@ def collective_meta_step(params, meta_opt, tasks, args, device=None) -> tuple[to
     if device is not None:
         local = type(local)(*(part.to(device) for part in local))
     meta_opt.zero_grad()
-    out = local_task_losses(params, local, args)
-    if out.requires_grad:
-        (out[0] / num_tasks).backward()
+    out = local_meta_backward(params, local, args, num_tasks)
     start = time.perf_counter()
-    todist.all_reduce_gradients(params, op='sum')
+    todist.all_reduce_gradients(params, op='sum', poll=getattr(args, 'poll', False))
     comm = time.perf_counter() - start
     meta_opt.step()
-    return out.detach(), comm
+    return out, comm
 
 
 def _global_sums(local: torch.Tensor) -> torch.Tensor:
@@ -378,6 +397,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         '--rpc-transport', choices=['default', 'tcp'], default='default',
         help="TensorPipe transport: torch's default (shared memory on one host) or TCP only",
+    )  # fmt: skip
+    parser.add_argument(
+        '--poll', action='store_true',
+        help='collective: wait for the all-reduce by polling (all_reduce_gradients(poll=True)); '
+        'faster on virtual machines when every rank has a core of its own',
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
