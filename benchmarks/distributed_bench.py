@@ -206,7 +206,7 @@ def _collective_paired(args: argparse.Namespace) -> None:
     keys = ('total', 'compute', 'allreduce', 'comm', 'faults', 'cpu')
     times: dict[int, dict[str, list[float]]] = {w: {k: [] for k in keys} for w in (1, 2)}
 
-    def step(workers: int, tasks) -> None:
+    def step(workers: int, tasks, record: bool) -> None:
         faults, cpu = _minor_faults(), time.process_time()
         start = time.perf_counter()
         local = tasks if workers == 1 else todist.shard_tasks(tasks)
@@ -218,26 +218,31 @@ def _collective_paired(args: argparse.Namespace) -> None:
         reduced = time.perf_counter()
         opts[workers].step()
         done = time.perf_counter()
-        row = times[workers]
-        row['total'].append(done - start)
-        row['compute'].append(computed - start)
-        row['allreduce'].append(reduced - computed)
-        row['faults'].append(_minor_faults() - faults)
-        row['cpu'].append(time.process_time() - cpu)
+        sample = {
+            'total': done - start, 'compute': computed - start, 'allreduce': reduced - computed,
+            'faults': _minor_faults() - faults, 'cpu': time.process_time() - cpu,
+        }  # fmt: skip
         dist.barrier(group)
         begin = time.perf_counter()
         todist.all_reduce_gradients(params[workers], op='sum', group=group, poll=args.poll)
-        row['comm'].append(time.perf_counter() - begin)
+        sample['comm'] = time.perf_counter() - begin
+        if record:
+            for key, value in sample.items():
+                times[workers][key].append(value)
 
-    for it in range(args.warmup + args.paired_iterations):
+    # Settings alternate in blocks of --block meta-iterations; the first of a block is not timed
+    # (with blocks > 1): rank 1 has just been idle through the other setting, and the first
+    # meta-iteration after idling ran 7-13 ms slower on this VM than in continuous training.
+    block = args.block
+    timed = max(block - 1, 1)
+    rounds = -(-(args.warmup + args.paired_iterations) // timed)
+    for it in range(rounds):
         for workers in (1, 2) if it % 2 == 0 else (2, 1):
-            tasks = data.batch(num_tasks)  # the same tasks on both ranks
-            arrived = dist.barrier(async_op=True)
-            while args.busy_wait and not arrived.is_completed():
-                pass  # rank 1, while rank 0 runs the 1-process setting: see --busy-wait
-            arrived.wait()
-            if workers == 2 or rank == 0:
-                step(workers, tasks)
+            for k in range(block):
+                tasks = data.batch(num_tasks)  # the same tasks on both ranks
+                dist.barrier()
+                if workers == 2 or rank == 0:
+                    step(workers, tasks, record=block == 1 or k > 0)
     gathered: list[Any] = [None, None]
     mine = {k: _median(times[2][k][args.warmup :]) for k in ('compute', 'faults', 'cpu')}
     dist.all_gather_object(gathered, mine)
@@ -383,7 +388,7 @@ def _collective_table(args: argparse.Namespace, tasks: int) -> tuple[float, floa
         [__file__, '--backend', 'collective', '--role', 'collective-paired', '--tasks',
          str(tasks), '--paired-iterations', str(args.paired_iterations), '--warmup', '2',
          '--hidden', str(args.hidden), '--inner-steps', str(args.inner_steps),
-         '--busy-wait' if args.busy_wait else '--no-busy-wait',
+         '--block', str(args.block),
          '--poll' if args.poll else '--no-poll'],
         2, timeout=600, pin=args.pin,
     )  # fmt: skip
@@ -394,7 +399,9 @@ def _collective_table(args: argparse.Namespace, tasks: int) -> tuple[float, floa
         f'127.0.0.1, {"polling" if args.poll else "blocking"} all-reduce wait; '
         f'{len(os.sched_getaffinity(0))} CPUs, '
         f'{"one pinned per rank" if args.pin else "unpinned"}; 1 and 2 processes alternated in '
-        f'one world of 2, median of {one["iterations"]} meta-iterations each; gradients '
+        f'one world of 2 in blocks of {args.block} meta-iterations'
+        f'{" (the first of each untimed)" if args.block > 1 else ""}, '
+        f'median of {one["iterations"]} meta-iterations each; gradients '
         f'{result["grad_bytes"] / 1024:.0f} KiB)'
     )
     print(
@@ -550,10 +557,9 @@ def main(argv: list[str] | None = None) -> None:
         '(--no-poll: the blocking wait)',
     )  # fmt: skip
     parser.add_argument(
-        '--busy-wait', action=argparse.BooleanOptionalAction, default=True,
-        help='collective: while rank 0 runs the 1-process setting, rank 1 spins on the barrier '
-        'instead of sleeping in it, so that it starts its share of the next 2-process '
-        'meta-iteration on a CPU that was kept busy, as in real 2-process training',
+        '--block', type=int, default=4,
+        help='collective: the settings alternate in blocks of this many meta-iterations, the '
+        'first of each block untimed (1: alternate every meta-iteration, all timed)',
     )  # fmt: skip
     parser.add_argument(
         '--pin', action=argparse.BooleanOptionalAction, default=True,
@@ -562,6 +568,8 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument('--skip-overhead', action='store_true', help='only the MAML table')
     args = parser.parse_args(argv)
+    if args.block < 1:
+        parser.error(f'--block must be >= 1, got {args.block}')
     if args.role == 'overhead':
         _overhead(args.repeat)
         return
