@@ -411,7 +411,10 @@ def _sgd_update(
     float32 parameter, 32 with :func:`~torchopt.apply_updates`, against the fused step's 20 and
     the composed transformations' 40). No torch op writes ``b`` and ``g`` in one pass; with
     ``use_accelerated_op`` ``torchopt_accel.sgd_update_`` does (16 bytes). Dampened and Nesterov
-    momentum run the composed transformations.
+    momentum run the composed transformations. The second pass writes ``g`` without reading it,
+    and a CPU store to memory the pass did not read costs a read too (write-allocate): measured
+    at 10M float32 elements, 1 thread, ``torch.mul(b, s, out=g)`` takes 3.5 ms against 1.7 ms
+    for ``g.mul_(s)``, so this path's floor is about 1.8x the fused step, not 1.6x.
     """
     from torchopt.transform._trace import TraceState
 
