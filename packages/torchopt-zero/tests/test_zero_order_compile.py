@@ -1,10 +1,11 @@
-"""``zero_order`` under ``torch.compile`` (issue #21): what compiles today, and what does not.
+"""``zero_order`` under ``torch.compile`` (issue #21).
 
 A function decorated with ``zero_order`` runs inside a compiled region and gives the eager value
-and the eager gradient estimate (same seed, same draws), with graph breaks and a fixed number of
-graphs (no recompilation from one call to the next). It does not compile with
-``fullgraph=True`` in torch 2.13; ``docs/torch_compile.md`` says why. The ``xfail(strict=True)``
-test turns into a failure the day it does, so the page and this file are then updated.
+and the eager gradient estimate (same seed, same draws): with graph breaks around an outer
+``torch.autograd.grad``, and as one graph with ``fullgraph=True`` (the estimator's backward is
+traced into the autograd.Function's graph), compiled once for many calls. Every sampler-free
+path is covered: one leaf, several leaves (a dict), the chunked path (more samples than one
+chunk), a loop for small ``num_samples``, and an objective that draws random numbers itself.
 """
 
 from __future__ import annotations
@@ -90,15 +91,102 @@ def test_zero_order_inside_a_compiled_region_gives_the_eager_estimate(method):
     assert graphs[-1] == graphs[1]  # everything compiled by the second call: no recompilation
 
 
-@pytest.mark.xfail(
-    raises=torch._dynamo.exc.Unsupported,
-    strict=True,
-    reason='torch 2.13: the estimator fills its plan cache inside the autograd.Function '
-    '("Unsafe side effect" in the autograd.Function HOP) and reads host floats (Tensor.item)',
-)
-def test_zero_order_fullgraph():
-    """``fullgraph=True`` around a ``zero_order`` call: not supported yet (see the module doc)."""
+def _objectives():
+    """(name, decorated function, differentiable argument) for every estimator path."""
+    x, w = _inputs()
+    normal = lambda shape: torch.randn(shape, dtype=DTYPE)  # noqa: E731 - a callable sampler
+
+    @zero_order(distribution=normal, method='antithetic', num_samples=16, sigma=0.1)
+    def noisy(x, w):  # draws random numbers itself: vmap's randomness='different'
+        return 0.5 * x @ w @ x + 1e-3 * torch.randn((), dtype=DTYPE)
+
+    @zero_order(distribution=normal, method='forward', num_samples=12, sigma=0.1)
+    def leaves(d, w):  # two leaves: the grouped path
+        return 0.5 * d['a'] @ w @ d['a'] + (d['b'] ** 2).sum()
+
+    @zero_order(distribution=normal, method='naive', num_samples=5000, sigma=0.1)
+    def chunked(x, w):  # more samples than one chunk
+        return 0.5 * x @ w @ x
+
+    @zero_order(distribution=normal, method='antithetic', num_samples=3, sigma=0.1)
+    def looped(x, w):  # few samples: evaluated in a loop
+        return 0.5 * x @ w @ x
+
+    d = {'a': x, 'b': torch.randn(3, 2, dtype=DTYPE, requires_grad=True)}
+    cases = [(m, _decorated(m), x) for m in METHODS]
+    cases += [('noisy', noisy, x), ('leaves', leaves, d), ('chunked', chunked, x)]
+    return [*cases, ('looped', looped, x)], w
+
+
+@pytest.mark.parametrize('case', range(7), ids=[*METHODS, 'noisy', 'leaves', 'chunked', 'looped'])
+def test_zero_order_compiles_as_one_graph(case):
+    """``fullgraph=True``: one graph for 10 calls, value and ES gradient equal to eager."""
+    cases, w = _objectives()
+    _, f, arg = cases[case]
+    leaves = [arg] if isinstance(arg, torch.Tensor) else list(arg.values())
+
+    def run(fn, k):
+        for leaf in leaves:
+            leaf.grad = None
+        torch.manual_seed(k)
+        value = fn(arg, w)
+        value.backward()
+        return [value.detach(), *(leaf.grad.clone() for leaf in leaves)]
+
+    # The eager call first: it fills the estimator's caches (layout plans, vmap mode), which
+    # dynamo guards on; a compiled call never writes them. Mixed calls the other way round
+    # compile once more after the first eager call, then no more.
+    want = run(f, CALLS)
+    backend = CountingBackend()
+    compiled = torch.compile(lambda a, w: f(a, w), backend=backend, fullgraph=True)
+    for a, b in zip(run(compiled, CALLS), want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for k in range(CALLS):
+        got, want = run(compiled, k), run(f, k)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert backend.graphs == 1
+
+
+@torch._dynamo.config.patch(trace_autograd_ops=True)
+def test_zero_order_and_outer_autograd_grad_compile_as_one_graph():
+    """The value and its ES gradient in one compiled function (``torch.autograd.grad`` inside
+    the region needs ``trace_autograd_ops``): one graph, eager numbers."""
     f = _decorated('antithetic')
     x, w = _inputs()
-    compiled = torch.compile(lambda x, w: f(x, w), backend=CountingBackend(), fullgraph=True)
-    compiled(x, w)
+
+    def value_and_grads(x, w):
+        loss = f(x, w) * 2.0
+        (gx,) = torch.autograd.grad(loss, (x,))
+        return loss.detach(), gx
+
+    value_and_grads(x, w)  # eager first: fills the caches dynamo guards on (see above)
+    backend = CountingBackend()
+    compiled = torch.compile(value_and_grads, backend=backend, fullgraph=True)
+    for k in range(CALLS):
+        torch.manual_seed(k)
+        got = compiled(x, w)
+        torch.manual_seed(k)
+        want = value_and_grads(x, w)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert backend.graphs == 1
+
+
+@pytest.mark.filterwarnings('ignore:.*torch.jit.script_method. is deprecated:DeprecationWarning')
+def test_zero_order_under_inductor_with_eager_random_numbers():
+    """Inductor draws its own random numbers unless ``fallback_random`` is set; with it, the
+    compiled estimate is the eager one."""
+    f = _decorated('forward')
+    x, w = _inputs()
+    with torch._inductor.config.patch(fallback_random=True):
+        compiled = torch.compile(lambda x, w: f(x, w), fullgraph=True)
+        for k in range(3):
+            x.grad = None
+            torch.manual_seed(k)
+            compiled(x, w).backward()
+            got = x.grad.clone()
+            x.grad = None
+            torch.manual_seed(k)
+            f(x, w).backward()
+            torch.testing.assert_close(got, x.grad, rtol=1e-12, atol=1e-12)

@@ -240,7 +240,7 @@ class Estimator:
         Returns:
             One estimate per leaf (``None`` where ``perturb`` is ``False``).
         """
-        if grad_output.is_cpu:  # a host float: folded into the matrix-vector products
+        if grad_output.is_cpu and not is_compiling():  # a host float: folded into the products
             alpha, post = float(grad_output) * self._scale, None
         else:  # no device synchronisation
             alpha, post = 1.0, grad_output * self._scale
@@ -304,7 +304,7 @@ class Estimator:
         if plan is None:
             dim = leaf.numel()
             chunk = _chunk_size(self.config, dim)
-            plan = self._plans[key] = _LeafPlan(
+            plan = _LeafPlan(
                 size=torch.Size((chunk, dim)),
                 dim=dim,
                 rows=(-1, *leaf.shape),
@@ -314,6 +314,8 @@ class Estimator:
                 device=leaf.device,
                 chunks=-(-self.config.num_samples // chunk),
             )
+            if not is_compiling():  # dynamo forbids the side effect inside autograd.Function
+                self._plans[key] = plan
         return plan
 
     def _one_leaf(
@@ -402,12 +404,14 @@ class Estimator:
                     for j, flat, rows in zip(group.members, group.flat, group.rows)
                 ],
             )
-        plan = self._group_plans[key] = _GroupsPlan(
+        plan = _GroupsPlan(
             groups=groups,
             positions=None if positions == list(range(len(leaves))) else positions,
             chunk=chunk,
             single=single,
         )
+        if not is_compiling():  # traced: computed once per compilation, not stored (see _plan)
+            self._group_plans[key] = plan
         return plan
 
     def _estimate_groups(
@@ -533,7 +537,9 @@ class Estimator:
         if signs is None:
             sigma = self.config.sigma
             signs = torch.tensor([sigma, -sigma], dtype=like.dtype, device=like.device)
-            signs = self._signs[key] = signs.view(2, 1, 1)
+            signs = signs.view(2, 1, 1)
+            if not is_compiling():
+                self._signs[key] = signs
         return signs
 
     def _evaluate(self, fn: Callable[..., Tensor], inputs: list[Tensor]) -> Tensor:
@@ -547,6 +553,12 @@ class Estimator:
         mode, vectorize = self.mode, self.config.vectorize
         if vectorize is False or (num <= _LOOP_MAX and vectorize is None):
             mode = 'loop'
+        if mode != 'loop' and is_compiling():
+            # Traced: no probing (a failed vmap cannot fall back inside a graph) and no state
+            # written (dynamo forbids the side effect inside the autograd.Function). Not probed
+            # yet: 'different', what the probe ends with for a function that draws random
+            # numbers, and the same values as 'error' for one that does not.
+            return vmap_call(fn, inputs, mode or 'different', False)
         if mode != 'loop':
             first = mode is None
             # 'error' is much faster than 'different' (which adds overhead to every op), so it
