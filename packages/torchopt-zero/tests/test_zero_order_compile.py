@@ -190,3 +190,36 @@ def test_zero_order_under_inductor_with_eager_random_numbers():
             torch.manual_seed(k)
             f(x, w).backward()
             torch.testing.assert_close(got, x.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_zero_order_module_inside_a_compiled_region_gives_the_eager_estimate():
+    """``ZeroOrderGradientModule`` compiles with graph breaks, not as one graph: its estimator
+    swaps the module's parameters for the perturbed ones inside the autograd.Function's
+    backward, a side effect dynamo refuses there. The numbers are the eager ones."""
+    from torchopt_zero.nn import ZeroOrderGradientModule
+
+    class Net(ZeroOrderGradientModule, method='forward', num_samples=10, sigma=0.1):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 1, dtype=DTYPE)
+
+        def forward(self, x):
+            return self.lin(x).pow(2).mean()
+
+        def sample(self, sample_shape=torch.Size()):  # noqa: B008 - torch's own default
+            return torch.randn(sample_shape, dtype=DTYPE)
+
+    torch.manual_seed(0)
+    net = Net()
+    xs = torch.randn(8, 4, dtype=DTYPE)
+    compiled = torch.compile(lambda: net(xs), backend=CountingBackend())
+    for k in range(3):
+        net.zero_grad()
+        torch.manual_seed(k)
+        compiled().backward()
+        got = [p.grad.clone() for p in net.parameters()]
+        net.zero_grad()
+        torch.manual_seed(k)
+        net(xs).backward()
+        for a, b in zip(got, (p.grad for p in net.parameters())):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
