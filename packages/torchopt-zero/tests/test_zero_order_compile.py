@@ -65,6 +65,19 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return x, w
 
 
+def _assert_eager_numbers(compiled, eager, args, after_each=None) -> None:
+    """``compiled(*args)`` equals ``eager(*args)`` (1e-12) for the same seed, ``CALLS`` times."""
+    for k in range(CALLS):
+        torch.manual_seed(k)
+        got = compiled(*args)
+        torch.manual_seed(k)
+        want = eager(*args)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        if after_each is not None:
+            after_each()
+
+
 @pytest.mark.parametrize('method', METHODS)
 def test_zero_order_inside_a_compiled_region_gives_the_eager_estimate(method):
     """Value and ES gradient inside ``torch.compile``: eager numbers, no recompilation per call."""
@@ -78,15 +91,8 @@ def test_zero_order_inside_a_compiled_region_gives_the_eager_estimate(method):
 
     backend = CountingBackend()
     compiled = torch.compile(value_and_grads, backend=backend)
-    graphs = []
-    for k in range(CALLS):
-        torch.manual_seed(k)
-        got = compiled(x, w)
-        torch.manual_seed(k)
-        want = value_and_grads(x, w)
-        for a, b in zip(got, want):
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-        graphs.append(backend.graphs)
+    graphs: list[int] = []
+    _assert_eager_numbers(compiled, value_and_grads, (x, w), lambda: graphs.append(backend.graphs))
     assert graphs[0] >= 1
     assert graphs[-1] == graphs[1]  # everything compiled by the second call: no recompilation
 
@@ -163,13 +169,7 @@ def test_zero_order_and_outer_autograd_grad_compile_as_one_graph():
     value_and_grads(x, w)  # eager first: fills the caches dynamo guards on (see above)
     backend = CountingBackend()
     compiled = torch.compile(value_and_grads, backend=backend, fullgraph=True)
-    for k in range(CALLS):
-        torch.manual_seed(k)
-        got = compiled(x, w)
-        torch.manual_seed(k)
-        want = value_and_grads(x, w)
-        for a, b in zip(got, want):
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    _assert_eager_numbers(compiled, value_and_grads, (x, w))
     assert backend.graphs == 1
 
 
