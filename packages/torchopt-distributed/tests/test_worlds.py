@@ -116,10 +116,14 @@ def test_dead_worker_surfaces_on_rank_zero():
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not shutil.which('torchrun', path=os.path.dirname(sys.executable)),
                     reason='torchrun is not installed next to this interpreter')  # fmt: skip
-@pytest.mark.parametrize('backend', ['collective', 'rpc'])
-def test_example_runs_under_torchrun(backend, tmp_path):
+@pytest.mark.parametrize(
+    ('backend', 'extra'),
+    [('collective', []), ('collective', ['--poll']), ('rpc', [])],
+    ids=['collective', 'collective-poll', 'rpc'],
+)
+def test_example_runs_under_torchrun(backend, extra, tmp_path):
     """``torchrun --nproc_per_node 2 examples/distributed/maml.py --quick --backend B`` trains,
-    writes its plot and exits."""
+    writes its plot and exits (the collective backend also with the polling all-reduce wait)."""
     root = Path(__file__).resolve().parents[3]
     script = root / 'examples' / 'distributed' / 'maml.py'
     torchrun = os.path.join(os.path.dirname(sys.executable), 'torchrun')
@@ -127,7 +131,7 @@ def test_example_runs_under_torchrun(backend, tmp_path):
     cmd = [
         torchrun, '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
         '--master_port', str(free_port()), str(script), '--quick', '--iterations', '8',
-        '--backend', backend, '--out', str(tmp_path),
+        '--backend', backend, '--out', str(tmp_path), *extra,
     ]  # fmt: skip
     start = time.monotonic()
     proc = subprocess.Popen(
