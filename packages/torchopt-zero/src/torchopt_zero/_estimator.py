@@ -61,7 +61,11 @@ _LOOP_MAX = 2
 
 
 def _draw(sample: Any, size: torch.Size, plan: Any, leaf: Tensor) -> Tensor:
-    """``sample(size)``, checked and cast only when the sampler did not return it ready."""
+    """``sample(size)``, checked and cast only when the sampler did not return it ready.
+
+    ``plan`` is a leaf's plan or a group of leaves: anything with the ``dtype`` and ``device``
+    the noise must have.
+    """
     noise = sample(size)
     if (
         type(noise) is not Tensor  # pylint: disable=unidiomatic-typecheck
@@ -434,14 +438,7 @@ class Estimator:
         if plan.single is not None:  # one draw, one evaluation: straight-line code
             size, layout = plan.single
             group = plan.groups[0]
-            noise = sample(size)
-            if (
-                type(noise) is not Tensor  # pylint: disable=unidiomatic-typecheck
-                or noise.dtype is not group.dtype
-                or noise.shape != size
-                or noise.device != group.device
-            ):
-                noise = as_noise(noise, size, leaves[group.members[0]])
+            noise = _draw(sample, size, group, leaves[group.members[0]])
             signs = group.signs
             inputs = []
             for (j, flat, rows, _), part in zip(layout, noise.split_with_sizes(group.sizes, 1)):
@@ -476,14 +473,7 @@ class Estimator:
             inputs = []
             for group in plan.groups:
                 size = torch.Size((num, group.dim))
-                noise = sample(size)
-                if (
-                    type(noise) is not Tensor  # pylint: disable=unidiomatic-typecheck
-                    or noise.dtype is not group.dtype
-                    or noise.shape != size
-                    or noise.device != group.device
-                ):
-                    noise = as_noise(noise, size, leaves[group.members[0]])
+                noise = _draw(sample, size, group, leaves[group.members[0]])
                 noises.append(noise)
                 parts = (
                     (noise,) if len(group.members) == 1 else noise.split_with_sizes(group.sizes, 1)
