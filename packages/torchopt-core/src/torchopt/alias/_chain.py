@@ -11,9 +11,13 @@ from typing import Any
 
 from torchopt import _checks
 from torchopt._dispatch import FusedStep
-from torchopt.alias.utils import flip_sign_and_add_weight_decay, scale_by_neg_lr
+from torchopt.alias.utils import (
+    _get_use_chain_flat,
+    flip_sign_and_add_weight_decay,
+    scale_by_neg_lr,
+)
 from torchopt.base import GradientTransformation
-from torchopt.combine import chain_flat
+from torchopt.combine import chain, chain_flat
 from torchopt.transform._masking import add_decayed_weights
 
 __all__ = ['betas_of', 'optimizer_chain']
@@ -47,6 +51,9 @@ def optimizer_chain(
 ) -> GradientTransformation:
     r"""``chain_flat`` of an optimizer's members, in the one order every alias uses.
 
+    A plain :func:`~torchopt.chain` without a fused step instead while upstream's private
+    ``torchopt.alias.utils._set_use_chain_flat(False)`` is in effect.
+
     ``flip_sign_and_add_weight_decay`` (the L2 penalty :math:`\lambda\theta` when not
     ``decoupled``), then ``scalers``, then ``add_decayed_weights(weight_decay, mask)`` when
     ``decoupled``, then ``after_decay``, then ``scale_by_neg_lr(lr)`` (none when ``lr`` is
@@ -72,4 +79,6 @@ def optimizer_chain(
     parts.extend(after_decay)
     if lr is not None:
         parts.append(scale_by_neg_lr(lr))
+    if not _get_use_chain_flat():
+        return chain(*parts, *tail)
     return chain_flat(*parts, *tail, fused=fused)

@@ -17,6 +17,28 @@ from torchopt.typing import ScalarOrSchedule
 
 __all__ = ['flip_sign_and_add_weight_decay', 'scale_by_neg_lr']
 
+_USE_CHAIN_FLAT = True
+
+
+def _set_use_chain_flat(use_chain_flat: bool) -> None:
+    """Build the optimizer aliases as flat chains (``True``, the default) or plain ones.
+
+    Upstream's private switch, kept because its test-suites call it: with ``False`` an alias
+    returns :func:`~torchopt.chain` of its members (a
+    :class:`~torchopt.base.ChainedGradientTransformation` whose state is the tuple of the members'
+    pytree states) and declares no fused step. It affects aliases built afterwards only, and
+    nothing in this library sets it.
+    """
+    if not isinstance(use_chain_flat, bool):
+        raise TypeError(f'`use_chain_flat` must be a bool, got {use_chain_flat!r}')
+    global _USE_CHAIN_FLAT  # noqa: PLW0603  # upstream's module-level switch
+    _USE_CHAIN_FLAT = use_chain_flat
+
+
+def _get_use_chain_flat() -> bool:
+    """Whether the aliases are built as flat chains (see :func:`_set_use_chain_flat`)."""
+    return _USE_CHAIN_FLAT
+
 
 def flip_sign_and_add_weight_decay(
     weight_decay: float = 0.0, maximize: bool = False
