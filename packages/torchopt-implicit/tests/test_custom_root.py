@@ -345,3 +345,92 @@ def test_upstream_spelling_through_torchopt(gen) -> None:
     (g,) = torch.autograd.grad(0.5 * ((Xv @ w - yv) ** 2).sum(), lam)
     ref = _closed_form_hypergrad(X, y, Xv, yv, 2.5)
     assert abs((g - ref) / ref) <= 1e-9
+
+
+# --- a non-symmetric Jacobian: the transpose that normal CG needs ---------------------------------
+# x* = 0.5 tanh(W x*) + b has dF/dx = I - 0.5 diag(sech^2) W, not symmetric. The first-order
+# backward runs its products on one recorded graph, which torch.func cannot differentiate; normal
+# CG (the default solve) must still get A^T from somewhere (it returned zeros before).
+
+
+def _nonsym_data(seed=0, d=5):
+    gen = torch.Generator().manual_seed(seed)
+    W = (0.4 * torch.randn(d, d, generator=gen, dtype=F64)).requires_grad_()
+    b = torch.randn(d, generator=gen, dtype=F64).requires_grad_()
+    return W, b
+
+
+def _nonsym_step(x, W, b):
+    return 0.5 * torch.tanh(x @ W.T) + b
+
+
+def _nonsym_unrolled_grads(W, b, steps=200):
+    x = torch.zeros_like(b)
+    for _ in range(steps):
+        x = _nonsym_step(x, W, b)
+    return torch.autograd.grad((x * torch.arange(1.0, 6.0, dtype=F64)).sum(), (W, b))
+
+
+NONSYM_SOLVES = {
+    'default': None,
+    'normal_cg': linear_solve.solve_normal_cg(rtol=1e-14, maxiter=200),
+    'normal_cg_maxiter10_atol0': linear_solve.solve_normal_cg(maxiter=10, atol=0),
+    'gmres': linear_solve.solve_gmres(rtol=1e-14),
+    'inv': linear_solve.solve_inv(),
+}
+
+
+@pytest.mark.parametrize('solve', list(NONSYM_SOLVES), ids=list(NONSYM_SOLVES))
+@pytest.mark.parametrize('tree', [False, True], ids=['tensor', 'dict'])
+def test_nonsymmetric_jacobian_first_order(solve, tree) -> None:
+    W, b = _nonsym_data()
+    expected = _nonsym_unrolled_grads(W, b)
+    kw = {} if NONSYM_SOLVES[solve] is None else {'solve': NONSYM_SOLVES[solve]}
+    if tree:
+
+        def optimality(x, W, b):
+            return {'x': x['x'] - _nonsym_step(x['x'], W, b)}
+
+        @custom_root(optimality, argnums=(1, 2), **kw)
+        def solver(x0, W, b):
+            x = x0['x']
+            with torch.no_grad():
+                for _ in range(200):
+                    x = _nonsym_step(x, W, b)
+            return {'x': x}
+
+        x = solver({'x': torch.zeros_like(b)}, W, b)['x']
+    else:
+
+        @custom_root(lambda x, W, b: x - _nonsym_step(x, W, b), argnums=(1, 2), **kw)
+        def solver(x0, W, b):
+            x = x0
+            with torch.no_grad():
+                for _ in range(200):
+                    x = _nonsym_step(x, W, b)
+            return x
+
+        x = solver(torch.zeros_like(b), W, b)
+    got = torch.autograd.grad((x * torch.arange(1.0, 6.0, dtype=F64)).sum(), (W, b))
+    assert got[1].abs().max() > 0.1  # not the silent zeros
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-10)
+
+
+def test_nonsymmetric_jacobian_recorded_matches_functional_path() -> None:
+    """The first-order fast path and the torch.func path (create_graph) agree."""
+    W, b = _nonsym_data(seed=1)
+
+    @custom_fixed_point(_nonsym_step, argnums=(1, 2))
+    def solver(x0, W, b):
+        x = x0
+        with torch.no_grad():
+            for _ in range(200):
+                x = _nonsym_step(x, W, b)
+        return x
+
+    first = torch.autograd.grad(solver(torch.zeros_like(b), W, b).sum(), (W, b))
+    second = torch.autograd.grad(solver(torch.zeros_like(b), W, b).sum(), (W, b), create_graph=True)
+    for a, c in zip(first, second):
+        torch.testing.assert_close(a, c.detach(), rtol=1e-12, atol=1e-12)
+    assert first[1].abs().max() > 0.1

@@ -255,7 +255,17 @@ def _root_vjp_recorded(
         def matvec(u: TensorTree) -> TensorTree:
             return pytree.tree_unflatten(sol_spec, x_vjp(list(pytree.tree_leaves(u)), retain=True))
 
-    u = solve(matvec, pytree.tree_map(torch.neg, cotangent))
+    transposed: list[Callable[[TensorTree], TensorTree]] = []
+
+    def rmatvec(v: TensorTree) -> TensorTree:  # the recorded products are not differentiable:
+        if not transposed:  # normal CG's transpose from torch.func, built on first use
+            args, kwargs = layout.rebuild(tensors)
+            functional, _ = _make_matvec(lambda x: optimality_fn(x, *args[1:], **kwargs), solution)
+            transposed.append(linear_solve.utils.make_rmatvec(functional, solution))
+        return transposed[0](v)
+
+    operator = linear_solve.utils.FallbackTranspose(matvec, rmatvec)
+    u = solve(operator, pytree.tree_map(torch.neg, cotangent))
     u_leaves = list(pytree.tree_leaves(u))
     grads: list[torch.Tensor | None] = [None] * len(tensors)
     theta_grads = _RecordedVJP(res_leaves, theta_leaves)(u_leaves, retain=False)

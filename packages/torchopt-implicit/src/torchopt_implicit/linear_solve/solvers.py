@@ -18,6 +18,7 @@ from torchopt_implicit import linalg
 from torchopt_implicit.linalg.minres import minres_with_status
 from torchopt_implicit.linalg.utils import TreeRaveler, all_true
 from torchopt_implicit.linear_solve.utils import (
+    FallbackTranspose,
     LinearOperator,
     make_ridge_matvec,
     make_rmatvec,
@@ -128,7 +129,8 @@ def _solve_normal_cg(
 ) -> TensorTree:
     example_x = b if init is None else init
     real = not any(leaf.is_complex() for leaf in pytree.tree_leaves(b))
-    if isinstance(matvec, LinearOperator) and matvec.rmatvec is not None:
+    given = not isinstance(matvec, FallbackTranspose)  # that one is probed for symmetry first
+    if given and isinstance(matvec, LinearOperator) and matvec.rmatvec is not None:
         rmatvec = matvec.rmatvec
     elif ridge is None and kwargs.get('M') is None and real:
         solution, symmetric = _solve_symmetric(matvec, b, init, kwargs)

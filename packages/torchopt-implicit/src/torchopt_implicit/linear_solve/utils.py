@@ -44,6 +44,18 @@ class LinearOperator:
         return self.matvec(x)
 
 
+class FallbackTranspose(LinearOperator):
+    r"""A :class:`LinearOperator` whose ``rmatvec`` is to be used only where a transpose is needed.
+
+    For a ``matvec`` that cannot itself be differentiated (the implicit backward's products on a
+    recorded graph), so that :func:`make_rmatvec` cannot take its VJP. Unlike a plain
+    :class:`LinearOperator`, the solvers still probe such an operator for symmetry first and
+    call ``rmatvec`` only for a non-symmetric ``A``.
+    """
+
+    __slots__ = ()
+
+
 def make_rmatvec(matvec: Matvec, example_x: TensorTree) -> Matvec:
     r"""Return ``rmatvec(y) = A^T @ y`` from ``matvec(x) = A @ x``.
 
