@@ -364,6 +364,13 @@ def _nonsym_step(x, W, b):
     return 0.5 * torch.tanh(x @ W.T) + b
 
 
+def _nonsym_iterate(x, W, b):
+    with torch.no_grad():
+        for _ in range(200):
+            x = _nonsym_step(x, W, b)
+    return x
+
+
 def _nonsym_unrolled_grads(W, b, steps=200):
     x = torch.zeros_like(b)
     for _ in range(steps):
@@ -393,22 +400,14 @@ def test_nonsymmetric_jacobian_first_order(solve, tree) -> None:
 
         @custom_root(optimality, argnums=(1, 2), **kw)
         def solver(x0, W, b):
-            x = x0['x']
-            with torch.no_grad():
-                for _ in range(200):
-                    x = _nonsym_step(x, W, b)
-            return {'x': x}
+            return {'x': _nonsym_iterate(x0['x'], W, b)}
 
         x = solver({'x': torch.zeros_like(b)}, W, b)['x']
     else:
 
         @custom_root(lambda x, W, b: x - _nonsym_step(x, W, b), argnums=(1, 2), **kw)
         def solver(x0, W, b):
-            x = x0
-            with torch.no_grad():
-                for _ in range(200):
-                    x = _nonsym_step(x, W, b)
-            return x
+            return _nonsym_iterate(x0, W, b)
 
         x = solver(torch.zeros_like(b), W, b)
     got = torch.autograd.grad((x * torch.arange(1.0, 6.0, dtype=F64)).sum(), (W, b))
@@ -423,11 +422,7 @@ def test_nonsymmetric_jacobian_recorded_matches_functional_path() -> None:
 
     @custom_fixed_point(_nonsym_step, argnums=(1, 2))
     def solver(x0, W, b):
-        x = x0
-        with torch.no_grad():
-            for _ in range(200):
-                x = _nonsym_step(x, W, b)
-        return x
+        return _nonsym_iterate(x0, W, b)
 
     first = torch.autograd.grad(solver(torch.zeros_like(b), W, b).sum(), (W, b))
     second = torch.autograd.grad(solver(torch.zeros_like(b), W, b).sum(), (W, b), create_graph=True)
