@@ -14,3 +14,16 @@ def _single_thread_and_seed():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def float64_default():
+    """float64 as torch's default dtype for one test.
+
+    The float64 parity tests need it: torch.optim keeps some scalars (NAdam's momentum product,
+    ASGD's eta and mu, Rprop's step sizes) in the default dtype.
+    """
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

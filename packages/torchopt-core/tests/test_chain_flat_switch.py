@@ -27,17 +27,12 @@ from torchopt.combine import FlatChain
 
 
 @pytest.fixture
-def plain_chains():
-    # float64 default: torch.optim keeps some scalars (NAdam's momentum product, ASGD's eta and
-    # mu, Rprop's step sizes) in the default dtype.
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
+def plain_chains(float64_default):
     _set_use_chain_flat(False)
     try:
         yield
     finally:
         _set_use_chain_flat(True)
-        torch.set_default_dtype(old)
 
 
 def test_default_is_flat() -> None:

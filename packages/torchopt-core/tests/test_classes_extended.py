@@ -16,13 +16,7 @@ from optimizer_table import row_params, rows
 
 import torchopt
 
-
-@pytest.fixture(autouse=True)
-def _float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures('float64_default')  # torch.optim's scalars in float64
 
 
 def _params(row):

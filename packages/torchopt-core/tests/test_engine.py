@@ -31,12 +31,7 @@ def _init_params() -> list[torch.Tensor]:
     return init_params(3, n=4)
 
 
-@pytest.fixture(autouse=True)
-def _float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures('float64_default')  # torch.optim's scalars in float64
 
 
 def _max_err(a, b):

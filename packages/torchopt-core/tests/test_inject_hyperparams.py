@@ -10,13 +10,7 @@ from optimizer_table import loss as _loss
 
 import torchopt
 
-
-@pytest.fixture(autouse=True)
-def _float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures('float64_default')  # torch.optim's scalars in float64
 
 
 def _params() -> dict[str, torch.Tensor]:

@@ -26,13 +26,7 @@ STEPS = 20
 NO_MISSING = [set()] * STEPS
 
 
-@pytest.fixture(autouse=True)
-def _float64_default():
-    # torch.optim keeps NAdam's momentum product in the default scalar dtype.
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures('float64_default')  # torch.optim's scalars in float64
 
 
 @rows()

@@ -129,8 +129,11 @@ def _solve_normal_cg(
 ) -> TensorTree:
     example_x = b if init is None else init
     real = not any(leaf.is_complex() for leaf in pytree.tree_leaves(b))
-    given = not isinstance(matvec, FallbackTranspose)  # that one is probed for symmetry first
-    if given and isinstance(matvec, LinearOperator) and matvec.rmatvec is not None:
+    if (  # a FallbackTranspose's rmatvec is costly: probe its symmetry first (below)
+        isinstance(matvec, LinearOperator)
+        and not isinstance(matvec, FallbackTranspose)
+        and matvec.rmatvec is not None
+    ):
         rmatvec = matvec.rmatvec
     elif ridge is None and kwargs.get('M') is None and real:
         solution, symmetric = _solve_symmetric(matvec, b, init, kwargs)
