@@ -309,7 +309,10 @@ def test_malloc_arguments_are_validated(bad, argument, function):
      ({'init_timeout': 0}, ValueError, 'init_timeout must be a positive, finite'),
      ({'loopback': 'maybe'}, TypeError, "loopback must be True, False or None, got 'maybe'"),
      ({'loopback': 1}, TypeError, 'loopback must be True, False or None'),
-     ({'tune_malloc': 'yes'}, TypeError, 'tune_malloc must be True, False or None')],
+     ({'tune_malloc': 'yes'}, TypeError, 'tune_malloc must be True, False or None'),
+     ({'shutdown_timeout': 'abc'}, TypeError, 'shutdown_timeout must be a number of seconds'),
+     ({'shutdown_timeout': 0}, ValueError, 'shutdown_timeout must be a positive, finite'),
+     ({'shutdown_timeout': float('inf')}, ValueError, 'shutdown_timeout must be a positive')],
 )  # fmt: skip
 def test_auto_init_rpc_rejects_bad_options(monkeypatch, kwargs, error, message):
     monkeypatch.setattr(world, '_worker_name_format', world.default_worker_name_format)

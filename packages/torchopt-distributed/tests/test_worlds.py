@@ -113,6 +113,33 @@ def test_dead_worker_surfaces_on_rank_zero():
     assert result['call_time'] < 20  # bounded by the connection loss, not the 30 min default
 
 
+@pytest.mark.timeout(90)
+def test_workers_at_exit_keep_serving_a_late_rank_zero():
+    """Ranks 1 and 2 finish at once and wait at exit; rank 0 works for 4 RPC timeouts, then calls
+    them. Upstream's unbounded graceful shutdown serves those calls; a shutdown bounded by the
+    RPC timeout had stopped the others' agents by then (``RuntimeError: eof`` on rank 0)."""
+    ranks = launch('failures.py', 3, timeout=60, args=['late_call', '4'])
+    for rank in ranks:
+        assert rank.returncode == 0, f'rank {rank.rank}:\n{rank.stderr[-4000:]}'
+    results = [_result(rank) for rank in ranks]
+    assert results[0]['error'] is None
+    assert results[0]['pids'] == {'1': results[1]['pid'], '2': results[2]['pid']}
+    assert min(rank.elapsed for rank in ranks[1:]) >= 4  # they waited for rank 0
+
+
+@pytest.mark.timeout(90)
+def test_dead_peer_does_not_hang_the_others_at_exit():
+    """Rank 2 dies at once; rank 1 waits at exit and still serves rank 0's late call; then both
+    survivors exit (a local shutdown, as a dead peer can never join the graceful one)."""
+    ranks = launch('failures.py', 3, timeout=60, args=['late_call_one_dies', '3'])
+    assert ranks[2].returncode == 9
+    for rank in ranks[:2]:
+        assert rank.returncode == 0, f'rank {rank.rank}:\n{rank.stderr[-4000:]}'
+    results = [_result(rank) for rank in ranks[:2]]
+    assert results[0]['pids'] == {'1': results[1]['pid']}
+    assert max(rank.elapsed for rank in ranks[:2]) < 45
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not shutil.which('torchrun', path=os.path.dirname(sys.executable)),
                     reason='torchrun is not installed next to this interpreter')  # fmt: skip

@@ -17,8 +17,6 @@ from __future__ import annotations
 import atexit
 import functools
 import ipaddress
-import math
-import numbers
 import os
 import socket
 import threading
@@ -31,6 +29,8 @@ import torch.distributed as dist
 import torch.distributed.rpc as rpc
 
 from torchopt_distributed._malloc import check_positive, limit_malloc_arenas, retain_freed_memory
+from torchopt_distributed._options import check_seconds, resolve_flag, resolve_seconds
+from torchopt_distributed._shutdown import shutdown_at_exit
 
 __all__ = [
     'WorldInfo',
@@ -242,69 +242,8 @@ _rdzv_counter = 0
 _rdzv_registered = False
 
 
-def check_seconds(value: Any, name: str) -> float:
-    """Return ``value`` as a float number of seconds; it must be a finite real number > 0.
-
-    Raises:
-        TypeError: ``value`` is a bool, a string or not a real number (``name`` is named).
-        ValueError: ``value`` is not finite or not positive.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f'{name} must be a number of seconds (int or float), got {type(value).__name__} '
-            f'{value!r}'
-        )
-    seconds = float(value)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f'{name} must be a positive, finite number of seconds, got {value!r}')
-    return seconds
-
-
-def resolve_seconds(value: Any, name: str, env: str, default: float) -> float:
-    """The argument ``value`` if given, else the environment variable ``env``, else ``default``.
-
-    Both the argument and the variable are checked with :func:`check_seconds`; an error names
-    whichever was used.
-    """
-    if value is not None:
-        return check_seconds(value, name)
-    raw = os.environ.get(env, '').strip()
-    if not raw:
-        return default
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise ValueError(
-            f'environment variable {env} must be a number of seconds, got {raw!r}'
-        ) from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(
-            f'environment variable {env} must be a positive, finite number of seconds, got {raw!r}'
-        )
-    return seconds
-
-
 def _resolve_init_timeout(init_timeout: float | None) -> float:
     return resolve_seconds(init_timeout, 'init_timeout', INIT_TIMEOUT_ENV, DEFAULT_INIT_TIMEOUT)
-
-
-def resolve_flag(value: Any, name: str, env: str) -> bool:
-    """The bool ``value`` if given, else the environment variable ``env`` (0/1), else False.
-
-    Raises:
-        TypeError: ``value`` is neither ``None`` nor a bool (``'maybe'``, ``1``, ...).
-        ValueError: the variable is set to something other than 0/1/true/false/yes/no/on/off.
-    """
-    if value is not None:
-        if not isinstance(value, bool):
-            raise TypeError(f'{name} must be True, False or None, got {value!r}')
-        return value
-    raw = os.environ.get(env, '').strip().lower()
-    if raw in ('', '0', 'false', 'no', 'off'):
-        return False
-    if raw in ('1', 'true', 'yes', 'on'):
-        return True
-    raise ValueError(f'environment variable {env} must be 0 or 1, got {raw!r}')
 
 
 def _query(url: str) -> dict[str, str]:
@@ -430,14 +369,6 @@ def _resolve_loopback(loopback: bool | None) -> bool:
     return resolve_flag(loopback, 'loopback', LOOPBACK_ENV)
 
 
-def _shutdown_at_exit(timeout: float) -> None:
-    try:
-        if rpc.api._is_current_rpc_agent_set():  # pylint: disable=protected-access
-            rpc.shutdown(graceful=True, timeout=timeout)
-    except Exception:  # noqa: BLE001  # peers gone: finish locally, never hang at exit
-        pass
-
-
 def auto_init_rpc(
     worker_init_fn: Callable[[], None] | None = None,
     worker_name_format: Callable[..., str] = default_worker_name_format,
@@ -449,6 +380,7 @@ def auto_init_rpc(
     tune_malloc: bool | None = None,
     malloc_arena_max: int | None = None,
     malloc_trim_threshold: int | None = None,
+    shutdown_timeout: float | None = None,
 ) -> Callable[[F], F]:
     """Decorator: start RPC for this world before the decorated function runs.
 
@@ -460,8 +392,8 @@ def auto_init_rpc(
         worker_init_fn: Run on every worker after RPC starts, before the function.
         worker_name_format: ``f(world_rank, world_size, local_rank, local_world_size) -> str``.
         backend: The RPC backend (default TensorPipe).
-        rpc_backend_options: Backend options; their ``rpc_timeout`` also bounds the barriers and
-            the graceful shutdown. An ``env://`` init method (the default) is replaced by the
+        rpc_backend_options: Backend options; their ``rpc_timeout`` also bounds the barriers.
+            An ``env://`` init method (the default) is replaced by the
             bounded rendezvous below; any other init method is used as given.
         init_timeout: Seconds to wait for all ranks to join; after that, every rank that is
             waiting raises :class:`RendezvousTimeoutError` naming the missing ranks. Default: the
@@ -492,6 +424,13 @@ def auto_init_rpc(
             memory freed at the end of an iteration back to the OS and the next iteration faults
             it in again; with this setting the process's resident memory stays near its peak
             instead. Process-wide, like ``malloc_arena_max``.
+        shutdown_timeout: Seconds the graceful RPC shutdown registered at exit may wait for
+            the other workers to finish. Default ``None``: as long as the live ones need, as
+            ``rpc.shutdown(graceful=True)`` (and upstream TorchOpt) waits, but a worker whose
+            process died ends the wait (see :mod:`torchopt_distributed._shutdown`). A worker that
+            reaches exit early, such as one whose work is all ``rank_zero_only``, must keep
+            serving the others' calls, so a bound must be well above the longest run of work left
+            on another worker; past it this worker stops serving and their calls to it fail.
 
     Returns:
         A decorator.
@@ -503,6 +442,9 @@ def auto_init_rpc(
         raise TypeError('worker_init_fn must be callable or None')
     _worker_name_format = worker_name_format
     bound = _resolve_init_timeout(init_timeout)
+    shutdown_bound = (
+        None if shutdown_timeout is None else check_seconds(shutdown_timeout, 'shutdown_timeout')
+    )
     use_loopback = _resolve_loopback(loopback)
     arena_max = check_positive(malloc_arena_max, 'malloc_arena_max')
     trim_threshold = check_positive(malloc_trim_threshold, 'malloc_trim_threshold')
@@ -538,7 +480,7 @@ def auto_init_rpc(
                 backend=backend,
                 rpc_backend_options=options,
             )
-            atexit.register(_shutdown_at_exit, float(options.rpc_timeout))
+            atexit.register(shutdown_at_exit, shutdown_bound, float(options.rpc_timeout))
             barrier()
             if worker_init_fn is not None:
                 worker_init_fn()

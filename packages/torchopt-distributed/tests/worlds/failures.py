@@ -6,6 +6,10 @@ Modes (``argv[1]``):
   the ranks that did start must fail with a clear error within the bound.
 * ``worker_dies``: rank 1 exits abruptly inside a remote call from rank 0; rank 0 must get an
   error (not hang) and still exit.
+* ``late_call``: only rank 0 works (``rank_zero_only``), for ``argv[2]`` seconds, several RPC
+  timeouts; the others reach exit at once and must still serve its calls afterwards.
+* ``late_call_one_dies``: as ``late_call`` with 3 ranks, but rank 2 dies right away; rank 0's
+  calls to rank 1 must still work and every survivor must exit without hanging.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ def die():
     os._exit(7)
 
 
+def die_soon():
+    time.sleep(0.5)  # after the start-up barrier has released every rank
+    os._exit(9)
+
+
 @todist.rank_zero_only
 def call_dying_worker():
     began = time.monotonic()
@@ -39,6 +48,19 @@ def call_dying_worker():
         report(error=f'{type(ex).__name__}: {ex}', call_time=time.monotonic() - began)
     else:
         report(error=None)
+
+
+LATE_CALL_RPC_TIMEOUT = 1.0
+
+
+@todist.rank_zero_only
+def late_calls(seconds, targets):
+    time.sleep(seconds)  # longer than the RPC timeout: the others wait at exit meanwhile
+    results = {}
+    for rank in targets:
+        value = todist.rpc.rpc_sync(rank, os.getpid, timeout=20)
+        results[str(rank)] = value
+    report(error=None, pids=results)
 
 
 def main():
@@ -62,6 +84,17 @@ def main():
     elif mode == 'worker_dies':
         options = todist.rpc.TensorPipeRpcBackendOptions(rpc_timeout=20)
         todist.auto_init_rpc(rpc_backend_options=options, init_timeout=30)(call_dying_worker)()
+    elif mode in ('late_call', 'late_call_one_dies'):
+        seconds = float(sys.argv[2])
+        if mode == 'late_call_one_dies' and todist.get_rank() == 2:
+            todist.auto_init_rpc(init_timeout=30)(die_soon)()
+        options = todist.rpc.TensorPipeRpcBackendOptions(rpc_timeout=LATE_CALL_RPC_TIMEOUT)
+        targets = [1] if mode == 'late_call_one_dies' else range(1, todist.get_world_size())
+        todist.auto_init_rpc(rpc_backend_options=options, init_timeout=30)(late_calls)(
+            seconds, list(targets)
+        )
+        if todist.get_rank() != 0:
+            report(error=None, pid=os.getpid())  # at exit next: waits for rank 0 there
     else:
         raise SystemExit(f'unknown mode {mode!r}')
 
