@@ -331,6 +331,27 @@ def test_module_instances_draw_from_their_own_sample(reference):
     torch.testing.assert_close(two.w.grad, expected, rtol=1e-10, atol=1e-12)
 
 
+def test_distribution_sample_is_called_by_keyword(reference):
+    """Upstream calls ``distribution.sample(sample_shape=...)``; a keyword-only ``sample`` works."""
+
+    class KeywordOnly:
+        def __init__(self):
+            self.draws = []
+
+        def sample(self, *, sample_shape):
+            draw = torch.randn(sample_shape, dtype=DTYPE)
+            self.draws.append(draw)
+            return draw
+
+    f, theta, _ = quadratic()
+    noise = KeywordOnly()
+    x = theta.clone().requires_grad_()
+    zero_order(noise, method='antithetic', num_samples=6, sigma=0.1)(f)(x).backward()
+    (draw,) = noise.draws
+    (expected,) = reference(lambda ts: f(ts[0]), [x], [draw], 'antithetic', 0.1)
+    torch.testing.assert_close(x.grad, expected, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize('method', ['naive', 'forward', 'antithetic'])
 def test_direct_node_apply_matches_function_apply(method, monkeypatch):
     """The direct C ``apply`` (outside transforms) gives what ``Function.apply`` gives."""

@@ -16,7 +16,7 @@ Sampler = Callable[[torch.Size], Any]
 
 
 def _sample(distribution: Any, sample_shape: torch.Size) -> Any:
-    return distribution.sample(sample_shape)
+    return distribution.sample(sample_shape=sample_shape)  # by keyword, as upstream calls it
 
 
 def _sample_normal(distribution: torch.distributions.Normal, sample_shape: torch.Size) -> Any:
@@ -35,7 +35,7 @@ def _sample_normal(distribution: torch.distributions.Normal, sample_shape: torch
         or loc.device != scale.device
         or 'sample' in vars(distribution)
     ):
-        return distribution.sample(sample_shape)  # a batch shape (then rejected), a patch, ...
+        return distribution.sample(sample_shape=sample_shape)  # a batch shape (rejected), a patch
     noise = torch.randn(sample_shape, dtype=loc.dtype, device=loc.device)
     # x * 1 + 0 == x: skip both passes for the standard normal (read without a device sync)
     if not loc.is_cpu or float(scale) != 1.0 or float(loc) != 0.0:
