@@ -35,6 +35,17 @@ def test_submodule_paths_import() -> None:
         assert callable(getattr(ls_utils, name))
 
 
+def test_upstream_per_solver_modules() -> None:
+    """TorchOpt 0.7 defines each solver in a module of its own; those paths still import."""
+    from torchopt.linear_solve.cg import solve_cg
+    from torchopt.linear_solve.inv import solve_inv
+    from torchopt.linear_solve.normal_cg import solve_normal_cg
+
+    assert solve_cg is torchopt_implicit.linear_solve.solve_cg
+    assert solve_inv is torchopt_implicit.linear_solve.solve_inv
+    assert solve_normal_cg is torchopt_implicit.linear_solve.solve_normal_cg
+
+
 def test_public_names() -> None:
     import torchopt.linalg
     import torchopt.linear_solve

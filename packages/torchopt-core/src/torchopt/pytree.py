@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import optree
 import optree.typing as typing  # noqa: F401  (re-exported as upstream)
 import torch
+import torch.distributed.rpc as rpc
 from optree import *  # noqa: F403
 
 from torchopt.typing import Future, PyTree, Scalar, TensorTree
@@ -56,6 +57,21 @@ def tree_flatten_as_tuple(
     return tuple(leaves), treespec
 
 
+def acc_add(*args: Any) -> Any:
+    """``args[0] + args[1] + ...`` (upstream's helper, outside ``__all__`` as there)."""
+    return functools.reduce(operator.add, args)
+
+
+def acc_mul(*args: Any) -> Any:
+    """``args[0] * args[1] * ...``."""
+    return functools.reduce(operator.mul, args)
+
+
+def acc_matmul(*args: Any) -> Any:
+    """``args[0] @ args[1] @ ...``."""
+    return functools.reduce(operator.matmul, args)
+
+
 def tree_pos(tree: PyTree[Any]) -> PyTree[Any]:
     """Apply unary ``+`` to every leaf."""
     return optree.tree_map(operator.pos, tree)
@@ -68,7 +84,7 @@ def tree_neg(tree: PyTree[Any]) -> PyTree[Any]:
 
 def tree_add(*trees: PyTree[Any]) -> PyTree[Any]:
     """Leaf-wise sum of trees of the same structure."""
-    return optree.tree_map(lambda *xs: functools.reduce(operator.add, xs), *trees)
+    return optree.tree_map(acc_add, *trees)
 
 
 def tree_add_scalar_mul(
@@ -96,12 +112,12 @@ def tree_sub_scalar_mul(
 
 def tree_mul(*trees: PyTree[Any]) -> PyTree[Any]:
     """Leaf-wise product of trees of the same structure."""
-    return optree.tree_map(lambda *xs: functools.reduce(operator.mul, xs), *trees)
+    return optree.tree_map(acc_mul, *trees)
 
 
 def tree_matmul(*trees: PyTree[Any]) -> PyTree[Any]:
     """Leaf-wise matrix product of trees of the same structure."""
-    return optree.tree_map(lambda *xs: functools.reduce(operator.matmul, xs), *trees)
+    return optree.tree_map(acc_matmul, *trees)
 
 
 def tree_scalar_mul(scalar: Scalar, multiplicand_tree: PyTree[Any]) -> PyTree[Any]:
@@ -135,3 +151,23 @@ def tree_wait(future_tree: PyTree[Future]) -> PyTree[Any]:
     flat_futures, treespec = optree.tree_flatten(future_tree)
     results = torch.futures.wait_all(flat_futures)
     return optree.tree_unflatten(treespec, results)
+
+
+if rpc.is_available():
+    from torch.distributed.rpc import RRef
+
+    def tree_as_rref(tree: PyTree[Any]) -> PyTree[Any]:
+        """Wrap every leaf in a local :class:`torch.distributed.rpc.RRef`."""
+        return optree.tree_map(RRef, tree)
+
+    def tree_to_here(
+        rref_tree: PyTree[Any], timeout: float = rpc.api.UNSET_RPC_TIMEOUT
+    ) -> PyTree[Any]:
+        """Fetch the value of every :class:`~torch.distributed.rpc.RRef` leaf (``to_here``)."""
+        return optree.tree_map(lambda x: x.to_here(timeout=timeout), rref_tree)
+
+    def tree_local_value(rref_tree: PyTree[Any]) -> PyTree[Any]:
+        """The local value of every :class:`~torch.distributed.rpc.RRef` leaf (owner only)."""
+        return optree.tree_map(lambda x: x.local_value(), rref_tree)
+
+    __all__ += ['tree_as_rref', 'tree_to_here', 'tree_local_value']

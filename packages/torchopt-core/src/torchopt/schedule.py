@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from torchopt import _upstream_modules
 from torchopt.typing import Numeric, Schedule
 
 __all__ = [
@@ -435,3 +436,6 @@ def sgdr_schedule(cosine_kwargs: Iterable[dict[str, Any]]) -> Schedule:
     if not schedules:
         raise ValueError('sgdr_schedule needs at least one cycle')
     return join_schedules(schedules, boundaries[:-1])
+
+
+_upstream_modules.register(__name__)  # TorchOpt 0.7's per-object module paths

@@ -16,6 +16,7 @@ from typing import (
 )
 
 import torch
+import torch.distributed.rpc as rpc
 from optree.typing import PyTree, PyTreeTypeVar
 from torch import Tensor
 from torch.distributions import Distribution
@@ -63,6 +64,11 @@ __all__ = [
     'SampleFunc',
     'Samplable',
 ]
+
+if rpc.is_available():  # as upstream: the name exists only where torch has RPC
+    from torch.distributed.rpc import RRef
+
+    __all__ += ['RRef']
 
 T = TypeVar('T')
 

@@ -1,5 +1,6 @@
 """Functional optimizers (upstream ``torchopt.alias``); ``torchopt.alias.<name>`` is the function."""
 
+from torchopt import _upstream_modules
 from torchopt.alias import utils
 from torchopt.alias._extended import (
     adabelief,
@@ -54,3 +55,5 @@ __all__ = [
     'sign_sgd',
     'lars',
 ]
+
+_upstream_modules.register(__name__)  # TorchOpt 0.7's per-object module paths

@@ -1,5 +1,6 @@
 """Object-oriented optimizers (upstream ``torchopt.optim``)."""
 
+from torchopt import _upstream_modules
 from torchopt.optim import func, meta
 from torchopt.optim._classes import (
     ASGD,
@@ -118,3 +119,5 @@ __all__ = [
     'MetaSignSGD',
     'MetaLARS',
 ]
+
+_upstream_modules.register(__name__)  # TorchOpt 0.7's per-object module paths

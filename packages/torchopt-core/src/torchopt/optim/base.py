@@ -131,12 +131,23 @@ class Optimizer(torch.optim.Optimizer):
         self._impl = value
         self._group_impls = [None] * len(self.param_groups)
 
-    def add_param_group(self, param_group: Any) -> None:
+    # Positional, params= (TorchOpt) and param_group= (torch.optim) all work; mypy cannot see it.
+    def add_param_group(  # type: ignore[override]
+        self, params: Any = None, *, param_group: Any = None
+    ) -> None:
         """Add a group: a dict with ``'params'`` and hyper-parameters, or any tree of tensors.
 
-        Hyper-parameters not given take the optimizer's defaults; they are validated now.
+        Hyper-parameters not given take the optimizer's defaults; they are validated now. The
+        group may be passed positionally or by either keyword: ``params`` (TorchOpt 0.7's name)
+        or ``param_group`` (``torch.optim``'s).
         """
-        group = dict(param_group) if _is_group(param_group) else {'params': param_group}
+        if (params is None) == (param_group is None):
+            raise TypeError(
+                'add_param_group() takes one group: pass it positionally, as params= '
+                '(TorchOpt) or as param_group= (torch.optim)'
+            )
+        group_or_tree = params if param_group is None else param_group
+        group = dict(group_or_tree) if _is_group(group_or_tree) else {'params': group_or_tree}
         flat, treespec = flatten_params(group['params'])
         if not flat:
             raise ValueError('optimizer got an empty parameter list')

@@ -3,6 +3,7 @@
 Each ``torchopt.transform.<name>`` is the function itself, as upstream.
 """
 
+from torchopt import _upstream_modules
 from torchopt.transform import utils
 from torchopt.transform._accumulation import (
     EmaState,
@@ -175,3 +176,5 @@ __all__ = [
     'scale_by_shape',
     'orthogonalize_via_newton_schulz',
 ]
+
+_upstream_modules.register(__name__)  # TorchOpt 0.7's per-object module paths

@@ -1,5 +1,6 @@
 """Differentiable (meta) optimizers (upstream ``torchopt.optim.meta``)."""
 
+from torchopt import _upstream_modules
 from torchopt.optim.meta import _classes
 from torchopt.optim.meta._classes import (
     MetaAdaBelief,
@@ -32,3 +33,5 @@ from torchopt.optim.meta._classes import (
 from torchopt.optim.meta.base import MetaOptimizer
 
 __all__ = ['MetaOptimizer', *_classes.__all__]  # the classes' list, in their order
+
+_upstream_modules.register(__name__)  # TorchOpt 0.7's per-object module paths
