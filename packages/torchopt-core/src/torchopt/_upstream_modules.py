@@ -19,26 +19,25 @@ import types
 
 __all__ = ['UPSTREAM_SUBMODULES', 'register']
 
+#: Upstream's per-class modules of ``torchopt.optim`` and their ``__all__`` (``optim.meta``: the
+#: same with ``Meta`` in front; ``alias``: one function, named as the module).
+_CLASSES: dict[str, tuple[str, ...]] = {
+    'adadelta': ('AdaDelta', 'Adadelta'),
+    'adagrad': ('AdaGrad', 'Adagrad'),
+    'adam': ('Adam',),
+    'adamax': ('AdaMax', 'Adamax'),
+    'adamw': ('AdamW',),
+    'radam': ('RAdam',),
+    'rmsprop': ('RMSProp', 'RMSprop'),
+    'sgd': ('SGD',),
+}
+
 #: Upstream module path -> (its ``__all__``, further public names defined there).
 UPSTREAM_SUBMODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    **{f'torchopt.alias.{n}': ((n,), ()) for n in
-       'adadelta adagrad adam adamax adamw radam rmsprop sgd'.split()},
-    'torchopt.optim.adadelta': (('AdaDelta', 'Adadelta'), ()),
-    'torchopt.optim.adagrad': (('AdaGrad', 'Adagrad'), ()),
-    'torchopt.optim.adam': (('Adam',), ()),
-    'torchopt.optim.adamax': (('AdaMax', 'Adamax'), ()),
-    'torchopt.optim.adamw': (('AdamW',), ()),
-    'torchopt.optim.radam': (('RAdam',), ()),
-    'torchopt.optim.rmsprop': (('RMSProp', 'RMSprop'), ()),
-    'torchopt.optim.sgd': (('SGD',), ()),
-    'torchopt.optim.meta.adadelta': (('MetaAdaDelta', 'MetaAdadelta'), ()),
-    'torchopt.optim.meta.adagrad': (('MetaAdaGrad', 'MetaAdagrad'), ()),
-    'torchopt.optim.meta.adam': (('MetaAdam',), ()),
-    'torchopt.optim.meta.adamax': (('MetaAdaMax', 'MetaAdamax'), ()),
-    'torchopt.optim.meta.adamw': (('MetaAdamW',), ()),
-    'torchopt.optim.meta.radam': (('MetaRAdam',), ()),
-    'torchopt.optim.meta.rmsprop': (('MetaRMSProp', 'MetaRMSprop'), ()),
-    'torchopt.optim.meta.sgd': (('MetaSGD',), ()),
+    **{f'torchopt.alias.{m}': ((m,), ()) for m in _CLASSES},  # the function of the same name
+    **{f'torchopt.optim.{m}': (names, ()) for m, names in _CLASSES.items()},
+    **{f'torchopt.optim.meta.{m}': (tuple(f'Meta{n}' for n in names), ())
+       for m, names in _CLASSES.items()},
     'torchopt.schedule.exponential_decay': (('exponential_decay',), ()),
     'torchopt.schedule.polynomial': (('polynomial_schedule', 'linear_schedule'), ()),
     'torchopt.transform.add_decayed_weights': (
