@@ -64,8 +64,10 @@ def test_rpc_pytree_helpers_and_rref_type():
         assert isinstance(rrefs['a'], RRef) and isinstance(rrefs['b'][1], RRef)
         here, local = tree_to_here(rrefs), tree_local_value(rrefs)
         assert local['b'][0] is tree['b'][0]
-        for x, y in zip((here['a'], *here['b']), (tree['a'], *tree['b'])):
-            assert torch.equal(x, y)
+        timed = tree_to_here(rrefs, timeout=30.0)
+        for x, y, z in zip((here['a'], *here['b']), (timed['a'], *timed['b']),
+                           (tree['a'], *tree['b'])):
+            assert torch.equal(x, z) and torch.equal(y, z)
         rpc.shutdown()
         print('ok')
     """)

@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import optree
 import optree.typing as typing  # noqa: F401  (re-exported as upstream)
 import torch
-import torch.distributed.rpc as rpc
 from optree import *  # noqa: F403
 
-from torchopt.typing import Future, PyTree, Scalar, TensorTree
+from torchopt.typing import _HAS_RPC, Future, PyTree, Scalar, TensorTree
 
 if TYPE_CHECKING:
     # optree's names come in through `*`. The project's mypy configuration checks against optree
@@ -153,17 +152,21 @@ def tree_wait(future_tree: PyTree[Future]) -> PyTree[Any]:
     return optree.tree_unflatten(treespec, results)
 
 
-if rpc.is_available():
-    from torch.distributed.rpc import RRef
+if _HAS_RPC:  # as upstream; torch.distributed.rpc is imported on first use only
 
     def tree_as_rref(tree: PyTree[Any]) -> PyTree[Any]:
         """Wrap every leaf in a local :class:`torch.distributed.rpc.RRef`."""
+        from torch.distributed.rpc import RRef  # noqa: PLC0415
+
         return optree.tree_map(RRef, tree)
 
-    def tree_to_here(
-        rref_tree: PyTree[Any], timeout: float = rpc.api.UNSET_RPC_TIMEOUT
-    ) -> PyTree[Any]:
-        """Fetch the value of every :class:`~torch.distributed.rpc.RRef` leaf (``to_here``)."""
+    def tree_to_here(rref_tree: PyTree[Any], timeout: float | None = None) -> PyTree[Any]:
+        """Fetch the value of every :class:`~torch.distributed.rpc.RRef` leaf (``to_here``).
+
+        ``timeout`` ``None``: the RPC agent's default, as upstream's ``UNSET_RPC_TIMEOUT``.
+        """
+        if timeout is None:
+            return optree.tree_map(lambda x: x.to_here(), rref_tree)
         return optree.tree_map(lambda x: x.to_here(timeout=timeout), rref_tree)
 
     def tree_local_value(rref_tree: PyTree[Any]) -> PyTree[Any]:

@@ -16,7 +16,6 @@ from typing import (
 )
 
 import torch
-import torch.distributed.rpc as rpc
 from optree.typing import PyTree, PyTreeTypeVar
 from torch import Tensor
 from torch.distributions import Distribution
@@ -65,10 +64,25 @@ __all__ = [
     'Samplable',
 ]
 
-if rpc.is_available():  # as upstream: the name exists only where torch has RPC
-    from torch.distributed.rpc import RRef
-
+#: Whether this torch has RPC: what ``torch.distributed.rpc.is_available()`` checks, read without
+#: importing that package, which core does not import (DESIGN.md: ``import torchopt`` is light).
+_HAS_RPC = hasattr(torch._C, '_rpc_init')
+if _HAS_RPC:  # as upstream: the name exists only where torch has RPC
     __all__ += ['RRef']
+
+if TYPE_CHECKING:
+    from torch.distributed.rpc import RRef
+else:
+
+    def __getattr__(name: str) -> Any:
+        """``RRef``, imported from ``torch.distributed.rpc`` on first use."""
+        if name == 'RRef' and _HAS_RPC:
+            from torch.distributed.rpc import RRef  # noqa: PLC0415
+
+            globals()['RRef'] = RRef
+            return RRef
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
 
 T = TypeVar('T')
 
