@@ -1,4 +1,4 @@
-"""Checks of the options of :func:`~.world.auto_init_rpc` and :func:`~.collective.init_collective`.
+"""Checks of the options of :func:`~.world.auto_init_rpc` and :func:`~.collective.init_process_group`.
 
 Each option may come from an argument or an environment variable; both are checked, and an error
 names whichever was used and what was expected.
