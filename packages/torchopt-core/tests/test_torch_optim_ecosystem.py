@@ -239,6 +239,49 @@ def test_step_hooks_closure_and_zero_grad_as_torch_optim():
     assert all(p.grad is None for p in params)
 
 
+@pytest.mark.parametrize('name', sorted(OPTIMIZERS))
+def test_state_dict_hooks_run_as_in_torch_optim(name):
+    """torch.optim's four state-dict hook kinds: order, arguments and replaced results."""
+    ours, ours_p, ref, ref_p = _pair(name)
+    _train(ours, ours_p, steps=3)
+    _train(ref, ref_p, steps=3)
+    results = {}
+    for label, opt in (('ours', ours), ('torch', ref)):
+        calls = []
+        opt.register_state_dict_pre_hook(lambda o, calls=calls: calls.append('save-pre'))
+        opt.register_state_dict_post_hook(
+            lambda o, sd, calls=calls: calls.append('save-post') or {**sd, 'tag': 1}
+        )
+        opt.register_state_dict_pre_hook(
+            lambda o, calls=calls: calls.append('save-pre-first'), prepend=True
+        )
+
+        def load_pre(o, sd, calls=calls):
+            calls.append(('load-pre', 'tag' in sd))
+            groups = [{**g, 'lr': 0.125} for g in sd['param_groups']]
+            return {'state': sd['state'], 'param_groups': groups}
+
+        opt.register_load_state_dict_pre_hook(load_pre)
+        opt.register_load_state_dict_post_hook(
+            lambda o, calls=calls: calls.append(('load-post', o.param_groups[0]['lr']))
+        )
+        saved = opt.state_dict()
+        before = dict(saved)
+        opt.load_state_dict(saved)
+        assert saved == before and 'tag' in saved  # the caller's dictionary is not modified
+        results[label] = calls
+    assert results['ours'] == results['torch'] == [
+        'save-pre-first',
+        'save-pre',
+        'save-post',
+        ('load-pre', True),
+        ('load-post', 0.125),
+    ]
+    _train(ours, ours_p, steps=3, start=3)
+    _train(ref, ref_p, steps=3, start=3)
+    assert _max_err(ours_p, ref_p) <= TOL
+
+
 @pytest.mark.parametrize('cls', [torchopt.SGD, torchopt.Adam, torchopt.RMSProp])
 def test_step_wrapper_runs_hooks_and_profiler_range_as_torch_optim(cls):
     """Global and own pre/post hooks in torch's order, a pre-hook's new arguments, its bad

@@ -343,8 +343,17 @@ class Optimizer(torch.optim.Optimizer):
         ``'state'`` maps parameter indices to their buffers under ``torch.optim``'s names (for
         the optimizers it has); ``'param_groups'`` holds the hyper-parameters and the parameter
         indices. The tensors are the optimizer's own (references), as in ``torch.optim``.
+        Hooks added with ``register_state_dict_pre_hook`` / ``register_state_dict_post_hook``
+        run as in ``torch.optim``: a post-hook may return a replacement dictionary.
         """
-        return _state_dict.export(self)
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        state_dict = _state_dict.export(self)
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
 
     def load_state_dict(self, state_dict: Any) -> None:
         """Load a state from :meth:`state_dict`, ``torch.optim``, or TorchOpt 0.7's tuple layout.
@@ -352,13 +361,24 @@ class Optimizer(torch.optim.Optimizer):
         Everything is validated first — the number of groups and parameters, each buffer's shape
         against its parameter, the kind of optimizer — and a ``ValueError`` names the group,
         parameter and key that differ; a failed load leaves the optimizer unchanged.
+        Hooks added with ``register_load_state_dict_pre_hook`` (which may return a replacement
+        dictionary) and ``register_load_state_dict_post_hook`` run as in ``torch.optim``; the
+        pre-hooks get a shallow copy, so the caller's dictionary is not modified.
         """
+        if isinstance(state_dict, dict):
+            state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         states, groups = _state_dict.parse(self, state_dict)
         for group, saved in zip(self.param_groups, groups):
             for key, value in saved.items():
                 if key != 'params':
                     group[key] = value
         self.state_groups[:] = states
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
 
 _LIVE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
