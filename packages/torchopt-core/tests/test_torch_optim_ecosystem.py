@@ -270,13 +270,17 @@ def test_state_dict_hooks_run_as_in_torch_optim(name):
         opt.load_state_dict(saved)
         assert saved == before and 'tag' in saved  # the caller's dictionary is not modified
         results[label] = calls
-    assert results['ours'] == results['torch'] == [
-        'save-pre-first',
-        'save-pre',
-        'save-post',
-        ('load-pre', True),
-        ('load-post', 0.125),
-    ]
+    assert (
+        results['ours']
+        == results['torch']
+        == [
+            'save-pre-first',
+            'save-pre',
+            'save-post',
+            ('load-pre', True),
+            ('load-post', 0.125),
+        ]
+    )
     _train(ours, ours_p, steps=3, start=3)
     _train(ref, ref_p, steps=3, start=3)
     assert _max_err(ours_p, ref_p) <= TOL

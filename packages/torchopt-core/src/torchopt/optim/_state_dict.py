@@ -41,7 +41,7 @@ from torchopt.transform._torch_family import (
     ScaleByRpropState,
 )
 
-__all__ = ['NAMES', 'check_tree', 'export', 'parse', 'state_view']
+__all__ = ['NAMES', 'check_tree', 'copy_param', 'export', 'import_param', 'param_entry', 'parse']
 
 # field -> torch.optim buffer name; ``+1`` marks a "next step index" stored as ``step + 1``.
 NAMES: dict[type, dict[str, str]] = {
@@ -208,6 +208,33 @@ def _kept(node: Any, field: str, param: torch.Tensor) -> bool:
     return fields is None or field in fields(param)
 
 
+def _entry(layout: _Layout, j: int, param: torch.Tensor, group: dict) -> dict[str, Any]:
+    """Parameter ``j``'s buffers under ``torch.optim``'s names (empty before its first step)."""
+    entry = {}
+    for node, field, name in layout.slots:
+        value = getattr(node, field)[j]
+        if value is None or not _started(node, j) or not _kept(node, field, param):
+            continue
+        key, value = _export_value(name, value)
+        entry[key] = value
+    for node, _, fn in layout.derived:
+        if _started(node, j) and node.count[j] is not None:
+            entry.update(fn(node.count[j], group))
+    if entry and layout.synth_step:
+        entry['step'] = torch.ones((), dtype=torch.float32)
+    return entry
+
+
+def param_entry(opt: Any, i: int, j: int) -> dict[str, Any]:
+    """Parameter ``j`` of group ``i`` as :func:`export` writes it (``{}``: no state)."""
+    chain = opt.state_groups[i]
+    group = opt.param_groups[i]
+    if isinstance(chain, UninitializedState):
+        return {}
+    layout = _layout(chain, len(group['params']))
+    return {} if layout is None else _entry(layout, j, group['params'][j], group)
+
+
 def export(opt: Any) -> dict[str, Any]:
     """The optimizer's ``state_dict()`` (tensors by reference)."""
     state: dict[int, dict[str, Any]] = {}
@@ -228,18 +255,7 @@ def export(opt: Any) -> dict[str, Any]:
             raw[i] = chain
             continue
         for j, (idx, param) in enumerate(zip(ids, group['params'])):
-            entry = {}
-            for node, field, name in layout.slots:
-                value = getattr(node, field)[j]
-                if value is None or not _started(node, j) or not _kept(node, field, param):
-                    continue
-                key, value = _export_value(name, value)
-                entry[key] = value
-            for node, _, fn in layout.derived:
-                if _started(node, j) and node.count[j] is not None:
-                    entry.update(fn(node.count[j], group))
-            if entry and layout.synth_step:
-                entry['step'] = torch.ones((), dtype=torch.float32)
+            entry = _entry(layout, j, param, group)
             if entry:
                 state[idx] = entry
     return {
@@ -247,13 +263,6 @@ def export(opt: Any) -> dict[str, Any]:
         'param_groups': groups,
         'torchopt': {'optimizer': type(opt).__name__, 'raw': raw},
     }
-
-
-def state_view(opt: Any) -> dict:
-    """``{parameter: {name: tensor}}`` from :func:`export` (what ``torch.optim.state`` holds)."""
-    exported = export(opt)
-    params = [p for group in opt.param_groups for p in group['params']]
-    return {params[i]: entry for i, entry in exported['state'].items()}
 
 
 def _fail(group: int, message: str) -> ValueError:
@@ -394,3 +403,60 @@ def parse(opt: Any, state_dict: Any) -> tuple[list, list[dict]]:
                 _import_entry(i, idx, entry, layout, j, param)
         states.append(template)
     return states, [dict(g) for g in groups]
+
+
+# --- one parameter at a time (``Optimizer.state``, :mod:`torchopt.optim._state_view`) ----------
+
+
+def import_param(opt: Any, i: int, j: int, entry: dict[str, Any]) -> None:
+    """Load one parameter's buffers (``opt.state[p] = entry``) into the live state, in place.
+
+    The entry is checked as :meth:`load_state_dict` checks one (names, shapes, completeness) on
+    a fresh state first, so a bad entry changes nothing; then parameter ``j``'s slot of every
+    per-parameter list is copied in, keeping the tensors the optimizer holds.
+    """
+    params = tuple(opt.param_groups[i]['params'])
+    template = opt.group_impl(i).init(params)
+    layout = _layout(template, len(params))
+    if layout is None:
+        raise TypeError(
+            f'optimizer.state: param group {i} runs a transformation whose state has no '
+            "per-parameter layout in torch.optim's names; set it with load_state_dict()"
+        )
+    idx = sum(len(g['params']) for g in opt.param_groups[:i]) + j
+    try:
+        _import_entry(i, idx, entry, layout, j, params[j])
+    except ValueError as error:  # load_state_dict's checks: say where this entry came from
+        message = str(error).replace('load_state_dict:', 'optimizer.state:', 1)
+        raise ValueError(message) from None
+    if isinstance(opt.state_groups[i], UninitializedState):
+        opt.state_groups[i] = opt.group_impl(i).init(params)
+    copy_param(opt.state_groups[i], template, len(params), j)
+
+
+def _per_param_lists(state: Any, n: int) -> list[tuple[Any, str]]:
+    """``(namedtuple, field)`` of every per-parameter list (length ``n``) in a chain state."""
+    found = []
+    if hasattr(state, '_fields'):
+        for field in state._fields:
+            value = getattr(state, field)
+            if isinstance(value, list) and len(value) == n:
+                found.append((state, field))
+            elif isinstance(value, tuple):
+                found += _per_param_lists(value, n)
+    elif isinstance(state, tuple):
+        for node in state:
+            found += _per_param_lists(node, n)
+    return found
+
+
+def copy_param(state: Any, source: Any, n: int, j: int) -> None:
+    """Copy parameter ``j``'s entries of ``source`` (same structure) into ``state``, in place."""
+    with torch.no_grad():
+        for (node, field), (other, _) in zip(_per_param_lists(state, n),
+                                             _per_param_lists(source, n)):  # fmt: skip
+            current, new = getattr(node, field), getattr(other, field)
+            if isinstance(current[j], torch.Tensor) and isinstance(new[j], torch.Tensor):
+                current[j].copy_(new[j])
+            else:
+                current[j] = new[j]

@@ -29,7 +29,7 @@ from torch.optim import optimizer as _torch_optimizer
 
 from torchopt import _checks, _dispatch
 from torchopt.base import GradientTransformation, UninitializedState
-from torchopt.optim import _state_dict
+from torchopt.optim import _state_dict, _state_view
 
 __all__ = ['Optimizer', 'flatten_params']
 
@@ -112,14 +112,19 @@ class Optimizer(torch.optim.Optimizer):
     # --- torch.optim.Optimizer plumbing ------------------------------------------------------
 
     @property  # type: ignore[override]
-    def state(self) -> dict:
-        """Per-parameter views of the state with ``torch.optim``'s buffer names (read-only)."""
-        return _state_dict.state_view(self)
+    def state(self) -> _state_view.StateView:
+        """``{parameter: {name: tensor}}`` with ``torch.optim``'s buffer names, live and writable.
+
+        As ``torch.optim.Optimizer.state``: the tensors are the optimizer's own, assigning a
+        buffer copies into it, ``del opt.state[p]`` resets ``p``'s state, and ``clear()`` or
+        ``opt.state = collections.defaultdict(dict)`` resets them all (see
+        :mod:`torchopt.optim._state_view`).
+        """
+        return _state_view.StateView(self)
 
     @state.setter
     def state(self, value: Any) -> None:
-        if value:  # torch.optim.Optimizer.__init__ assigns an empty mapping
-            raise AttributeError('assign optimizer state with load_state_dict()')
+        _state_view.assign(self, value)
 
     @property
     def impl(self) -> GradientTransformation:
