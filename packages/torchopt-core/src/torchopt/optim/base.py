@@ -19,7 +19,7 @@ import functools
 import itertools
 import types
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from operator import attrgetter
 from typing import Any, Callable, ClassVar
 
@@ -112,7 +112,7 @@ class Optimizer(torch.optim.Optimizer):
     # --- torch.optim.Optimizer plumbing ------------------------------------------------------
 
     @property  # type: ignore[override]
-    def state(self) -> _state_view.StateView:
+    def state(self) -> MutableMapping[Any, Any]:
         """``{parameter: {name: tensor}}`` with ``torch.optim``'s buffer names, live and writable.
 
         As ``torch.optim.Optimizer.state``: the tensors are the optimizer's own, assigning a
