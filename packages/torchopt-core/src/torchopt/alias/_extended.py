@@ -27,13 +27,8 @@ from torchopt.transform._adaptive import (
 )
 from torchopt.transform._elementwise import scale_by_sign
 from torchopt.transform._masking import add_decayed_weights, masked
-from torchopt.transform._torch_family import (
-    scale_by_adafactor,
-    scale_by_asgd,
-    scale_by_muon,
-    scale_by_rprop,
-    scale_by_shape,
-)
+from torchopt.transform._muon import scale_by_muon, scale_by_shape
+from torchopt.transform._torch_family import scale_by_adafactor, scale_by_asgd, scale_by_rprop
 from torchopt.transform._trace import trace
 from torchopt.typing import ScalarOrSchedule
 

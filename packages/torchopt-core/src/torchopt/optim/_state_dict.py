@@ -34,10 +34,10 @@ from torchopt.transform import (
     TraceState,
 )
 from torchopt.transform._adaptive import ScaleByAmsgradState
+from torchopt.transform._muon import ScaleByMuonState
 from torchopt.transform._torch_family import (
     ScaleByAdafactorState,
     ScaleByASGDState,
-    ScaleByMuonState,
     ScaleByRpropState,
 )
 

@@ -68,6 +68,12 @@ from torchopt.transform._misc import (
     scale_by_lion,
     scale_by_trust_ratio,
 )
+from torchopt.transform._muon import (
+    ScaleByMuonState,
+    orthogonalize_via_newton_schulz,
+    scale_by_muon,
+    scale_by_shape,
+)
 from torchopt.transform._rms import (
     ScaleByAdadeltaState,
     ScaleByRmsState,
@@ -82,14 +88,10 @@ from torchopt.transform._scale import ScaleByScheduleState, scale, scale_by_sche
 from torchopt.transform._torch_family import (
     ScaleByAdafactorState,
     ScaleByASGDState,
-    ScaleByMuonState,
     ScaleByRpropState,
-    orthogonalize_via_newton_schulz,
     scale_by_adafactor,
     scale_by_asgd,
-    scale_by_muon,
     scale_by_rprop,
-    scale_by_shape,
 )
 from torchopt.transform._trace import DampenedTraceState, TraceState, trace
 from torchopt.transform._wrappers import (

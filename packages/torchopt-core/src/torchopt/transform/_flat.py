@@ -18,7 +18,7 @@ from typing import Any, Callable
 import optree
 import torch
 
-from torchopt import _dispatch
+from torchopt import _complex, _dispatch
 from torchopt.base import EmptyState, GradientTransformation
 
 __all__ = [
@@ -82,6 +82,20 @@ class FlatTransformation(GradientTransformation):
             updates: Any, state: Any, *, params: Any | None = None, inplace: bool = True
         ) -> tuple[Any, Any]:
             leaves, param_leaves, treespec = flatten_updates(updates, params)
+            if _complex.any_complex(leaves):  # as torch.optim: on view_as_real views
+                views = _complex.as_real(leaves)
+                real_state, originals, state_views = _complex.state_as_real(state)
+                new_leaves, state = flat_update(
+                    views,
+                    real_state,
+                    params=None if param_leaves is None else _complex.as_real(param_leaves),
+                    inplace=inplace,
+                    treespec=treespec,
+                )
+                new_leaves = _complex.back(new_leaves, leaves, views)
+                return treespec.unflatten(new_leaves), _complex.state_back(
+                    state, originals, state_views
+                )
             new_leaves, state = flat_update(
                 leaves, state, params=param_leaves, inplace=inplace, treespec=treespec
             )

@@ -150,14 +150,19 @@ def zeros_like(params: Sequence[Any], requires_grad: bool = False, fill: float =
     """Moment buffers for ``params`` (``None`` stays ``None``).
 
     ``requires_grad=True`` makes them leaves of the meta-graph; inside ``torch.func``
-    transforms (where ``requires_grad_`` is not allowed) plain buffers are returned.
+    transforms (where ``requires_grad_`` is not allowed) plain buffers are returned. A complex
+    parameter's buffer starts at ``fill + fill·i``: its real and imaginary parts are two real
+    parameters to the math (:mod:`torchopt._complex`), as in ``torch.optim``.
     """
     requires_grad = requires_grad and not functorch_active()
     return [
         None
         if p is None
         else torch.full_like(
-            p, fill, memory_format=torch.preserve_format, requires_grad=requires_grad
+            p,
+            complex(fill, fill) if fill and p.is_complex() else fill,
+            memory_format=torch.preserve_format,
+            requires_grad=requires_grad,
         )
         for p in params
     ]
