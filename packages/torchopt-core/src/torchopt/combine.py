@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchopt import _kernels
+from torchopt import _kernels, _leaf_kinds
 from torchopt._dispatch import FusedStep
-from torchopt.base import ChainedGradientTransformation, GradientTransformation, identity
+from torchopt.base import (
+    ChainedGradientTransformation,
+    GradientTransformation,
+    IdentityGradientTransformation,
+    identity,
+)
 from torchopt.transform._flat import FlatTransformation, as_flat
 
 __all__ = ['chain', 'chain_flat']
@@ -67,6 +72,25 @@ class FlatChain(FlatTransformation):
                 done = _kernels.fused_update(fused, updates, state, params, treespec)
                 if done is not None:
                     return done
+            if _leaf_kinds.special(updates):  # complex or sparse (after the fused kernel declined)
+                return _leaf_kinds.run(
+                    fused_or_members, refuses_sparse, not refuses_sparse, updates, state, params,
+                    inplace, treespec,
+                )  # fmt: skip
+            return run_members(updates, state, params=params, inplace=inplace, treespec=treespec)
+
+        def fused_or_members(
+            updates: list, state: tuple, *, params: Any, inplace: bool, treespec: Any
+        ) -> tuple[list, tuple]:
+            if inplace and fused is not None:  # the real views of complex leaves may fuse
+                done = _kernels.fused_update(fused, updates, state, params, treespec)
+                if done is not None:
+                    return done
+            return run_members(updates, state, params=params, inplace=inplace, treespec=treespec)
+
+        def run_members(
+            updates: list, state: tuple, *, params: Any, inplace: bool, treespec: Any
+        ) -> tuple[list, tuple]:
             for i in checked:  # every state is checked before any member writes
                 checks[i](updates, state[i], treespec)  # type: ignore[misc]  # not None at i
             new_state = []
@@ -76,7 +100,14 @@ class FlatChain(FlatTransformation):
             return updates, tuple(new_state)
 
         fused = None if fused is None else _locate(fused, members)
-        instance = super().__new__(cls, init_fn, update_fn, 'chain_flat')
+        refuses_sparse = next(  # the member named when a sparse gradient is refused
+            (getattr(t, 'name', repr(t)) for t in members if not _accepts_sparse(t)),
+            '',
+        )
+        instance = super().__new__(
+            cls, init_fn, update_fn, 'chain_flat', accepts_sparse=not refuses_sparse,
+            own_leaf_kinds=True,
+        )  # fmt: skip
         instance.transformations = members
         instance.fused = fused
         return instance
@@ -93,6 +124,11 @@ class FlatChain(FlatTransformation):
 
     def __reduce__(self) -> Any:
         return _flat_chain, (self.fused, *self.transformations)
+
+
+def _accepts_sparse(t: GradientTransformation) -> bool:
+    """Whether a chain member takes a sparse gradient made dense (the identity does)."""
+    return isinstance(t, IdentityGradientTransformation) or getattr(t, 'accepts_sparse', False)
 
 
 def _flat_chain(fused: FusedStep | None, *transformations: GradientTransformation) -> FlatChain:

@@ -74,6 +74,7 @@ def flip_sign_and_add_weight_decay(
         f'flip_sign_and_add_weight_decay({weight_decay!r}, maximize={maximize})',
         step,
         uses_params=weight_decay != 0.0,
+        accepts_sparse=True,
     )
 
 
@@ -85,7 +86,7 @@ def scale_by_neg_lr(lr: ScalarOrSchedule) -> GradientTransformation:
         def step(g: list, params: Any, inplace: bool) -> list:
             return scale_(g, -lr.value(), inplace=inplace)
 
-        return stateless(f'scale_by_neg_lr({lr!r})', step)
+        return stateless(f'scale_by_neg_lr({lr!r})', step, accepts_sparse=True)
     if callable(lr) and not isinstance(lr, torch.Tensor):
 
         def neg_schedule(count: Any) -> Any:

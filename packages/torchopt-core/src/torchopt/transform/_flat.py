@@ -18,7 +18,7 @@ from typing import Any, Callable
 import optree
 import torch
 
-from torchopt import _complex, _dispatch
+from torchopt import _dispatch, _leaf_kinds
 from torchopt.base import EmptyState, GradientTransformation
 
 __all__ = [
@@ -57,12 +57,18 @@ class FlatTransformation(GradientTransformation):
     ``flat_check(updates, state, treespec)`` (optional) validates a state against the updates
     without touching anything, and ``flat_unchecked`` is ``flat_update`` without that check: a
     chain checks every member first, so that a bad state raises before any member has written.
+
+    ``update`` handles complex and sparse leaves (:mod:`torchopt._leaf_kinds`) before the flat
+    functions see them; ``accepts_sparse`` says whether the math takes a sparse gradient made
+    dense (``torch.optim``'s SGD and Adagrad do), and ``own_leaf_kinds`` that ``flat_update``
+    handles them itself (a chain does, after trying its fused kernel).
     """
 
     flat_init: FlatInit
     flat_update: FlatUpdate
     flat_check: Callable[[list, Any, Any], Any] | None
     flat_unchecked: FlatUpdate | None
+    accepts_sparse: bool
     name: str
 
     def __new__(
@@ -73,6 +79,8 @@ class FlatTransformation(GradientTransformation):
         *,
         check: Callable[[list, Any, Any], Any] | None = None,
         unchecked: FlatUpdate | None = None,
+        accepts_sparse: bool = False,
+        own_leaf_kinds: bool = False,
     ) -> Any:
         def init_fn(params: Any) -> Any:
             leaves, treespec = optree.tree_flatten(params, none_is_leaf=True)
@@ -82,20 +90,12 @@ class FlatTransformation(GradientTransformation):
             updates: Any, state: Any, *, params: Any | None = None, inplace: bool = True
         ) -> tuple[Any, Any]:
             leaves, param_leaves, treespec = flatten_updates(updates, params)
-            if _complex.any_complex(leaves):  # as torch.optim: on view_as_real views
-                views = _complex.as_real(leaves)
-                real_state, originals, state_views = _complex.state_as_real(state)
-                new_leaves, state = flat_update(
-                    views,
-                    real_state,
-                    params=None if param_leaves is None else _complex.as_real(param_leaves),
-                    inplace=inplace,
-                    treespec=treespec,
-                )
-                new_leaves = _complex.back(new_leaves, leaves, views)
-                return treespec.unflatten(new_leaves), _complex.state_back(
-                    state, originals, state_views
-                )
+            if not own_leaf_kinds and _leaf_kinds.special(leaves):  # complex or sparse
+                new_leaves, state = _leaf_kinds.run(
+                    flat_update, instance.name, accepts_sparse, leaves, state, param_leaves,
+                    inplace, treespec,
+                )  # fmt: skip
+                return treespec.unflatten(new_leaves), state
             new_leaves, state = flat_update(
                 leaves, state, params=param_leaves, inplace=inplace, treespec=treespec
             )
@@ -106,6 +106,7 @@ class FlatTransformation(GradientTransformation):
         instance.flat_update = flat_update
         instance.flat_check = check
         instance.flat_unchecked = unchecked
+        instance.accepts_sparse = accepts_sparse
         instance.name = name or getattr(flat_update, '__qualname__', 'transformation')
         return instance
 
@@ -113,7 +114,13 @@ class FlatTransformation(GradientTransformation):
         return f'{self.name}'
 
     def __reduce__(self) -> Any:
-        return FlatTransformation, (self.flat_init, self.flat_update, self.name)
+        return _rebuild, (self.flat_init, self.flat_update, self.name, self.accepts_sparse)
+
+
+def _rebuild(
+    flat_init: FlatInit, flat_update: FlatUpdate, name: str, accepts_sparse: bool
+) -> FlatTransformation:
+    return FlatTransformation(flat_init, flat_update, name, accepts_sparse=accepts_sparse)
 
 
 def as_flat(transformation: GradientTransformation) -> tuple[FlatInit, FlatUpdate]:
@@ -175,6 +182,7 @@ def stateful(
     *,
     scalars: tuple[str, ...] = (),
     check: Callable[[list, Any, Any], Any] | None = None,
+    accepts_sparse: bool = False,
 ) -> FlatTransformation:
     """A transformation whose state is a NamedTuple of per-leaf lists, with the preamble done once.
 
@@ -228,15 +236,20 @@ def stateful(
         checker(updates, state, treespec)
         return unchecked(updates, state, params=params, inplace=inplace, treespec=treespec)
 
-    return FlatTransformation(init, update_fn, name, check=checker, unchecked=unchecked)
+    return FlatTransformation(
+        init, update_fn, name, check=checker, unchecked=unchecked, accepts_sparse=accepts_sparse
+    )
 
 
-def stateless(name: str, step: StatelessStep, *, uses_params: bool = False) -> FlatTransformation:
+def stateless(
+    name: str, step: StatelessStep, *, uses_params: bool = False, accepts_sparse: bool = False
+) -> FlatTransformation:
     """A transformation without state (:class:`~torchopt.base.EmptyState`), optax's ``stateless``.
 
     ``step(g, params, inplace)`` gets the present (non-``None``) updates and the matching
     parameters (``None`` when not given) and returns the new updates for them. With
     ``uses_params`` the parameters are checked against the updates (shapes, per leaf) first.
+    ``accepts_sparse``: see :class:`FlatTransformation`.
     """
 
     def init_fn(params: list, treespec: Any) -> EmptyState:
@@ -257,4 +270,4 @@ def stateless(name: str, step: StatelessStep, *, uses_params: bool = False) -> F
             _dispatch.check_like(name, 'params', updates, params, treespec=treespec)
         return put(updates, idx, step(g, p, inplace)), state
 
-    return FlatTransformation(init_fn, update_fn, name)
+    return FlatTransformation(init_fn, update_fn, name, accepts_sparse=accepts_sparse)

@@ -100,5 +100,7 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Any = None) -> Gradient
             return g
         return _fe.add(g, p, alpha=weight_decay)
 
-    plain = stateless(f'add_decayed_weights({weight_decay!r})', step, uses_params=True)
+    plain = stateless(
+        f'add_decayed_weights({weight_decay!r})', step, uses_params=True, accepts_sparse=True
+    )
     return plain if mask is None else masked(plain, mask)

@@ -10,7 +10,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
-from torchopt import _checks, _complex, _dispatch
+from torchopt import _checks, _dispatch, _leaf_kinds
 from torchopt import _foreach as _fe
 from torchopt.transform._flat import FlatTransformation, stateful, stateless
 from torchopt.transform.utils import ema, write_, zeros_like
@@ -100,7 +100,7 @@ def scale_by_muon(
     _checks.check_nonnegative('momentum value', momentum)
 
     def init_fn(params: list, treespec: Any) -> ScaleByMuonState:
-        _complex.check_real('scale_by_muon', params, treespec)
+        _leaf_kinds.check_real('scale_by_muon', params, treespec)
         for i, x in enumerate(params):
             if x is not None and x.dim() != 2:
                 raise ValueError(

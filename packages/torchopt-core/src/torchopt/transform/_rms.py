@@ -135,7 +135,7 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: float = 1e-10) -> 
             u = _fe.div(g, _fe.add(denom, eps))
         return u, ScaleByRssState(sum_of_squares=new_sos)
 
-    return stateful('scale_by_rss', init_fn, update_fn)
+    return stateful('scale_by_rss', init_fn, update_fn, accepts_sparse=True)
 
 
 class ScaleByAdadeltaState(NamedTuple):

@@ -23,7 +23,7 @@ def scale(step_size: Numeric) -> FlatTransformation:
     def step(g: list, params: Any, inplace: bool) -> list:
         return scale_(g, step_size, inplace=inplace)
 
-    return stateless(f'scale({step_size!r})', step)
+    return stateless(f'scale({step_size!r})', step, accepts_sparse=True)
 
 
 class ScaleByScheduleState(NamedTuple):
@@ -73,4 +73,10 @@ def scale_by_schedule(step_size_fn: Schedule) -> FlatTransformation:
                 u[i] = x
         return u, ScaleByScheduleState(count=counts)
 
-    return stateful(f'scale_by_schedule({step_size_fn!r})', init_fn, step, scalars=('count',))
+    return stateful(
+        f'scale_by_schedule({step_size_fn!r})',
+        init_fn,
+        step,
+        scalars=('count',),
+        accepts_sparse=True,
+    )

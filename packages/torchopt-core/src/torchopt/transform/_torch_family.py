@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from torchopt import _checks, _complex, _dispatch
+from torchopt import _checks, _dispatch, _leaf_kinds
 from torchopt import _foreach as _fe
 from torchopt.transform._flat import (
     FlatTransformation,
@@ -304,7 +304,7 @@ def scale_by_adafactor(
     name = 'scale_by_adafactor'
 
     def init_fn(params: list, treespec: Any) -> ScaleByAdafactorState:
-        _complex.check_real(name, params, treespec)
+        _leaf_kinds.check_real(name, params, treespec)
         rows: list = []
         cols: list = []
         variances: list = []

@@ -102,4 +102,4 @@ def trace(
         _fe.copy_(g, new_buf)
         return g, s
 
-    return stateful('trace', init_fn, step, scalars=('count',))
+    return stateful('trace', init_fn, step, scalars=('count',), accepts_sparse=True)

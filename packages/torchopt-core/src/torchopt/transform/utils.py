@@ -152,7 +152,7 @@ def zeros_like(params: Sequence[Any], requires_grad: bool = False, fill: float =
     ``requires_grad=True`` makes them leaves of the meta-graph; inside ``torch.func``
     transforms (where ``requires_grad_`` is not allowed) plain buffers are returned. A complex
     parameter's buffer starts at ``fill + fill·i``: its real and imaginary parts are two real
-    parameters to the math (:mod:`torchopt._complex`), as in ``torch.optim``.
+    parameters to the math (:mod:`torchopt._leaf_kinds`), as in ``torch.optim``.
     """
     requires_grad = requires_grad and not functorch_active()
     return [
