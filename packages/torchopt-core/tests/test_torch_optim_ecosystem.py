@@ -61,7 +61,7 @@ def _train(opt, params, scheduler=None, steps=STEPS, start=0):
         loss = _loss(params) * (1.0 + 0.1 * (k % 3))  # a plateau-free, noisy objective
         loss.backward()
         opt.step()
-        lrs.append(opt.param_groups[0]['lr'])
+        lrs.append(float(opt.param_groups[0]['lr']))  # (a tensor lr is filled in place)
         if isinstance(scheduler, sched.ReduceLROnPlateau):
             scheduler.step(float(k % 5))  # a metric that stops improving
         elif scheduler is not None:
@@ -89,6 +89,22 @@ def test_every_scheduler_drives_torchopt_like_torch_optim(name, scheduler):
     lrs = _train(ours, ours_p, SCHEDULERS[scheduler](ours))
     ref_lrs = _train(ref, ref_p, SCHEDULERS[scheduler](ref))
     assert lrs == ref_lrs
+    assert _max_err(ours_p, ref_p) <= TOL
+
+
+@pytest.mark.parametrize('scheduler', ['StepLR', 'OneCycleLR', 'CosineAnnealingLR'])
+@pytest.mark.parametrize('name', sorted(OPTIMIZERS))
+def test_a_tensor_lr_that_schedulers_fill_in_place_is_read_live(name, scheduler):
+    """torch.optim's schedulers ``fill_()`` a tensor ``lr`` instead of assigning a new one."""
+    ours_cls, torch_cls, kwargs = OPTIMIZERS[name]
+    ours_p = [p.clone().requires_grad_() for p in init_params(5)]
+    ref_p = [p.clone().requires_grad_() for p in init_params(5)]
+    ours = ours_cls(ours_p, **{**kwargs, 'lr': torch.tensor(0.05)})  # one tensor each
+    ref = torch_cls(ref_p, foreach=False, **{**kwargs, 'lr': torch.tensor(0.05)})
+    ours_lrs = _train(ours, ours_p, SCHEDULERS[scheduler](ours))
+    ref_lrs = _train(ref, ref_p, SCHEDULERS[scheduler](ref))
+    assert [float(x) for x in ours_lrs] == [float(x) for x in ref_lrs]
+    assert len(set(map(float, ours_lrs))) > 2  # the schedule did change it
     assert _max_err(ours_p, ref_p) <= TOL
 
 

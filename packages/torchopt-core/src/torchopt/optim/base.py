@@ -171,8 +171,11 @@ class Optimizer(torch.optim.Optimizer):
     def _key(self, group: dict) -> tuple[bool, tuple]:
         """(whether ``lr`` is read live, the other hyper-parameters) of ``group``."""
         lr = group.get('lr')
-        live = (self._live_lr and 'lr' in self._hyper and isinstance(lr, (int, float))
-                and not isinstance(lr, bool))  # fmt: skip
+        # A one-element tensor is read live too: torch.optim's schedulers fill_() it in place.
+        number = (isinstance(lr, (int, float)) and not isinstance(lr, bool)) or (
+            isinstance(lr, torch.Tensor) and lr.numel() == 1
+        )
+        live = self._live_lr and 'lr' in self._hyper and number
         if live:  # read at every step: a change is no reason to rebuild
             return True, tuple(map(group.__getitem__, self._rebuild_on))
         return False, tuple(map(group.__getitem__, self._hyper))
