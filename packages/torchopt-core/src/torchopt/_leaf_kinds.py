@@ -46,8 +46,6 @@ __all__ = [
 
 _COMPLEX = frozenset({torch.complex32, torch.complex64, torch.complex128})
 _DTYPE = attrgetter('dtype')
-
-
 _KIND = attrgetter('dtype', 'layout')
 
 
@@ -107,7 +105,7 @@ def run(
 
 
 def any_complex(leaves: list) -> bool:
-    """Whether any tensor in ``leaves`` (``None`` allowed) is complex (checked at every update)."""
+    """Whether any tensor in ``leaves`` (``None`` allowed) is complex."""
     if not _dispatch.compiling():  # the C getter halves the cost; dynamo does not trace it
         try:
             return not _COMPLEX.isdisjoint(map(_DTYPE, leaves))
