@@ -451,6 +451,20 @@ def find_fused(impl: Any) -> tuple[tuple | None, FusedStep | None]:
     return None, None
 
 
+def _writable(grads: tuple) -> tuple:
+    """``grads``, with a copy of each one whose elements share memory (an ``expand``-ed tensor).
+
+    The composed steps write their updates into the gradients; ``torch.optim`` never writes
+    them, so it takes such a gradient, and a write into one fails half-way through a step.
+    """
+    if all(g is None or g.is_contiguous() for g in grads):
+        return grads
+    return tuple(
+        g.clone() if g is not None and torch._debug_has_internal_overlap(g) == 1 else g
+        for g in grads
+    )
+
+
 def inplace_step(impl: Any, params: tuple, grads: tuple, state: Any, treespec: Any = None) -> Any:
     """One in-place step of the torch-like optimizer: update ``params`` and return the new state.
 
@@ -468,6 +482,7 @@ def inplace_step(impl: Any, params: tuple, grads: tuple, state: Any, treespec: A
             return new_state
     from torchopt.update import apply_updates
 
+    grads = _writable(grads)
     if fused is not None and prefix is not None:
         if not isinstance(state, tuple) or len(state) != len(prefix) + 1:
             raise ValueError(
