@@ -59,6 +59,17 @@ FUNCTIONAL_ONLY = {
     'rprop': (lambda: torchopt.rprop(), torch.optim.Rprop, {}, True, False, 'flat'),
     'asgd': (lambda: torchopt.asgd(), torch.optim.ASGD, {}, True, False, 'flat'),
     'muon': (lambda: torchopt.muon(), torch.optim.Muon, {}, False, False, 'matrix-small'),
+    # RMSprop has a class but no torch fused kernel; its class step runs torch.optim's op sequence
+    # (bit for bit: torchopt._rmsprop_step), so it is also timed against torch's single-tensor step.
+    'rmsprop(momentum)': (
+        lambda: torchopt.rmsprop(1e-3, momentum=0.9),
+        torch.optim.RMSprop,
+        dict(lr=1e-3, momentum=0.9),
+        True,
+        False,
+        'flat',
+        lambda p, **kw: torchopt.RMSProp(p, **kw),
+    ),
 }
 
 
@@ -74,7 +85,7 @@ def _matrices(leaves: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _functional_runners(name: str, leaves: list[torch.Tensor]) -> dict:
-    fn, torch_cls, kw, has_foreach, has_fused, _ = FUNCTIONAL_ONLY[name]
+    fn, torch_cls, kw, has_foreach, has_fused, _, *cls = FUNCTIONAL_ONLY[name]
     grads_src = [torch.randn_like(p) * 1e-2 for p in leaves]
 
     def clone():
@@ -109,6 +120,9 @@ def _functional_runners(name: str, leaves: list[torch.Tensor]) -> dict:
         state_d[0] = new_state
 
     runners['torchopt differentiable (inplace=False)'] = functional_diff
+    if cls:
+        runners['torchopt class step()'] = cls[0](clone(), **kw).step
+        runners['torch.optim single-tensor'] = torch_cls(clone(), foreach=False, **kw).step
     if has_foreach:
         runners['torch.optim foreach'] = torch_cls(clone(), foreach=True, **kw).step
     else:
@@ -203,7 +217,7 @@ def bench(tree: str, name: str, rounds: int) -> dict[str, float]:
     n, total = TREES[tree]
     leaves = make_tree(n, total)
     if name in FUNCTIONAL_ONLY:
-        if FUNCTIONAL_ONLY[name][-1].startswith('matrix'):
+        if FUNCTIONAL_ONLY[name][5].startswith('matrix'):
             leaves = _matrices(leaves)
         runners = _functional_runners(name, leaves)
     else:
@@ -264,7 +278,7 @@ def main() -> None:
 
 def _functional_rows(tree: str, name: str, rounds: int) -> None:
     """The rows of a functional-only optimizer (no class; torch fused where torch has it)."""
-    if FUNCTIONAL_ONLY[name][-1] == 'matrix-small' and tree != list(TREES)[-1]:
+    if FUNCTIONAL_ONLY[name][5] == 'matrix-small' and tree != list(TREES)[-1]:
         return
     res = bench(tree, name, rounds)
     ref_fe, ref_fu = res['torch.optim foreach'], res.get('torch.optim fused')
@@ -275,6 +289,11 @@ def _functional_rows(tree: str, name: str, rounds: int) -> None:
         fused = f'{v / ref_fu:.2f}x' if ref_fu else '—'
         print(f'| {tree} | {label} | {k} | {v * 1e3:.2f} | {v / ref_fe:.2f}x | {fused} |')
     fu = f'{ref_fu * 1e3:.2f}' if ref_fu else '—'
+    single = res.get('torch.optim single-tensor')
+    if single:
+        cls_t = res['torchopt class step()']
+        print(f'| {tree} | {label} | (class step() vs torch.optim single-tensor {single * 1e3:.2f}) '
+              f'| {cls_t * 1e3:.2f} | {cls_t / single:.2f}x | |')  # fmt: skip
     print(
         f'| {tree} | {label} | (torch.optim foreach / fused) | {ref_fe * 1e3:.2f} / {fu} | 1.00x | |'
     )

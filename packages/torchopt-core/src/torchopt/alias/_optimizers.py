@@ -355,15 +355,26 @@ def rmsprop(
         u_t = \frac{g_t}{\sqrt{v_t - \bar g_t^2} + \epsilon}
 
     followed by momentum :math:`b_t = \mu b_{t-1} + u_t` and :math:`\theta_t = \theta_{t-1} - \eta b_t`.
+
+    With a constant ``lr`` and no ``nesterov``, :class:`~torchopt.RMSProp`'s step and the in-place
+    update without momentum run ``torch.optim``'s own op sequence and give its numbers bit for
+    bit (:mod:`torchopt._rmsprop_step` says why that matters for RMSprop).
     """
     _checks.check_lr(lr)
     scaler = scale_by_stddev if centered else scale_by_rms
+    fused = None
+    if _constant(lr) and not nesterov:  # torch.optim's op sequence (torchopt._rmsprop_step)
+        fused = FusedStep('rmsprop', dict(
+            lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+            centered=centered, maximize=maximize,
+        ), at=-1)  # fmt: skip
     return optimizer_chain(
         scaler(alpha, eps, initial_scale),
         trace(momentum, 0.0, nesterov),
         lr=lr,
         weight_decay=weight_decay,
         maximize=maximize,
+        fused=fused,
     )
 
 
