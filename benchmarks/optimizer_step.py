@@ -70,6 +70,15 @@ FUNCTIONAL_ONLY = {
         'flat',
         lambda p, **kw: torchopt.RMSProp(p, **kw),
     ),
+    'adagrad': (
+        lambda: torchopt.adagrad(1e-2),
+        torch.optim.Adagrad,
+        dict(lr=1e-2),
+        True,
+        True,
+        'flat',
+        lambda p, **kw: torchopt.AdaGrad(p, **kw),
+    ),
 }
 
 

@@ -11,9 +11,9 @@ Every step of every optimizer goes through the functions of this module, like ``
   torch's fused kernel computes the whole update (learning rate included) in one pass, which
   measured faster than accel's direction kernel plus the scaling (the accelerated path is never
   slower than the one it replaces);
-* **torch.optim's op sequence** (:mod:`torchopt._rmsprop_step`): the torch-like ``RMSprop``
-  step and the in-place functional RMSprop update without momentum, bit for bit as
-  ``torch.optim`` (no kernel; declared like one, so the same checks and selection apply);
+* **torch.optim's op sequence** (:mod:`torchopt._exact_steps`): the torch-like ``RMSprop`` and
+  ``Adagrad`` steps and their in-place functional updates (RMSprop's without momentum), bit for
+  bit as ``torch.optim`` (no kernel; declared like one, so the same checks and selection apply);
 * **foreach** (``torch._foreach_*``, one call per list): every other in-place step, and
   out-of-place steps that autograd does not record;
 * **per tensor**: inside ``torch.func`` transforms (foreach ops have no batching rules) and for
@@ -426,7 +426,8 @@ class FusedStep(NamedTuple):
     """A transformation's declaration that one fused kernel computes its whole in-place step.
 
     ``kind`` is ``'sgd'``, ``'adam'``, ``'adamw'``, ``'amsgrad'`` (Adam's), ``'adamw-amsgrad'`` or
-    ``'rmsprop'`` (no kernel: ``torch.optim``'s op sequence, :mod:`torchopt._rmsprop_step`);
+    ``'rmsprop'``/``'adagrad'`` (no kernel: ``torch.optim``'s op sequence,
+    :mod:`torchopt._exact_steps`);
     ``hyper`` the kernel's hyper-parameters; ``accel`` asks for ``torchopt_accel``'s kernel. The
     state index ``at`` is where the transformation keeps the kernel's buffers in its chain state.
     """

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from torchopt import _counts, _dispatch, _rmsprop_step
+from torchopt import _counts, _dispatch, _exact_steps
 from torchopt.transform._flat import present_indices, take
 from torchopt.transform._trace import DampenedTraceState, TraceState
 
@@ -32,6 +32,7 @@ _BUFFERS = {
 }
 _AMSGRAD = frozenset({'amsgrad', 'adamw-amsgrad'})  # kinds with the running maximum of nu
 _DECOUPLED = frozenset({'adamw', 'adamw-amsgrad'})  # kinds with AdamW's decoupled decay
+_EXACT = frozenset({'rmsprop', 'adagrad'})  # no kernel: torch.optim's op sequence (_exact_steps)
 
 
 def steps_for(counts: list, device: torch.device) -> list:
@@ -52,8 +53,8 @@ def _groups(counts: list) -> dict[float, list[int]]:
 
 def run_fused(fused: Any, params: tuple, grads: tuple, state: tuple, treespec: Any) -> Any:
     """Run the declared fused step on the chain state ``state``; ``None`` when not eligible."""
-    if fused.kind == 'rmsprop':
-        return _rmsprop_step.run(fused, params, grads, state, treespec)
+    if fused.kind in _EXACT:
+        return _exact_steps.run(fused, params, grads, state, treespec)
     plain_sgd = fused.kind == 'sgd' and fused.hyper['momentum'] == 0.0
     if not isinstance(state, tuple) or not (plain_sgd or 0 <= fused.at < len(state)):
         return None
@@ -332,8 +333,8 @@ def fused_update(
     """
     if not 0 <= fused.at < len(state):
         return None
-    if fused.kind == 'rmsprop':
-        return _rmsprop_step.rmsprop_update_(fused, updates, state, params, treespec)
+    if fused.kind in _EXACT:
+        return _exact_steps.update(fused, updates, state, params, treespec)
     if fused.kind == 'sgd':
         return _sgd_update(fused, updates, state, params, treespec)
     if fused.hyper['eps_root'] != 0.0:

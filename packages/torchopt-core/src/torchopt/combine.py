@@ -142,6 +142,7 @@ def _locate(fused: FusedStep, members: tuple) -> FusedStep:
         'amsgrad': ('scale_by_amsgrad',),
         'adamw-amsgrad': ('scale_by_amsgrad',),
         'rmsprop': ('scale_by_rms', 'scale_by_stddev'),
+        'adagrad': ('scale_by_rss',),
     }.get(fused.kind, ('scale_by_adam', 'scale_by_accelerated_adam'))
     for i, t in enumerate(members):
         if getattr(t, 'name', None) in names:

@@ -273,16 +273,26 @@ def adagrad(
         s_t = s_{t-1} + g_t^2,\quad
         \theta_t = \theta_{t-1} - \frac{\eta}{1 + (t-1)\,\delta} \frac{g_t}{\sqrt{s_t} + \epsilon}
 
+    With a constant ``lr``, :class:`~torchopt.AdaGrad`'s step and the in-place update run
+    ``torch.optim``'s own op sequence and give its numbers bit for bit (dense gradients; see
+    :mod:`torchopt._exact_steps`).
+
     Reference: Duchi et al., JMLR 2011.
     """
     _checks.check_lr(lr)
     _checks.check_nonnegative('lr_decay value', lr_decay)
+    fused = None
+    if _constant(lr):
+        fused = FusedStep('adagrad', dict(
+            lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay, maximize=maximize,
+        ), at=-1)  # fmt: skip
     return optimizer_chain(
         scale_by_rss(initial_accumulator_value, eps),
         scale_by_schedule(_adagrad_lr_schedule(lr_decay)),
         lr=lr,
         weight_decay=weight_decay,
         maximize=maximize,
+        fused=fused,
     )
 
 
@@ -358,12 +368,12 @@ def rmsprop(
 
     With a constant ``lr`` and no ``nesterov``, :class:`~torchopt.RMSProp`'s step and the in-place
     update without momentum run ``torch.optim``'s own op sequence and give its numbers bit for
-    bit (:mod:`torchopt._rmsprop_step` says why that matters for RMSprop).
+    bit (:mod:`torchopt._exact_steps` says why that matters for RMSprop).
     """
     _checks.check_lr(lr)
     scaler = scale_by_stddev if centered else scale_by_rms
     fused = None
-    if _constant(lr) and not nesterov:  # torch.optim's op sequence (torchopt._rmsprop_step)
+    if _constant(lr) and not nesterov:  # torch.optim's op sequence (torchopt._exact_steps)
         fused = FusedStep('rmsprop', dict(
             lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
             centered=centered, maximize=maximize,

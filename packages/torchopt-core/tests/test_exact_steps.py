@@ -1,9 +1,9 @@
-"""RMSprop gives ``torch.optim.RMSprop``'s numbers bit for bit (torchopt._rmsprop_step).
+"""RMSprop and Adagrad give ``torch.optim``'s numbers bit for bit (torchopt._exact_steps).
 
-One bit matters for RMSprop: it divides by the root of a gradient's own running square, so a
+One bit matters for both: they divide by the root of a gradient's own running square, so a
 gradient that is numerically noise gets a full-size step whose sign is that noise. Behind a
 batch-norm layer fed constant inputs (upstream TorchOpt's own optimizer tests do this) one bit of
-difference at the first step grew to 1.5 after five steps.
+difference at the first step grew to 1.5 after five RMSprop steps.
 """
 
 from __future__ import annotations
@@ -18,16 +18,26 @@ import torchopt
 
 # Shapes below and above the size from which the step runs per tensor (1 << 16 elements).
 SHAPES = [(7,), (33, 5), (), (70_000,)]
-VARIANTS = [
-    dict(centered=c, momentum=m, weight_decay=wd, maximize=mx)
-    for c, m, (wd, mx) in itertools.product(
-        (False, True), (0.0, 0.5), ((0.0, False), (1e-2, True), (1e-2, False))
-    )
+SIGN_DECAY = ((0.0, False), (1e-2, True), (1e-2, False))  # (weight_decay, maximize)
+RMSPROP = [
+    dict(lr=0.1, alpha=0.9, eps=1e-8, centered=c, momentum=m, weight_decay=wd, maximize=mx)
+    for c, m, (wd, mx) in itertools.product((False, True), (0.0, 0.5), SIGN_DECAY)
 ]
+ADAGRAD = [
+    dict(lr=0.1, lr_decay=d, initial_accumulator_value=a, weight_decay=wd, maximize=mx)
+    for d, a, (wd, mx) in itertools.product((0.0, 0.05), (0.0, 0.1), SIGN_DECAY)
+]
+# (torchopt class, torch.optim class, functional alias, kwargs)
+CASES = [('RMSprop', kw) for kw in RMSPROP] + [('Adagrad', kw) for kw in ADAGRAD]
+CLASSES = {
+    'RMSprop': (torchopt.RMSProp, torch.optim.RMSprop, torchopt.rmsprop),
+    'Adagrad': (torchopt.AdaGrad, torch.optim.Adagrad, torchopt.adagrad),
+}
 
 
-def _ids(v: dict) -> str:
-    return '-'.join(f'{k}={v[k]}' for k in v)
+def _id(case: tuple) -> str:
+    name, kw = case
+    return name + '-' + '-'.join(f'{k}={v}' for k, v in kw.items() if k not in ('lr', 'eps'))
 
 
 def _grads(dtype: torch.dtype, steps: int) -> list[list[torch.Tensor | None]]:
@@ -50,12 +60,13 @@ def _start(dtype: torch.dtype) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize('variant', VARIANTS, ids=_ids)
-def test_class_step_equals_torch_optim_bitwise(dtype: torch.dtype, variant: dict) -> None:
+@pytest.mark.parametrize('case', CASES, ids=_id)
+def test_class_step_equals_torch_optim_bitwise(dtype: torch.dtype, case: tuple) -> None:
+    name, kw = case
+    ours_cls, torch_cls, _ = CLASSES[name]
     ours = [p.clone().requires_grad_() for p in _start(dtype)]
     ref = [p.clone().requires_grad_() for p in _start(dtype)]
-    opt = torchopt.RMSProp(ours, lr=0.1, alpha=0.9, eps=1e-8, **variant)
-    opt_ref = torch.optim.RMSprop(ref, lr=0.1, alpha=0.9, eps=1e-8, **variant)
+    opt, opt_ref = ours_cls(ours, **kw), torch_cls(ref, **kw)
     for row in _grads(dtype, 8):
         for p, q, g in zip(ours, ref, row):
             p.grad = None if g is None else g.clone()
@@ -67,22 +78,26 @@ def test_class_step_equals_torch_optim_bitwise(dtype: torch.dtype, variant: dict
             assert (p.grad is None and g is None) or torch.equal(p.grad, g)
     for i, (p, q) in enumerate(zip(ours, ref)):
         assert torch.equal(p, q), f'parameter {i} differs by {(p - q).abs().max().item()}'
-        for name in ('square_avg', 'grad_avg', 'momentum_buffer'):
-            if name in opt_ref.state[q] and (name != 'momentum_buffer' or variant['momentum']):
-                ours_buf = opt.state[p][name]
-                assert torch.equal(ours_buf, opt_ref.state[q][name]), (i, name)
+        mine = opt.state[p]
+        for key, value in opt_ref.state[q].items():
+            if key == 'momentum_buffer' and not kw.get('momentum'):
+                continue
+            if key == 'step' and name == 'RMSprop':  # RMSprop keeps no count (a placeholder)
+                continue
+            assert torch.equal(mine[key], value), (i, key)
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize('variant', [v for v in VARIANTS if v['momentum'] == 0.0], ids=_ids)
+@pytest.mark.parametrize('case', [c for c in CASES if not c[1].get('momentum')], ids=_id)
 def test_functional_inplace_update_equals_torch_optim_bitwise(
-    dtype: torch.dtype, variant: dict
+    dtype: torch.dtype, case: tuple
 ) -> None:
+    name, kw = case
+    _, torch_cls, alias = CLASSES[name]
     ref = [p.clone().requires_grad_() for p in _start(dtype)]
-    opt_ref = torch.optim.RMSprop(ref, lr=0.1, alpha=0.9, eps=1e-8, **variant)
+    opt_ref = torch_cls(ref, **kw)
     params = tuple(_start(dtype))
-    kwargs = {k: v for k, v in variant.items() if k != 'momentum'}
-    opt = torchopt.rmsprop(lr=0.1, alpha=0.9, eps=1e-8, **kwargs)
+    opt = alias(**kw)
     state = opt.init(params)
     for row in _grads(dtype, 6):
         for q, g in zip(ref, row):
@@ -103,14 +118,15 @@ def _batch_norm_model(dtype: torch.dtype) -> nn.Module:
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize('variant', [VARIANTS[0], VARIANTS[3], VARIANTS[9]], ids=_ids)
+@pytest.mark.parametrize('case', [CASES[0], CASES[3], CASES[9], CASES[12], CASES[17]], ids=_id)
 def test_noise_gradients_behind_batch_norm_follow_torch_optim(
-    dtype: torch.dtype, variant: dict
+    dtype: torch.dtype, case: tuple
 ) -> None:
-    """Constant inputs: the first layer's gradients are rounding noise; RMSprop amplifies it."""
+    """Constant inputs: the first layer's gradients are rounding noise, which these amplify."""
+    name, kw = case
+    ours_cls, torch_cls, _ = CLASSES[name]
     model, model_ref = _batch_norm_model(dtype), _batch_norm_model(dtype)
-    opt = torchopt.RMSProp(model.parameters(), lr=0.1, alpha=0.9, **variant)
-    opt_ref = torch.optim.RMSprop(model_ref.parameters(), lr=0.1, alpha=0.9, **variant)
+    opt, opt_ref = ours_cls(model.parameters(), **kw), torch_cls(model_ref.parameters(), **kw)
     xs = torch.zeros(64, 16, dtype=dtype)
     ys = torch.arange(64) % 4
     for _ in range(5):
@@ -124,15 +140,38 @@ def test_noise_gradients_behind_batch_norm_follow_torch_optim(
 
 def test_schedule_and_nesterov_keep_the_composed_path() -> None:
     """A schedule or Nesterov momentum (not in torch.optim) runs the transformations: same math."""
-    params = [torch.ones(3, requires_grad=True)]
-    for kwargs in (dict(lr=lambda count: 0.1), dict(lr=0.1, momentum=0.5, nesterov=True)):
-        p = params[0].detach().clone().requires_grad_()
-        opt = torchopt.RMSProp([p], **kwargs)
+    for cls, kwargs in (
+        (torchopt.RMSProp, dict(lr=lambda count: 0.1)),
+        (torchopt.RMSProp, dict(lr=0.1, momentum=0.5, nesterov=True)),
+        (torchopt.AdaGrad, dict(lr=lambda count: 0.1)),
+    ):
+        p = torch.ones(3, requires_grad=True)
+        opt = cls([p], **kwargs)
         g = torch.tensor([1.0, -2.0, 0.5])
         p.grad = g.clone()
         opt.step()  # (the composed path writes its update into p.grad, as TorchOpt 0.7)
-        v = 0.01 * g**2
-        step = g / (v.sqrt() + 1e-8)
+        v = (0.01 if cls is torchopt.RMSProp else 1.0) * g**2
+        eps = 1e-8 if cls is torchopt.RMSProp else 1e-10
+        step = g / (v.sqrt() + eps)
         if kwargs.get('nesterov'):
             step = step + 0.5 * step
         torch.testing.assert_close(p.detach(), torch.ones(3) - 0.1 * step)
+
+
+def test_shape_mismatch_raises_before_anything_is_written() -> None:
+    for name in CLASSES:
+        cls, _, alias = CLASSES[name]
+        small = alias(lr=0.1)
+        state = small.init((torch.ones(2),))
+        grads = (torch.ones(5),)
+        with pytest.raises(ValueError, match=r'shape \(5,\).*shape \(2,\)'):
+            small.update(grads, state, inplace=True)
+        assert torch.equal(grads[0], torch.ones(5))
+        p, q = torch.ones(2, requires_grad=True), torch.ones(5, requires_grad=True)
+        opt, other = cls([p], lr=0.1), cls([q], lr=0.1)
+        p.grad, q.grad = torch.ones(2), torch.ones(5)
+        opt.step()
+        other.state_groups[0] = opt.state_groups[0]  # the state of another parameter shape
+        with pytest.raises(ValueError, match=r'shape \(5,\).*shape \(2,\)'):
+            other.step()
+        assert torch.equal(q.detach(), torch.ones(5))
