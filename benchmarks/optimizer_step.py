@@ -59,8 +59,8 @@ FUNCTIONAL_ONLY = {
     'rprop': (lambda: torchopt.rprop(), torch.optim.Rprop, {}, True, False, 'flat'),
     'asgd': (lambda: torchopt.asgd(), torch.optim.ASGD, {}, True, False, 'flat'),
     'muon': (lambda: torchopt.muon(), torch.optim.Muon, {}, False, False, 'matrix-small'),
-    # RMSprop has a class but no torch fused kernel; its class step runs torch.optim's op sequence
-    # (bit for bit: torchopt._rmsprop_step), so it is also timed against torch's single-tensor step.
+    # RMSprop's and Adagrad's class steps run torch.optim's op sequence (bit for bit:
+    # torchopt._exact_steps), so they are also timed against torch's single-tensor step.
     'rmsprop(momentum)': (
         lambda: torchopt.rmsprop(1e-3, momentum=0.9),
         torch.optim.RMSprop,
