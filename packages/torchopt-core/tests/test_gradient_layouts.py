@@ -1,16 +1,19 @@
 """Gradients whose memory layout differs from the parameter's, against ``torch.optim`` (float64).
 
 A gradient assigned by hand can be a strided view or an ``expand``-ed tensor whose elements
-share memory. ``torch.optim`` takes both. The fused kernels refuse them (the dispatcher checks
-contiguity), and the composed steps write their updates into the gradients, which an
-``expand``-ed one cannot hold: the class copies such a gradient first.
+share memory, and ``torch.autograd.grad`` of ``p.sum()`` returns an ``expand``-ed one.
+``torch.optim`` takes both. The fused kernels refuse them (the dispatcher checks contiguity),
+and the in-place steps write their updates into the gradients, which an ``expand``-ed one
+cannot hold: the class step and the functional in-place update copy such a gradient first.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from optimizer_table import CASES, max_err, rows
+from optimizer_table import CASES, max_err, row_params, rows
+
+import torchopt
 
 pytestmark = pytest.mark.usefixtures('float64_default')
 
@@ -50,3 +53,23 @@ def test_layouts_step_as_in_torch_optim(row, kind):
     if kind == 'expanded':  # the copy took the update, the user's gradient is unchanged
         for k, step in enumerate(grads):
             assert all(torch.equal(g, _grad(kind, k)) for g in step)
+
+
+def _tensors(tree):
+    return [t for t in torchopt.pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)]
+
+
+@rows()
+def test_functional_inplace_update_takes_expanded_gradients(row):
+    """As on a contiguous copy, bit for bit; the user's gradients and state are not written."""
+    params = row_params(row, seed=3)
+    opt = row.fn(**row.kwargs)
+    ours, ref = opt.init(params), opt.init(params)
+    for k in range(3):
+        grads = [torch.full((1,) * p.dim(), 0.3 - 0.2 * k).expand(p.shape) for p in params]
+        updates, ours = opt.update(grads, ours, params=params, inplace=True)
+        copies = [g.clone() for g in grads]
+        expected, ref = opt.update(copies, ref, params=params, inplace=True)
+        assert all(torch.equal(u, e) for u, e in zip(updates, expected))
+        assert all(torch.equal(a, b) for a, b in zip(_tensors(ours), _tensors(ref)))
+        assert all(torch.equal(g, torch.full_like(g, 0.3 - 0.2 * k)) for g in grads)

@@ -56,6 +56,7 @@ __all__ = [
     'inplace_step',
     'kernel_eligible',
     'per_tensor',
+    'writable',
 ]
 
 FUSED_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
@@ -456,16 +457,26 @@ def find_fused(impl: Any) -> tuple[tuple | None, FusedStep | None]:
     return None, None
 
 
-def _writable(grads: tuple) -> tuple:
-    """``grads``, with a copy of each one whose elements share memory (an ``expand``-ed tensor).
+def writable(grads: Any) -> Any:
+    """``grads`` (a list or tuple), with a copy of each leaf whose elements share memory.
 
-    The composed steps write their updates into the gradients; ``torch.optim`` never writes
-    them, so it takes such a gradient, and a write into one fails half-way through a step.
+    An ``expand``-ed gradient (``torch.autograd.grad`` of ``p.sum()`` returns one) cannot take a
+    write, and the in-place steps write their updates into the gradients: such a write failed
+    half-way through a step, after the state had been written. ``torch.optim`` never writes a
+    gradient, so it takes them. Only strided leaves that are not contiguous are examined
+    (``torch._debug_has_internal_overlap``); ``grads`` itself is returned when none needs a copy.
     """
-    if all(g is None or g.is_contiguous() for g in grads):
+    try:
+        if all(map(_IS_CONTIGUOUS, grads)):  # the common case, 0.05 us a leaf
+            return grads
+    except TypeError:  # a None leaf
+        pass
+    if all(g is None or g.layout != torch.strided or _IS_CONTIGUOUS(g) for g in grads):
         return grads
-    return tuple(
-        g.clone() if g is not None and torch._debug_has_internal_overlap(g) == 1 else g
+    return type(grads)(
+        g.clone()
+        if g is not None and g.layout == torch.strided and torch._debug_has_internal_overlap(g) == 1
+        else g
         for g in grads
     )
 
@@ -487,7 +498,7 @@ def inplace_step(impl: Any, params: tuple, grads: tuple, state: Any, treespec: A
             return new_state
     from torchopt.update import apply_updates
 
-    grads = _writable(grads)
+    grads = writable(grads)
     if fused is not None and prefix is not None:
         if not isinstance(state, tuple) or len(state) != len(prefix) + 1:
             raise ValueError(

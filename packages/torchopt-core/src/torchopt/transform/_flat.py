@@ -90,6 +90,8 @@ class FlatTransformation(GradientTransformation):
             updates: Any, state: Any, *, params: Any | None = None, inplace: bool = True
         ) -> tuple[Any, Any]:
             leaves, param_leaves, treespec = flatten_updates(updates, params)
+            if inplace:  # an expand-ed leaf cannot take the update: it gets a copy
+                leaves = _dispatch.writable(leaves)
             if not own_leaf_kinds and _leaf_kinds.special(leaves):  # complex or sparse
                 new_leaves, state = _leaf_kinds.run(
                     flat_update, instance.name, accepts_sparse, leaves, state, param_leaves,
