@@ -44,22 +44,27 @@ def test_closed_form_graph(parse):
 
 
 def _unrolled(steps=2):
+    """A MetaAdam unroll; ``names`` maps each step's name of a parameter to its tensor, and
+    ``states`` are the ``extract_state_dict(..., enable_visual=True)`` of every step."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
     meta = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
     opt = torchopt.MetaAdam(net, lr=0.1)
     x = torch.randn(5, 3, dtype=torch.float64)
-    names = []
-    for step in range(steps):
+    names, states = [], []
+    for step in range(steps + 1):
         names.append({f'step{step}.{k}': p for k, p in net.named_parameters()})
-        opt.step(((net(x) * meta) ** 2).mean())
-    names.append({f'step{steps}.{k}': p for k, p in net.named_parameters()})
-    return net, meta, x, names
+        states.append(
+            torchopt.extract_state_dict(net, enable_visual=True, visual_prefix=f'step{step}.')
+        )
+        if step < steps:
+            opt.step(((net(x) * meta) ** 2).mean())
+    return net, meta, x, names, states
 
 
 def test_matches_reference_walk(parse, reachable):
     """Every autograd node and edge of a MetaAdam unroll, each drawn once, leaves included."""
-    net, meta, x, names = _unrolled()
+    net, meta, x, names, states = _unrolled()
     out = net(x).sum()
     fns = reachable(out)  # held: ids stay valid while comparing
     nodes, edges = parse(make_dot(out))
@@ -86,10 +91,10 @@ def test_matches_reference_walk(parse, reachable):
 
 
 def test_updated_parameters_named_per_step(parse):
-    """Non-leaf parameters label the node that produced them."""
-    net, meta, x, names = _unrolled()
+    """``visual_contents`` names the node that produced each updated (non-leaf) parameter."""
+    net, meta, x, names, states = _unrolled()
     out = net(x).sum()
-    params = [*names, {'meta': meta}]
+    params = [*states, {'meta': meta}]
     nodes, _ = parse(make_dot(out, params))
     text = '\n'.join(n.label for n in nodes.values())
     for step_names in names:
@@ -175,13 +180,27 @@ def test_module_state_prefix(parse):
     assert _leaf_labels(parse(make_dot(out, state))[0]) == {f'step0.{k}' for k in EXPECTED}
 
 
-def test_non_leaf_tensor_by_name_labels_its_grad_fn(parse):
+def test_non_leaf_tensor_by_name_names_the_tensor_not_its_grad_fn(parse):
+    """As upstream: a mapping names tensors where they are drawn; grad_fn nodes stay plain."""
     w = torch.randn(3, requires_grad=True)
     u = w.exp()
-    nodes, _ = parse(make_dot(u.sum(), {'u': u}))
-    (node,) = [n for n in nodes.values() if n.label.startswith('ExpBackward0')]
-    assert node.label == 'ExpBackward0\nu\n(3)'
-    assert node.color == PARAM
+    out = u * 2
+    nodes, _ = parse(make_dot(out, {'u': u, 'out': out, 'w': w}))
+    (exp,) = [n for n in nodes.values() if n.label.startswith('ExpBackward0')]
+    assert exp.label == 'ExpBackward0'
+    assert exp.color is None
+    assert nodes[str(id(out))].label == 'out\n(3)'
+    assert nodes[str(id(w))].label == 'w\n(3)'
+
+
+def test_named_parameters_of_an_unroll_name_leaves_only(parse):
+    """``named_parameters()`` after MetaOptimizer steps names no node (upstream draws them grey)."""
+    net, meta, x, names, _ = _unrolled()
+    out = net(x).sum()
+    nodes, _ = parse(make_dot(out, [*names, {'meta': meta}]))
+    labelled = {line for n in nodes.values() for line in n.label.split('\n')}
+    assert labelled >= set(names[0]) | {'meta'}
+    assert not labelled & (set(names[1]) | set(names[2]))
 
 
 @pytest.mark.parametrize(
@@ -348,7 +367,7 @@ def test_resize_graph_bad_arguments(args, error, match):
 
 def test_module_state_of_updated_parameters(parse):
     """``visual_contents`` of a stepped module: every updated parameter labels its node."""
-    net, meta, x, names = _unrolled(steps=1)
+    net, meta, x, names, _ = _unrolled(steps=1)
     state = torchopt.extract_state_dict(net, enable_visual=True, visual_prefix='step1.')
     out = net(x).sum()
     nodes, _ = parse(make_dot(out, state))
@@ -358,7 +377,7 @@ def test_module_state_of_updated_parameters(parse):
         f'step1.{k}' for k, _ in net.named_parameters()
     )
     assert all(n.label.split('\n')[0] == 'AddBackward0' for n in named)
-    # naming the tensors as well adds their shapes, without repeating a name
+    # naming the tensors as well repeats no name
     nodes, _ = parse(make_dot(out, [state, names[1]]))
     for k, p in net.named_parameters():
         (node,) = [n for n in nodes.values() if f'step1.{k}\n' in n.label]

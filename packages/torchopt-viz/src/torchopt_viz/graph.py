@@ -5,7 +5,7 @@ Graphviz node per autograd node (``grad_fn``), per leaf variable and per output,
 
 * ``darkolivegreen1``: the outputs (``var``); ``darkolivegreen3``: bases of outputs that are views;
 * ``lightblue``: leaf tensors (the ``.variable`` of ``AccumulateGrad``) and the ``grad_fn`` of
-  named, updated (non-leaf) parameters;
+  updated (non-leaf) parameters named by a ``ModuleState``'s ``visual_contents``;
 * ``orange``: saved tensors (those of custom ``autograd.Function`` s always, others with
   ``show_saved=True``).
 
@@ -66,7 +66,8 @@ def make_dot(
             * a generator of ``(name, tensor)`` pairs, e.g. ``module.named_parameters()``;
             * an iterable mixing those, e.g. ``[state0, state1, {'meta': meta_param}]``.
 
-            A non-leaf tensor given by name also names the ``grad_fn`` that produced it.
+            As upstream, a mapping or a generator names tensors where they are drawn (leaf
+            variables, outputs, saved tensors); only ``visual_contents`` names ``grad_fn`` nodes.
         show_attrs: print the non-tensor attributes saved by each autograd node.
         show_saved: draw the tensors saved by each autograd node for backward (``_saved_*``).
             The saved tensors of custom ``autograd.Function`` s are always drawn.

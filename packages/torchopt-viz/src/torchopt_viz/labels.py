@@ -5,9 +5,11 @@
 generator of ``(name, tensor)`` pairs (``module.named_parameters()``), or an iterable mixing
 those. :class:`ParamLabels` turns any of them into two lookups:
 
-* leaf tensors (drawn as the variable of an ``AccumulateGrad`` node) ``-> names``;
-* autograd nodes (``grad_fn``) ``-> (name, tensor)`` pairs, which is how updated, *non-leaf*
-  parameters of an unrolled ``MetaOptimizer`` get their names. One node may carry several names:
+* tensors (drawn as the variable of an ``AccumulateGrad`` node, as an output or as a saved
+  tensor) ``-> names``;
+* autograd nodes (``grad_fn``) ``-> (name, tensor)`` pairs, from ``visual_contents`` only, which
+  is how updated, *non-leaf* parameters of an unrolled ``MetaOptimizer`` get their names (as
+  upstream: a mapping or a generator that names a non-leaf tensor does not name its node). One node may carry several names:
   a multi-tensor (``foreach`` or fused) update produces every new parameter from one node.
   Core's ``visual_contents`` joins the names of such a node into one entry
   (``'step1.fc.weight, step1.fc.bias'``), which is split back into names here.
@@ -95,12 +97,14 @@ class ParamLabels:
     # ------------------------------------------------------------------ building
 
     def add_tensor(self, name: str, tensor: torch.Tensor) -> None:
-        """Name ``tensor``; a non-leaf tensor also names the node that produced it."""
+        """Name ``tensor`` where it is drawn (a leaf variable, an output, a saved tensor).
+
+        As upstream, a name given for a non-leaf tensor does not name the node that produced
+        it: only ``visual_contents`` entries name ``grad_fn`` nodes.
+        """
         names = self._tensors.setdefault(id(tensor), (tensor, []))[1]
         if name not in names:
             names.append(name)
-        if tensor.grad_fn is not None:
-            self.add_node(tensor.grad_fn, name, tensor)
 
     def add_node(self, node: Node, name: str, tensor: torch.Tensor | None) -> None:
         """Name the output ``tensor`` of autograd node ``node`` (``None``: shape unknown)."""
