@@ -9,8 +9,9 @@ those. :class:`ParamLabels` turns any of them into two lookups:
   tensor) ``-> names``;
 * autograd nodes (``grad_fn``) ``-> (name, tensor)`` pairs, from ``visual_contents`` only, which
   is how updated, *non-leaf* parameters of an unrolled ``MetaOptimizer`` get their names (as
-  upstream: a mapping or a generator that names a non-leaf tensor does not name its node). One node may carry several names:
-  a multi-tensor (``foreach`` or fused) update produces every new parameter from one node.
+  upstream: a mapping or a generator that names a non-leaf tensor does not name its node).
+  One node may carry several names: a multi-tensor (``foreach`` or fused) update produces
+  every new parameter from one node.
   Core's ``visual_contents`` joins the names of such a node into one entry
   (``'step1.fc.weight, step1.fc.bias'``), which is split back into names here.
 
