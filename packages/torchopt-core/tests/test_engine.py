@@ -81,15 +81,16 @@ def _ensemble(row, n: int = 3) -> tuple[list, list]:
 
 
 @rows()
-def test_vmap_over_init_and_update_matches_a_loop(row):
+@pytest.mark.parametrize('inplace', [False, True])
+def test_vmap_over_init_and_update_matches_a_loop(row, inplace):
     """Upstream's functorch examples train an ensemble by vmapping init and update (#18 item 5).
 
-    As there, the update is functional (``inplace=False``): ``vmap(init)`` returns expanded
-    step counts, which in-place ops cannot write. Muon's Newton-Schulz iteration runs in
-    bfloat16, where a batched matmul rounds differently from the per-matrix one: its rows are
-    compared at bfloat16's resolution (2**-8) times the step size.
+    Both updates: ``inplace=True`` (the default) writes the batched state, so every buffer that
+    ``vmap(init)`` returns must have one element per member (step counts included, not an
+    expanded scalar). Muon's Newton-Schulz iteration runs in bfloat16, where a batched matmul
+    rounds differently from the per-matrix one: its rows are compared at bfloat16's resolution
+    (2**-8) times the step size.
     """
-    inplace = False
     tol = 2e-3 if row.matrices_only else 1e-12
     opt = row.fn(**row.kwargs)
     params, grads = _ensemble(row)
@@ -99,8 +100,9 @@ def test_vmap_over_init_and_update_matches_a_loop(row):
         updates, s = opt.update(g, s, params=p, inplace=inplace)
         return torchopt.apply_updates(p, updates, inplace=False), s
 
-    new_params, state = torch.func.vmap(step)(grads, state, params)
-    new_params, state = torch.func.vmap(step)(grads, state, new_params)  # a second step
+    fresh = lambda: [g.clone() for g in grads]  # noqa: E731  (an in-place update writes them)
+    new_params, state = torch.func.vmap(step)(fresh(), state, params)
+    new_params, state = torch.func.vmap(step)(fresh(), state, new_params)  # a second step
     for k in range(params[0].shape[0]):
         p_k = [p[k].clone() for p in params]
         s_k = opt.init(p_k)

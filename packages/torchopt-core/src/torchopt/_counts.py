@@ -20,7 +20,18 @@ __all__ = ['advance_', 'new_counts', 'packed']
 
 
 def new_counts(params: Sequence[Any], start: float = 0.0) -> list:
-    """One count per parameter (``None`` stays ``None``), packed as views of one vector."""
+    """One count per parameter (``None`` stays ``None``), packed as views of one vector.
+
+    Under a ``torch.func`` transform each count is made from its parameter (``new_full``), so
+    that ``vmap(init)`` returns one count per member with its own memory: a count made apart
+    from the parameters would come back expanded (stride 0), and an in-place update under
+    ``vmap`` could not advance it.
+    """
+    if _dispatch.functorch_active():
+        return [
+            None if p is None else p.new_full((), start, dtype=torch.float32, device='cpu')
+            for p in params
+        ]
     n = sum(p is not None for p in params)
     views = iter(torch.full((n,), start, dtype=torch.float32).unbind()) if n else iter(())
     return [None if p is None else next(views) for p in params]

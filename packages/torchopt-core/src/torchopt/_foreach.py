@@ -4,7 +4,9 @@
 instead (the rule is :func:`torchopt._dispatch.per_tensor`) in two cases:
 
 * inside ``torch.func.vmap``/``grad`` (detected once per call from functorch's interpreter
-  stack): foreach ops have no batching rules;
+  stack): foreach ops have no batching rules. Neither have ``lerp_`` and ``addcmul_`` (vmap
+  falls back to a loop over the batch and warns), so those two run as the out-of-place op
+  copied into the target (same values), as ``maximum_`` does;
 * when an out-of-place op is recorded for autograd (grad mode on and an input requires grad):
   foreach backward formulas save every input (``_foreach_add(a, b)`` keeps both lists,
   ``_foreach_mul(a, 0.5)`` keeps ``a``), where the per-tensor ops save nothing. Measured on a
@@ -97,12 +99,12 @@ abs = _make('abs', torch.abs, False)  # noqa: A001
 add = _make('add', torch.add, False)
 add_ = _make('add_', torch.Tensor.add_, True)
 addcmul = _make('addcmul', torch.addcmul, False)
-addcmul_ = _make('addcmul_', torch.Tensor.addcmul_, True)
+addcmul_ = _make('addcmul_', lambda a, *t, **kw: a.copy_(torch.addcmul(a, *t, **kw)), True)
 copy_ = _make('copy_', torch.Tensor.copy_, True)
 div = _make('div', torch.div, False)
 div_ = _make('div_', torch.Tensor.div_, True)
 lerp = _make('lerp', torch.lerp, False)
-lerp_ = _make('lerp_', torch.Tensor.lerp_, True)
+lerp_ = _make('lerp_', lambda a, *t, **kw: a.copy_(torch.lerp(a, *t, **kw)), True)
 maximum = _make('maximum', torch.maximum, False)
 maximum_ = _make('maximum_', lambda a, b: a.copy_(torch.maximum(a, b)), True)
 mul = _make('mul', torch.mul, False)

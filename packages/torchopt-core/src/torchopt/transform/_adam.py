@@ -337,7 +337,10 @@ def scale_by_nadam(
     def init_fn(params: list, treespec: Any) -> ScaleByNAdamState:
         return ScaleByNAdamState(
             *moment_pair(params, moment_requires_grad),
-            mu_product=[None if x is None else torch.ones((), dtype=torch.float64) for x in params],
+            mu_product=[  # (``new_ones``: under ``vmap(init)`` one per member)
+                None if x is None else x.new_ones((), dtype=torch.float64, device='cpu')
+                for x in params
+            ],
         )
 
     def coefficients(t: Any, prod: Any) -> tuple:

@@ -320,10 +320,8 @@ def scale_by_novograd(
     def init_fn(params: list, treespec: Any) -> ScaleByNovogradState:
         return ScaleByNovogradState(
             mu=zeros_like(params, moment_requires_grad),
-            nu=[
-                None if x is None else torch.zeros((), dtype=x.dtype, device=x.device)
-                for x in params
-            ],  # fmt: skip
+            # (``new_zeros``: under ``vmap(init)`` one per member, not an expanded scalar)
+            nu=[None if x is None else x.new_zeros(()) for x in params],
             count=counts_like(params),
         )
 

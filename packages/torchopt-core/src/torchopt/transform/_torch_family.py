@@ -208,8 +208,12 @@ def scale_by_asgd(
 
 def _lerp_(a: list, b: list, w: Any) -> None:
     if isinstance(w, list):
+        batched = _dispatch.functorch_active()  # lerp_ has no batching rule: copy instead
         for x, y, v in zip(a, b, w):
-            x.lerp_(y, v)
+            if batched:
+                x.copy_(torch.lerp(x, y, v))
+            else:
+                x.lerp_(y, v)
     else:
         _fe.lerp_(a, b, w)
 
