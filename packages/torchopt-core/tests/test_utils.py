@@ -596,6 +596,8 @@ def test_bad_copy_mode_device_and_targets() -> None:
             fn(net, by='shallow')  # type: ignore[call-overload, arg-type]
         with pytest.raises(ValueError, match='`by` must be one of'):
             fn(net, by=None)  # type: ignore[call-overload, arg-type]
+        with pytest.raises(AssertionError, match='`by` must be one of'):  # upstream's type
+            fn(net, by='bogus')  # type: ignore[call-overload, arg-type]
         with pytest.raises(ValueError, match='`device` is not a valid device'):
             fn(net, device='nowhere')  # type: ignore[call-overload]
         with pytest.raises(TypeError, match='`device` must be a torch.device'):

@@ -72,11 +72,37 @@ def test_params_structure_must_match_updates():
         opt.update({'a': torch.ones(3)}, state, params={'b': torch.zeros(3)})
 
 
-def test_weight_decay_needs_params():
-    opt = torchopt.adamw(lr=0.1)
-    state = opt.init((torch.zeros(2),))
-    with pytest.raises(AssertionError, match='Parameters are required for weight decay'):
-        opt.update((torch.ones(2),), state)
+@pytest.mark.parametrize(
+    'make',
+    [
+        lambda: torchopt.adamw(lr=0.1),
+        lambda: torchopt.adam(lr=0.1, weight_decay=0.1),
+        lambda: torchopt.sgd(lr=0.1, momentum=0.9, weight_decay=0.1),
+        lambda: torchopt.rmsprop(lr=0.1, weight_decay=0.1),
+        lambda: torchopt.muon(lr=0.1, weight_decay=0.1),
+        lambda: torchopt.transform.add_decayed_weights(0.1),
+        lambda: torchopt.transform.add_decayed_weights(0.1, mask=(True,)),
+        lambda: torchopt.lamb(lr=0.1),
+        lambda: torchopt.lars(lr=0.1),
+        lambda: torchopt.chain(torchopt.adam(0.1), torchopt.chain(torchopt.adamw(0.1))),
+    ],
+    ids=[
+        'adamw', 'adam-wd', 'sgd-wd', 'rmsprop-wd', 'muon-wd', 'add_decayed_weights', 'masked',
+        'lamb', 'lars', 'nested-chain',
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize('error', [AssertionError, ValueError])  # upstream asserted
+def test_update_without_needed_params_raises_before_writing(make, error):
+    opt = make()
+    params = (torch.zeros(2, 2),)
+    state = opt.init(params)
+    before = [t.clone() for t in torchopt.pytree.tree_leaves(state) if isinstance(t, torch.Tensor)]
+    grads = (torch.ones(2, 2),)
+    with pytest.raises(error, match='Parameters are required for weight decay|needs `params`'):
+        opt.update(grads, state)
+    assert torch.equal(grads[0], torch.ones(2, 2))  # nothing written before the error
+    after = [t for t in torchopt.pytree.tree_leaves(state) if isinstance(t, torch.Tensor)]
+    assert all(torch.equal(a, b) for a, b in zip(after, before))
 
 
 def test_state_of_wrong_length_in_chain():

@@ -6,7 +6,28 @@ from typing import Any
 
 import torch
 
-__all__ = ['check_nonnegative', 'check_beta', 'check_betas', 'check_lr']
+__all__ = [
+    'ArgumentError',
+    'check_nonnegative',
+    'check_beta',
+    'check_betas',
+    'check_lr',
+    'PARAMS_FOR_WEIGHT_DECAY',
+]
+
+
+class ArgumentError(ValueError, AssertionError):
+    """A bad argument where upstream TorchOpt used ``assert``: catchable as either type.
+
+    Unlike an ``assert``, it is raised under ``python -O`` too.
+    """
+
+
+# upstream's message (an ``assert``) when a weight-decay transformation gets no ``params``
+PARAMS_FOR_WEIGHT_DECAY = (
+    'Parameters are required for weight decay. Call `update(updates, state, params=params)` '
+    'instead.'
+)
 
 
 def _value(x: Any) -> float | None:

@@ -16,6 +16,8 @@ import itertools
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol
 
+from torchopt import _checks
+
 if TYPE_CHECKING:
     from torchopt.typing import OptState, Params, Updates
 
@@ -96,6 +98,9 @@ class ChainedGradientTransformation(GradientTransformation):
             flat = (identity(),)
         init_fns = tuple(t.init for t in flat)
         update_fns = tuple(t.update for t in flat)
+        # the first member's error when ``params`` are needed and missing: raised before any
+        # member has written (a chain of chains is one chain; FlatChain declares its members')
+        needs = next((m for m in (getattr(t, 'requires_params', None) for t in flat) if m), None)
 
         def init_fn(params: Params) -> OptState:
             return tuple(fn(params) for fn in init_fns)
@@ -112,6 +117,8 @@ class ChainedGradientTransformation(GradientTransformation):
                     'The number of updates and states has to be the same in chain! Make sure you '
                     'have called init first!'
                 )
+            if params is None and needs is not None:
+                raise _checks.ArgumentError(needs)
             new_state = []
             for s, fn in zip(state, update_fns):
                 updates, s = fn(updates, s, params=params, inplace=inplace)

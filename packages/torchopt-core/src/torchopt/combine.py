@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchopt import _kernels, _leaf_kinds
+from torchopt import _checks, _kernels, _leaf_kinds
 from torchopt._dispatch import FusedStep
 from torchopt.base import (
     ChainedGradientTransformation,
@@ -91,6 +91,8 @@ class FlatChain(FlatTransformation):
         def run_members(
             updates: list, state: tuple, *, params: Any, inplace: bool, treespec: Any
         ) -> tuple[list, tuple]:
+            if params is None and requires_params is not None:  # before any member writes
+                raise _checks.ArgumentError(requires_params)
             for i in checked:  # every state is checked before any member writes
                 checks[i](updates, state[i], treespec)  # type: ignore[misc]  # not None at i
             new_state = []
@@ -99,6 +101,8 @@ class FlatChain(FlatTransformation):
                 new_state.append(s)
             return updates, tuple(new_state)
 
+        needs = [getattr(m, 'requires_params', None) for m in members]  # nested chains' too
+        requires_params = next((msg for msg in needs if msg), None)  # the first member's
         fused = None if fused is None else _locate(fused, members)
         refuses_sparse = next(  # the member named when a sparse gradient is refused
             (getattr(t, 'name', repr(t)) for t in members if not _accepts_sparse(t)),
@@ -106,7 +110,7 @@ class FlatChain(FlatTransformation):
         )
         instance = super().__new__(
             cls, init_fn, update_fn, 'chain_flat', accepts_sparse=not refuses_sparse,
-            own_leaf_kinds=True,
+            own_leaf_kinds=True, requires_params=requires_params,
         )  # fmt: skip
         instance.transformations = members
         instance.fused = fused

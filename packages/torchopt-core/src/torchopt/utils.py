@@ -20,7 +20,8 @@ Tensors are replicated according to a *copy mode* (``by``):
 * ``'deepcopy'`` (alias ``'deepclone'``): a detached copy with the same ``requires_grad``, an
   :class:`torch.nn.Parameter` again if ``t`` was one.
 
-An unknown mode raises :class:`ValueError` naming ``by`` (upstream raised ``AssertionError``).
+An unknown mode raises an error naming ``by`` that is both a :class:`ValueError` and, as
+upstream's ``assert`` raised, an :class:`AssertionError`, so code written for either catches it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import optree
 import torch
 from torch import nn
 
+from torchopt import _checks
 from torchopt.typing import Device, ModuleTensorContainers, OptState, TensorContainer, TensorTree
 
 if TYPE_CHECKING:
@@ -87,7 +89,7 @@ class ModuleState(NamedTuple):
 
 def _canonical_mode(by: Any) -> str:
     if not isinstance(by, str) or by not in _COPY_MODES:
-        raise ValueError(
+        raise _checks.ArgumentError(
             '`by` must be one of ' + ', '.join(repr(mode) for mode in _COPY_MODES) + f', got {by!r}'
         )
     return _COPY_MODES[by]
@@ -313,7 +315,8 @@ def extract_state_dict(
         (one per parameter group) with every tensor replicated and other leaves kept.
 
     Raises:
-        ValueError: if ``by`` is not a copy mode, or ``device`` is not a valid device.
+        ValueError: if ``by`` is not a copy mode (the error is also an ``AssertionError``, as
+            upstream's), or ``device`` is not a valid device.
         TypeError: if ``target`` is neither a module nor a meta-optimizer.
 
     """
@@ -525,7 +528,8 @@ def module_clone(
         The clone, of the same kind as ``target``.
 
     Raises:
-        ValueError: if ``by`` is not a copy mode, or ``device`` is not a valid device.
+        ValueError: if ``by`` is not a copy mode (the error is also an ``AssertionError``, as
+            upstream's), or ``device`` is not a valid device.
         TypeError: if ``target`` is a tree with a non-tensor leaf.
 
     """

@@ -52,11 +52,6 @@ def flip_sign_and_add_weight_decay(
         return identity()
 
     def step(g: list, p: list | None, inplace: bool) -> list:
-        if weight_decay != 0.0 and p is None:
-            raise ValueError(
-                'Parameters are required for weight decay. Call '
-                '`update(updates, state, params=params)` instead.'
-            )
         if inplace:
             with torch.no_grad():
                 if maximize:
@@ -73,7 +68,7 @@ def flip_sign_and_add_weight_decay(
     return stateless(
         f'flip_sign_and_add_weight_decay({weight_decay!r}, maximize={maximize})',
         step,
-        uses_params=weight_decay != 0.0,
+        requires_params=_checks.PARAMS_FOR_WEIGHT_DECAY if weight_decay != 0.0 else None,
         accepts_sparse=True,
     )
 

@@ -458,10 +458,7 @@ def scale_by_lars_trust_ratio(
     _checks.check_nonnegative('eps', eps)
 
     def step(g: list, p: list | None, inplace: bool) -> list:
-        if p is None:
-            raise ValueError(
-                'scale_by_lars_trust_ratio needs `params`: call update(..., params=params)'
-            )
+        assert p is not None  # (requires_params: stateless raised without them)
         p_norm = torch.stack(_fe.norm([x.detach() for x in p] if inplace else p))
         u_norm = torch.stack(_fe.norm(g))
         ratio = trust_coefficient * p_norm / (u_norm + eps)
@@ -472,4 +469,6 @@ def scale_by_lars_trust_ratio(
             return g
         return _fe.mul(g, factors)
 
-    return stateless(f'scale_by_lars_trust_ratio({trust_coefficient!r})', step, uses_params=True)
+    needs = 'scale_by_lars_trust_ratio needs `params`: call update(..., params=params)'
+    name = f'scale_by_lars_trust_ratio({trust_coefficient!r})'
+    return stateless(name, step, requires_params=needs)

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import optree
 import torch
 
-from torchopt import _dispatch, _leaf_kinds
+from torchopt import _checks, _dispatch, _leaf_kinds
 from torchopt.base import EmptyState, GradientTransformation
 
 __all__ = [
@@ -61,7 +61,9 @@ class FlatTransformation(GradientTransformation):
     ``update`` handles complex and sparse leaves (:mod:`torchopt._leaf_kinds`) before the flat
     functions see them; ``accepts_sparse`` says whether the math takes a sparse gradient made
     dense (``torch.optim``'s SGD and Adagrad do), and ``own_leaf_kinds`` that ``flat_update``
-    handles them itself (a chain does, after trying its fused kernel).
+    handles them itself (a chain does, after trying its fused kernel). ``requires_params`` is
+    the message of the error ``update`` raises without ``params`` (``None``: they are optional),
+    so that a chain raises it before any member has written.
     """
 
     flat_init: FlatInit
@@ -69,6 +71,7 @@ class FlatTransformation(GradientTransformation):
     flat_check: Callable[[list, Any, Any], Any] | None
     flat_unchecked: FlatUpdate | None
     accepts_sparse: bool
+    requires_params: str | None
     name: str
 
     def __new__(
@@ -81,6 +84,7 @@ class FlatTransformation(GradientTransformation):
         unchecked: FlatUpdate | None = None,
         accepts_sparse: bool = False,
         own_leaf_kinds: bool = False,
+        requires_params: str | None = None,
     ) -> Any:
         def init_fn(params: Any) -> Any:
             leaves, treespec = optree.tree_flatten(params, none_is_leaf=True)
@@ -109,6 +113,7 @@ class FlatTransformation(GradientTransformation):
         instance.flat_check = check
         instance.flat_unchecked = unchecked
         instance.accepts_sparse = accepts_sparse
+        instance.requires_params = requires_params
         instance.name = name or getattr(flat_update, '__qualname__', 'transformation')
         return instance
 
@@ -244,14 +249,19 @@ def stateful(
 
 
 def stateless(
-    name: str, step: StatelessStep, *, uses_params: bool = False, accepts_sparse: bool = False
+    name: str,
+    step: StatelessStep,
+    *,
+    requires_params: str | None = None,
+    accepts_sparse: bool = False,
 ) -> FlatTransformation:
     """A transformation without state (:class:`~torchopt.base.EmptyState`), optax's ``stateless``.
 
     ``step(g, params, inplace)`` gets the present (non-``None``) updates and the matching
     parameters (``None`` when not given) and returns the new updates for them. With
-    ``uses_params`` the parameters are checked against the updates (shapes, per leaf) first.
-    ``accepts_sparse``: see :class:`FlatTransformation`.
+    ``requires_params`` (the message of the error raised without them) the parameters are
+    required and checked against the updates (shapes, per leaf) first; a chain checks that
+    before any member runs. ``accepts_sparse``: see :class:`FlatTransformation`.
     """
 
     def init_fn(params: list, treespec: Any) -> EmptyState:
@@ -265,11 +275,15 @@ def stateless(
         inplace: bool = True,
         treespec: Any = None,
     ) -> tuple[list, Any]:
+        if requires_params is not None and params is None:
+            raise _checks.ArgumentError(requires_params)
         idx, g, p = _present(updates, params)
         if not g:
             return updates, state
-        if uses_params and params is not None:
+        if params is not None and requires_params is not None:
             _dispatch.check_like(name, 'params', updates, params, treespec=treespec)
         return put(updates, idx, step(g, p, inplace)), state
 
-    return FlatTransformation(init_fn, update_fn, name, accepts_sparse=accepts_sparse)
+    return FlatTransformation(
+        init_fn, update_fn, name, accepts_sparse=accepts_sparse, requires_params=requires_params
+    )

@@ -14,11 +14,6 @@ from torchopt.transform._flat import FlatTransformation, as_flat, put, stateless
 
 __all__ = ['MaskedNode', 'MaskedState', 'masked', 'add_decayed_weights']
 
-_PARAMS_REQUIRED = (
-    'Parameters are required for weight decay. Call `update(updates, state, params=params)` '
-    'instead.'
-)
-
 
 class MaskedNode(NamedTuple):
     """An empty subtree standing for a leaf that a mask leaves out."""
@@ -76,7 +71,10 @@ def masked(inner: GradientTransformation, mask: Any = None) -> FlatTransformatio
         )
         return put(updates, sel, list(new_sub)), MaskedState(inner_state=inner_state)
 
-    return FlatTransformation(init_fn, update_fn, f'masked({inner!r})')
+    return FlatTransformation(
+        init_fn, update_fn, f'masked({inner!r})',
+        requires_params=getattr(inner, 'requires_params', None),
+    )  # fmt: skip
 
 
 def add_decayed_weights(weight_decay: float = 0.0, mask: Any = None) -> GradientTransformation:
@@ -91,7 +89,6 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Any = None) -> Gradient
         return identity()
 
     def step(g: list, p: list | None, inplace: bool) -> list:
-        assert p is not None, _PARAMS_REQUIRED
         if weight_decay == 0.0:
             return g
         if inplace:
@@ -101,6 +98,9 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Any = None) -> Gradient
         return _fe.add(g, p, alpha=weight_decay)
 
     plain = stateless(
-        f'add_decayed_weights({weight_decay!r})', step, uses_params=True, accepts_sparse=True
+        f'add_decayed_weights({weight_decay!r})',
+        step,
+        requires_params=_checks.PARAMS_FOR_WEIGHT_DECAY,
+        accepts_sparse=True,
     )
     return plain if mask is None else masked(plain, mask)

@@ -74,8 +74,7 @@ def scale_by_trust_ratio() -> FlatTransformation:
     """
 
     def step(g: list, p: list | None, inplace: bool) -> list:
-        if p is None:
-            raise ValueError('scale_by_trust_ratio needs `params`: call update(..., params=params)')
+        assert p is not None  # (requires_params: stateless raised without them)
         p_norm = torch.stack(_fe.norm(p if not inplace else [x.detach() for x in p]))
         u_norm = torch.stack(_fe.norm(g))
         ratio = torch.where((p_norm > 0) & (u_norm > 0), p_norm / u_norm, torch.ones_like(p_norm))
@@ -85,4 +84,5 @@ def scale_by_trust_ratio() -> FlatTransformation:
             return g
         return _fe.mul(g, factors)
 
-    return stateless('scale_by_trust_ratio', step, uses_params=True)
+    needs = 'scale_by_trust_ratio needs `params`: call update(..., params=params)'
+    return stateless('scale_by_trust_ratio', step, requires_params=needs)

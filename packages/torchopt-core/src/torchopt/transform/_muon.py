@@ -135,8 +135,6 @@ def scale_by_shape(
     _checks.check_nonnegative('weight_decay value', weight_decay)
 
     def step(g: list, p: list | None, inplace: bool) -> list:
-        if weight_decay != 0.0 and p is None:
-            raise ValueError('Parameters are required for weight decay.')
         factors = [float(fn(x.shape)) for x in g]
         if inplace:
             _fe.mul_(g, factors)
@@ -147,4 +145,5 @@ def scale_by_shape(
         u = _fe.mul(g, factors)
         return _fe.add(u, p, alpha=weight_decay) if weight_decay != 0.0 else u
 
-    return stateless('scale_by_shape', step, uses_params=weight_decay != 0.0)
+    needs = _checks.PARAMS_FOR_WEIGHT_DECAY if weight_decay != 0.0 else None
+    return stateless('scale_by_shape', step, requires_params=needs)
