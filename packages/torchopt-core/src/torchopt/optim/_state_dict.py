@@ -384,7 +384,7 @@ def parse(opt: Any, state_dict: Any) -> tuple[list, list[dict]]:
         ids = list(saved.get('params', ()))
         if len(ids) != len(params):
             raise _fail(i, f'the state holds {len(ids)} parameters, the group has {len(params)}')
-        template = opt.group_impl(i).init(params)
+        template = opt.impl_with(i, saved).init(params)  # the hyper-parameters being loaded
         layout = _layout(template, len(params))
         slots = layout.slots if layout is not None else ()
         if saved.get('amsgrad') and not any(s[2] == 'max_exp_avg_sq' for s in slots):

@@ -204,7 +204,25 @@ class Optimizer(torch.optim.Optimizer):
             return cached[1]
         built = self._build(self.param_groups[index])
         self._group_impls[index] = built
+        state = self.state_groups[index] if index < len(self.state_groups) else None
+        if isinstance(state, tuple):
+            self.state_groups[index] = _refit_state(
+                built[1], state, tuple(self.param_groups[index]['params'])
+            )
         return built[1]
+
+    def impl_with(self, index: int, saved: dict) -> GradientTransformation:
+        """The transformation param group ``index`` would run with the hyper-parameters ``saved``.
+
+        ``load_state_dict`` checks a state against it, since the load also sets the group's
+        hyper-parameters: a ``torch.optim.SGD(momentum=0.9)`` checkpoint has a momentum buffer
+        that ``SGD(momentum=0)`` would not have.
+        """
+        group = self.param_groups[index]
+        changed = {k: saved[k] for k in self._hyper if k in saved and saved[k] is not group[k]}
+        if self._impl is not None or not changed:
+            return self.group_impl(index)
+        return self._build({**group, **changed})[1]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -387,6 +405,41 @@ class Optimizer(torch.optim.Optimizer):
         self.state_groups[:] = states
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
+
+
+def _state_layout(impl: GradientTransformation) -> tuple[type, ...] | None:
+    """The types of a chain's member states (from an ``init`` on no parameters), or ``None``."""
+    try:
+        empty = impl.init(())
+    except Exception:  # noqa: BLE001  (a member that needs parameters to say: keep the state)
+        return None
+    return tuple(map(type, empty)) if isinstance(empty, tuple) else None
+
+
+def _refit_state(impl: GradientTransformation, state: tuple, params: tuple) -> tuple:
+    """``state`` fitted to the chain ``impl`` after a hyper-parameter change rebuilt it.
+
+    A change of ``weight_decay``, ``maximize`` or ``momentum`` (as ``OneCycleLR`` cycles it) can
+    add or drop a member of the chain. As ``torch.optim`` keeps every buffer it has and creates
+    the missing ones at the next step, each member keeps the state of the first unused old
+    member of the same state type, in order; a new member starts from its initial state (a
+    momentum buffer is then the next gradient, as ``torch.optim``'s), and a dropped member's
+    state is let go. The same layout returns ``state`` itself.
+    """
+    layout = _state_layout(impl)
+    if layout is None or layout == tuple(map(type, state)):
+        return state
+    fresh = impl.init(params)
+    used: set[int] = set()
+    fitted = []
+    for kind, initial in zip(layout, fresh):
+        match = next((i for i, s in enumerate(state) if i not in used and type(s) is kind), None)
+        if match is None:
+            fitted.append(initial)
+        else:
+            used.add(match)
+            fitted.append(state[match])
+    return tuple(fitted)
 
 
 _LIVE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
