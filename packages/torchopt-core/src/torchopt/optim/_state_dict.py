@@ -9,10 +9,18 @@ user's ``Optimizer(params, impl)`` with masks or custom transformations) is stor
 
 Loading validates everything first (groups, parameter counts, buffer names, shapes) and builds
 the new states aside, so a failed load leaves the optimizer unchanged.
+
+Entries under any other name are a user's own per-parameter state (``opt.state[p]['slow'] = t``,
+as Lookahead-style wrappers of ``torch.optim`` keep it): they are kept by reference beside the
+chain (:func:`extra_state`), written into the checkpoint with the buffers and loaded back (cast to
+the parameter's device and floating dtype, as ``torch.optim`` casts). Names that are some
+optimizer's buffer (:func:`is_buffer_name`) stay reserved, so that another optimizer's state
+is still refused instead of being kept as extras.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import optree
@@ -41,7 +49,19 @@ from torchopt.transform._torch_family import (
     ScaleByRpropState,
 )
 
-__all__ = ['NAMES', 'check_tree', 'copy_param', 'export', 'import_param', 'param_entry', 'parse']
+__all__ = [
+    'NAMES',
+    'check_tree',
+    'copy_param',
+    'export',
+    'extra_state',
+    'group_entries',
+    'import_param',
+    'is_buffer_name',
+    'param_entry',
+    'parse',
+    'split',
+]
 
 # field -> torch.optim buffer name; ``+1`` marks a "next step index" stored as ``step + 1``.
 NAMES: dict[type, dict[str, str]] = {
@@ -90,6 +110,43 @@ _HIDDEN: dict[type, dict[str, str]] = {DampenedTraceState: {'count': 'step'}}
 # chain counts the steps (a schedule does), ``step`` is written as 1 (the parameter has taken
 # a step; the true number is not known) and ignored when loaded.
 _UNCOUNTED = (ScaleByRmsState, ScaleByRStdDevState, ScaleByAdadeltaState)
+
+
+# Every buffer name a known optimizer's state has (``_1``-style suffixes aside): reserved.
+_BUFFER_NAMES = frozenset(
+    {name.replace('step+1', 'step') for names in NAMES.values() for name in names.values()}
+    | {name for names in _HIDDEN.values() for name in names.values()}
+    | {'eta', 'mu'}  # ASGD's derived values (_DERIVED)
+)
+_SUFFIX = re.compile(r'_[0-9]+$')
+
+
+def is_buffer_name(name: Any) -> bool:
+    """Whether ``name`` is a buffer name of some optimizer's state (else a user's own entry)."""
+    return isinstance(name, str) and (
+        name in _BUFFER_NAMES or _SUFFIX.sub('', name) in _BUFFER_NAMES
+    )
+
+
+def split(entry: Any) -> tuple[dict[str, Any], dict[Any, Any]]:
+    """``entry`` as (the optimizer's buffers, the user's own entries)."""
+    buffers: dict[str, Any] = {}
+    extras: dict[Any, Any] = {}
+    for key, value in entry.items():
+        (buffers if is_buffer_name(key) else extras)[key] = value
+    return buffers, extras
+
+
+def extra_state(opt: Any) -> dict[Any, dict[Any, Any]]:
+    """The user's own state of ``opt``: ``{parameter: {name: value}}``, plus any other keys.
+
+    Keys that are not parameters of ``opt`` (another tensor, a string) hold what was assigned
+    to them, as in ``torch.optim``'s ``defaultdict``.
+    """
+    extras: dict[Any, dict[Any, Any]] | None = opt.__dict__.get('_extra_state')
+    if extras is None:
+        extras = opt.__dict__['_extra_state'] = {}
+    return extras
 
 
 def _adafactor_fields(param: torch.Tensor) -> set[str]:
@@ -235,29 +292,50 @@ def param_entry(opt: Any, i: int, j: int) -> dict[str, Any]:
     return {} if layout is None else _entry(layout, j, group['params'][j], group)
 
 
+def group_entries(opt: Any, i: int) -> tuple[list[dict[str, Any]], bool]:
+    """Each parameter's entry in group ``i`` (buffers, then own entries; ``{}``: no state).
+
+    Also whether the group's chain state has no per-parameter layout (it is then saved whole).
+    """
+    group, chain = opt.param_groups[i], opt.state_groups[i]
+    extras = extra_state(opt)
+    layout = None
+    if not isinstance(chain, UninitializedState):
+        layout = _layout(chain, len(group['params']))
+    entries = []
+    for j, param in enumerate(group['params']):
+        entry = {} if layout is None else _entry(layout, j, param, group)
+        entry.update(extras.get(param, ()))
+        entries.append(entry)
+    return entries, layout is None and not isinstance(chain, UninitializedState)
+
+
 def export(opt: Any) -> dict[str, Any]:
-    """The optimizer's ``state_dict()`` (tensors by reference)."""
-    state: dict[int, dict[str, Any]] = {}
+    """The optimizer's ``state_dict()`` (tensors by reference).
+
+    A parameter's entry holds its buffers and then its own entries (:func:`extra_state`); keys
+    of ``opt.state`` that are not tensors are written as they are, as ``torch.optim`` writes
+    them. Those that are tensors but not parameters of ``opt`` are left out (``torch.optim``
+    cannot index them either).
+    """
+    state: dict[Any, dict[str, Any]] = {}
     groups, raw = [], {}
     start = 0
     for i, group in enumerate(opt.param_groups):
         n = len(group['params'])
-        ids = list(range(start, start + n))
-        start += n
         saved = {k: v for k, v in group.items() if k != 'params'}
-        saved['params'] = ids
+        saved['params'] = list(range(start, start + n))
         groups.append(saved)
-        chain = opt.state_groups[i]
-        if isinstance(chain, UninitializedState):
-            continue
-        layout = _layout(chain, n)
-        if layout is None:
-            raw[i] = chain
-            continue
-        for j, (idx, param) in enumerate(zip(ids, group['params'])):
-            entry = _entry(layout, j, param, group)
+        entries, whole = group_entries(opt, i)
+        if whole:
+            raw[i] = opt.state_groups[i]
+        for idx, entry in enumerate(entries, start):
             if entry:
                 state[idx] = entry
+        start += n
+    for key, value in extra_state(opt).items():
+        if not isinstance(key, torch.Tensor):
+            state.setdefault(key, value)  # (an int key that is also an index: the index wins)
     return {
         'state': state,
         'param_groups': groups,
@@ -299,9 +377,14 @@ def _one_number(i: int, idx: int, key: str, value: Any) -> torch.Tensor:
 def _import_entry(
     i: int, idx: int, entry: Any, layout: _Layout, j: int, param: torch.Tensor
 ) -> None:
-    """Write one parameter's saved buffers into the template's ``layout`` (validated first)."""
+    """Write one parameter's saved buffers into the template's ``layout`` (validated first).
+
+    Only the buffer names (:func:`is_buffer_name`) of ``entry`` are read: the others are the
+    user's own entries, which :func:`parse` keeps apart.
+    """
     if not isinstance(entry, dict):
         raise _fail(i, f'the state of parameter {idx} must be a dict, got {type(entry).__name__}')
+    entry, _ = split(entry)
     expected = {_export_value(name, torch.zeros(()))[0]: (node, field, name)
                 for node, field, name in layout.slots if _kept(node, field, param)}  # fmt: skip
     dropped = set(layout.ignored) | {n for _, names, _ in layout.derived for n in names}
@@ -311,7 +394,9 @@ def _import_entry(
         raise _fail(
             i,
             f'parameter {idx} has unexpected state keys {unknown}; this optimizer keeps '
-            f'{sorted(expected | dict.fromkeys(dropped))}: is it the state of another optimizer?',
+            f'{sorted(expected | dict.fromkeys(dropped))}: is it the state of another optimizer? '
+            "(other optimizers' buffer names are reserved; any other name is kept as the "
+            "user's own state)",
         )
     for key in dropped & set(entry):  # recomputed, or not kept: only checked
         _one_number(i, idx, key, entry[key])
@@ -346,8 +431,42 @@ def _import_entry(
                 getattr(node, field)[j].fill_(1.0)
 
 
-def parse(opt: Any, state_dict: Any) -> tuple[list, list[dict]]:
-    """Validate ``state_dict`` against ``opt``; return the new group states and saved groups."""
+def _cast_extra(value: Any, param: torch.Tensor) -> Any:
+    """A loaded own entry on ``param``'s device (floating tensors in its dtype), copied."""
+
+    def cast(leaf: Any) -> Any:
+        if not isinstance(leaf, torch.Tensor):
+            return leaf
+        floating = param.is_floating_point() and leaf.is_floating_point()
+        dtype = param.dtype if floating else leaf.dtype
+        return leaf.detach().to(device=param.device, dtype=dtype, copy=True)
+
+    return optree.tree_map(cast, value, none_is_leaf=True)
+
+
+def _loaded_extras(opt: Any, saved_state: dict, groups: list) -> dict[Any, Any]:
+    """The user's own entries of a checkpoint, by parameter (other keys as they are)."""
+    extras: dict[Any, Any] = {}
+    indices = set()
+    for group, saved in zip(opt.param_groups, groups):
+        for idx, param in zip(saved.get('params', ()), group['params']):
+            indices.add(idx)
+            entry = saved_state.get(idx)
+            own = split(entry)[1] if isinstance(entry, dict) else {}
+            if own:
+                extras[param] = {key: _cast_extra(v, param) for key, v in own.items()}
+    for key, value in saved_state.items():
+        if key not in indices:
+            extras[key] = value
+    return extras
+
+
+def parse(opt: Any, state_dict: Any) -> tuple[list, list[dict], dict[Any, Any]]:
+    """Validate ``state_dict`` against ``opt``.
+
+    Returns:
+        The new group states, the saved groups and the user's own entries (:func:`extra_state`).
+    """
     n_groups = len(opt.param_groups)
     if isinstance(state_dict, (tuple, list)):  # TorchOpt 0.7: one chain state per group
         if len(state_dict) != n_groups:
@@ -359,7 +478,7 @@ def parse(opt: Any, state_dict: Any) -> tuple[list, list[dict]]:
                 params = tuple(opt.param_groups[i]['params'])
                 check_tree(i, opt.group_impl(i).init(params), state)
             states.append(state)
-        return states, [{} for _ in range(n_groups)]
+        return states, [{} for _ in range(n_groups)], {}
     if (
         not isinstance(state_dict, dict)
         or 'state' not in state_dict
@@ -402,7 +521,7 @@ def parse(opt: Any, state_dict: Any) -> tuple[list, list[dict]]:
             if entry is not None:
                 _import_entry(i, idx, entry, layout, j, param)
         states.append(template)
-    return states, [dict(g) for g in groups]
+    return states, [dict(g) for g in groups], _loaded_extras(opt, saved_state, groups)
 
 
 # --- one parameter at a time (``Optimizer.state``, :mod:`torchopt.optim._state_view`) ----------

@@ -117,7 +117,9 @@ class Optimizer(torch.optim.Optimizer):
 
         As ``torch.optim.Optimizer.state``: the tensors are the optimizer's own, assigning a
         buffer copies into it, ``del opt.state[p]`` resets ``p``'s state, and ``clear()`` or
-        ``opt.state = collections.defaultdict(dict)`` resets them all (see
+        ``opt.state = collections.defaultdict(dict)`` resets them all. Entries under names that
+        are no optimizer's buffer are the user's own, kept as they are and checkpointed; keys
+        that are not parameters of this optimizer map to plain dicts (see
         :mod:`torchopt.optim._state_view`).
         """
         return _state_view.StateView(self)
@@ -228,6 +230,7 @@ class Optimizer(torch.optim.Optimizer):
         state = dict(self.__dict__)
         # The cached transformations read the *original* groups' live lr: rebuild them.
         state['_group_impls'] = [None] * len(self.param_groups)
+        state.pop('_param_index', None)  # by id(): rebuilt on first use
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -397,12 +400,15 @@ class Optimizer(torch.optim.Optimizer):
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        states, groups = _state_dict.parse(self, state_dict)
+        states, groups, extras = _state_dict.parse(self, state_dict)
         for group, saved in zip(self.param_groups, groups):
             for key, value in saved.items():
                 if key != 'params':
                     group[key] = value
         self.state_groups[:] = states
+        own = _state_dict.extra_state(self)
+        own.clear()
+        own.update(extras)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
