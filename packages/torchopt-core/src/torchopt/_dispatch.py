@@ -29,6 +29,11 @@ when the optimizer is the last member of a longer :func:`~torchopt.combine.chain
 Fast paths never trust their inputs: torch's CPU fused kernels do not check shapes, so before any
 kernel writes, :func:`check_like` verifies per leaf that gradient, state buffers and parameter
 agree in shape, and raises a ``ValueError`` naming the leaf.
+
+The kernels (torch's fused ones and accel's) take plain tensors only: a tensor subclass such as
+the ``DTensor`` parameters of FSDP2's ``fully_shard`` has no rule for most of them
+(``_fused_sgd_`` has no sharding strategy), so its steps run the foreach path, as ``torch.optim``
+defaults to foreach for ``DTensor``. torch.optim's op sequences take them as they are.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ __all__ = [
     'inplace_step',
     'kernel_eligible',
     'per_tensor',
+    'plain',
     'writable',
 ]
 
@@ -66,6 +72,16 @@ _DTYPE_CPU = attrgetter('dtype', 'is_cpu')
 _META = attrgetter('shape', 'dtype', 'is_cpu')
 _DTYPE_CPU_OF_META = itemgetter(1, 2)
 _GET_DEVICE, _IS_CONTIGUOUS = torch.Tensor.get_device, torch.Tensor.is_contiguous
+_PLAIN = frozenset({torch.Tensor, torch.nn.Parameter})
+
+
+def plain(tensors: Sequence[Any]) -> bool:
+    """Whether ``tensors`` are all plain tensors or parameters (no subclass such as ``DTensor``).
+
+    The kernels' condition. A step checks its gradients: a parameter's gradient has its
+    parameter's type, and the state buffers are made from the parameters.
+    """
+    return _PLAIN.issuperset(map(type, tensors))
 
 
 def functorch_active() -> bool:
@@ -188,11 +204,16 @@ def check_state(
 def per_tensor(args: tuple, inplace: bool) -> bool:
     """Whether a multi-tensor op must run per tensor instead of as one ``torch._foreach_*`` call.
 
-    True inside ``torch.func`` transforms, and for an out-of-place op that autograd records
-    (checked on the first tensor of each list argument).
+    True inside ``torch.func`` transforms, for a tensor subclass (``DTensor`` has no rule for
+    several foreach ops, ``_foreach_copy_`` among them; checked on the first tensor), and for an
+    out-of-place op that autograd records (checked on the first tensor of each list argument).
     """
     if _peek() is not None:
         return True
+    first = args[0] if args else None
+    if isinstance(first, (list, tuple)) and first and type(first[0]) not in _PLAIN:
+        if isinstance(first[0], torch.Tensor):
+            return True
     if inplace or not torch.is_grad_enabled():
         return False
     for a in args:
@@ -204,14 +225,18 @@ def per_tensor(args: tuple, inplace: bool) -> bool:
     return False
 
 
-def kernel_eligible(*lists: Sequence[torch.Tensor]) -> bool:
+def kernel_eligible(*lists: Sequence[torch.Tensor], subclasses: bool = False) -> bool:
     """Whether torch's fused optimizer kernels may run on these tensor lists.
 
     True when not under a ``torch.func`` transform and every tensor is dense, contiguous, and on
-    the same CPU or CUDA device with the same floating dtype as the first one. Shapes are checked
-    separately (:func:`check_like`) and raise instead of returning ``False``.
+    the same CPU or CUDA device with the same floating dtype as the first one, and the first
+    list holds plain tensors (:func:`plain`; ``subclasses=True``: any, for torch.optim's op
+    sequences). Shapes are checked separately (:func:`check_like`) and raise instead of
+    returning ``False``.
     """
     if _peek() is not None or not lists or not lists[0]:
+        return False
+    if not (subclasses or plain(lists[0])):
         return False
     first = lists[0][0]
     dtype = first.dtype
@@ -247,6 +272,7 @@ def fused_ready(
     *,
     treespec: Any = None,
     idx: Sequence[int] | None = None,
+    kernel: bool = True,
 ) -> bool:
     """Check the lists of one fused step and say whether torch's fused kernels may run on them.
 
@@ -261,6 +287,7 @@ def fused_ready(
             buffers the kernel reads and writes (``'params'``, ``'state.mu'``, ...).
         treespec: the params' treespec, to name a leaf by its tree path.
         idx: the positions of ``grads`` among all leaves (``None``: every leaf is present).
+        kernel: whether a kernel runs (plain tensors only), not torch.optim's op sequence.
 
     Returns:
         Whether the kernels may run (same dtype, device and contiguity everywhere).
@@ -279,6 +306,8 @@ def fused_ready(
         if all(same):
             dtype = meta[0][1]
             if dtype not in FUSED_DTYPES or set(map(_DTYPE_CPU_OF_META, meta)) != {(dtype, True)}:
+                return False
+            if kernel and not plain(grads):
                 return False
             try:
                 return all(map(_IS_CONTIGUOUS, chain(grads, *lists)))
@@ -299,6 +328,8 @@ def fused_ready(
                 for i, r, v in zip(idx, grads, values):
                     ref[i], vals[i] = r, v
                 check_like(where, what, ref, vals, treespec=treespec)
+    if not kernel:
+        return kernel_eligible(grads, *lists, subclasses=True)
     return kernel_eligible(grads, *lists) or traced_eligible(grads, *lists)
 
 
@@ -310,7 +341,7 @@ def traced_eligible(*lists: Sequence[torch.Tensor]) -> bool:
     """
     if not compiling() or torch._C._functorch.maybe_current_level() is not None:
         return False
-    if not lists or not lists[0]:
+    if not lists or not lists[0] or not plain(lists[0]):
         return False
     first = lists[0][0]
     if first.dtype not in FUSED_DTYPES or first.device.type not in ('cpu', 'cuda'):
@@ -352,6 +383,9 @@ def accel_kernels(tensors: Sequence[torch.Tensor]) -> Any | None:
     """
     from torchopt import accelerated_op  # the facade is light; the plugin loads lazily
 
+    if not plain(tensors):
+        subclass = next(type(t) for t in tensors if type(t) not in _PLAIN)
+        return accelerated_op.kernels(subclass=subclass)
     if compiling():
         return accelerated_op.kernels({t.device for t in tensors})
     indices = set(map(_GET_DEVICE, tensors))

@@ -106,7 +106,7 @@ def _present(
     idx = present_indices(grads)
     g = take(grads, idx)
     named = [(what, take(values, idx)) for what, values in named_all]
-    if g and not _dispatch.fused_ready(where, g, named, treespec=treespec, idx=idx):
+    if g and not _dispatch.fused_ready(where, g, named, treespec=treespec, idx=idx, kernel=False):
         return None
     return g, dict(named), idx
 

@@ -79,12 +79,21 @@ def _plugin() -> Any | None:
         return None
 
 
-def kernels(devices: Iterable[torch.device] = ()) -> Any | None:
+def kernels(devices: Iterable[torch.device] = (), *, subclass: type | None = None) -> Any | None:
     """The ``torchopt_accel`` module if it can run on ``devices``, else ``None`` (warns once).
 
     Under ``torch.compile`` the plugin is loaded and checked eagerly while tracing (the loader
-    takes a lock, which dynamo cannot trace) and the graph calls its custom ops.
+    takes a lock, which dynamo cannot trace) and the graph calls its custom ops. ``subclass``
+    is a tensor subclass the step holds (FSDP2's ``DTensor``): the kernels take plain tensors,
+    so this warns once and gives ``None``.
     """
+    if subclass is not None:
+        _warn_once(
+            f'subclass:{subclass.__qualname__}',
+            f'torchopt-accel kernels take plain tensors, not {subclass.__name__}; running '
+            "torchopt-core's Adam on them instead",
+        )
+        return None
     if torch.compiler.is_compiling():
         if not _usable(tuple(sorted({str(d) for d in devices}))):
             return None

@@ -244,7 +244,7 @@ def _host_norms(xs: list) -> list[float]:
     """
     with torch.no_grad():
         norms = torch._foreach_norm(xs)
-    if len({x.dtype for x in norms}) == 1:
+    if len({x.dtype for x in norms}) == 1 and _dispatch.plain(norms):  # (DTensor: no tolist)
         return torch.stack(norms).tolist()
     return [x.item() for x in norms]
 
