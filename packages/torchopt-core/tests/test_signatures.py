@@ -57,6 +57,19 @@ EXPECTED = {
 EXTENSIONS = {name: ', amsgrad=False' for name in ('adam', 'adamw', 'Adam', 'AdamW', 'MetaAdam',
                                                     'MetaAdamW')}  # fmt: skip
 EXTENSIONS['sgd'] = ', use_accelerated_op=False'  # the one-pass accel kernel (#16)
+# torch.optim's implementation options, on the classes torch.optim also has (in its order).
+_TORCH_OPTIONS = {
+    'SGD': ', *, foreach=None, differentiable=False, fused=None',
+    'Adam': ', foreach=None, capturable=False, differentiable=False, fused=None',
+    'AdamW': ', foreach=None, capturable=False, differentiable=False, fused=None',
+    'AdaGrad': ', foreach=None, differentiable=False, fused=None',
+    'AdaDelta': ', *, foreach=None, capturable=False, differentiable=False',
+    'AdaMax': ', *, foreach=None, capturable=False, differentiable=False',
+    'RAdam': ', *, foreach=None, capturable=False, differentiable=False',
+    'RMSProp': ', foreach=None, capturable=False, differentiable=False',
+}
+for _name, _extra in _TORCH_OPTIONS.items():
+    EXTENSIONS[_name] = EXTENSIONS.get(_name, '') + _extra
 
 # Where a class that follows TorchOpt 0.7 differs from torch.optim's default: upstream wins.
 TORCH_DEFAULT_EXCEPTIONS = {('SGD', 'lr'): 'TorchOpt 0.7 requires lr; torch.optim has 1e-3'}
@@ -105,8 +118,11 @@ def test_top_level_signature(name):
 def test_extensions_are_keyword_only_after_upstreams_arguments(name):
     params = list(inspect.signature(getattr(torchopt, name)).parameters.values())
     extra = params[-EXTENSIONS[name].count('=') :]
-    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is False for p in extra)
-    assert '*' in EXPECTED[name]  # upstream's keyword-only block, which the extensions extend
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in extra)
+    # off by default (torch.optim's foreach/fused: None, "let the library choose")
+    assert all(p.default is (None if p.name in ('foreach', 'fused') else False) for p in extra)
+    # upstream's keyword-only block, which the extensions extend, or one they open
+    assert '*' in EXPECTED[name] or EXTENSIONS[name].startswith(', *,')
 
 
 def _defaults(obj, skip=()) -> dict:
@@ -122,7 +138,8 @@ def test_the_rows_classes_take_the_alias_arguments_and_the_references_defaults(r
     inspect.signature(row.meta).bind(torch.nn.Linear(1, 1), **row.kwargs)
     assert row.meta_kwargs == row.kwargs  # the Meta test runs with every option of the row
     alias = _defaults(row.fn, ('moment_requires_grad',))
-    cls = _defaults(row.cls, ('params',))
+    options = ('foreach', 'fused', 'capturable', 'differentiable')  # torch.optim's, kept aside
+    cls = _defaults(row.cls, ('params', *options))
     meta = _defaults(row.meta, ('module', 'moment_requires_grad'))
     if row.cls.__name__ in EXPECTED:  # TorchOpt 0.7's classes: upstream's signatures (above)
         assert set(cls) <= set(alias) and set(meta) <= set(alias)
@@ -133,6 +150,8 @@ def test_the_rows_classes_take_the_alias_arguments_and_the_references_defaults(r
         assert (mrg is not None and mrg.default is True) == has
     if row.torch_cls is not None:
         theirs = _defaults(row.torch_cls)
+        ours = {k: v for k, v in _defaults(row.cls).items() if k in options}
+        assert ours == {k: v for k, v in theirs.items() if k in options}, row.cls.__name__
         for k, v in cls.items():
             if k in theirs and (row.cls.__name__, k) not in TORCH_DEFAULT_EXCEPTIONS:
                 assert v == theirs[k], (row.cls.__name__, k)

@@ -65,6 +65,10 @@ class SGD(Optimizer):
         dampening: float = 0.0,
         nesterov: bool = False,
         maximize: bool = False,
+        *,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         self._setup(
             params,
@@ -77,6 +81,7 @@ class SGD(Optimizer):
                 nesterov=nesterov,
                 maximize=maximize,
             ),
+            options=dict(foreach=foreach, differentiable=differentiable, fused=fused),
         )
 
 
@@ -102,6 +107,10 @@ class Adam(Optimizer):
         maximize: bool = False,
         use_accelerated_op: bool = False,
         amsgrad: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         self._setup(
             params,
@@ -115,6 +124,9 @@ class Adam(Optimizer):
                 maximize=maximize,
                 use_accelerated_op=use_accelerated_op,
                 amsgrad=amsgrad,
+            ),
+            options=dict(
+                foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused
             ),
         )
 
@@ -138,6 +150,10 @@ class AdamW(Optimizer):
         maximize: bool = False,
         use_accelerated_op: bool = False,
         amsgrad: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         self._setup(
             params,
@@ -152,6 +168,9 @@ class AdamW(Optimizer):
                 maximize=maximize,
                 use_accelerated_op=use_accelerated_op,
                 amsgrad=amsgrad,
+            ),
+            options=dict(
+                foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused
             ),
         )
 
@@ -171,6 +190,9 @@ class AdaGrad(Optimizer):
         eps: float = 1e-10,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         self._setup(
             params,
@@ -183,6 +205,7 @@ class AdaGrad(Optimizer):
                 eps=eps,
                 maximize=maximize,
             ),
+            options=dict(foreach=foreach, differentiable=differentiable, fused=fused),
         )
 
 
@@ -199,8 +222,17 @@ class AdaDelta(Optimizer):
         rho: float = 0.9,
         eps: float = 1e-6,
         weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
-        self._setup(params, None, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay))
+        self._setup(
+            params,
+            None,
+            dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay),
+            options=dict(foreach=foreach, capturable=capturable, differentiable=differentiable),
+        )
 
 
 class AdaMax(Optimizer):
@@ -216,6 +248,10 @@ class AdaMax(Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
         self._setup(
             params,
@@ -226,6 +262,7 @@ class AdaMax(Optimizer):
                 eps=eps,
                 weight_decay=weight_decay,
             ),
+            options=dict(foreach=foreach, capturable=capturable, differentiable=differentiable),
         )
 
 
@@ -242,6 +279,10 @@ class RAdam(Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
         self._setup(
             params,
@@ -252,6 +293,7 @@ class RAdam(Optimizer):
                 eps=eps,
                 weight_decay=weight_decay,
             ),
+            options=dict(foreach=foreach, capturable=capturable, differentiable=differentiable),
         )
 
 
@@ -273,6 +315,9 @@ class RMSProp(Optimizer):
         initial_scale: float = 0.0,
         nesterov: bool = False,
         maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
         self._setup(
             params,
@@ -288,6 +333,7 @@ class RMSProp(Optimizer):
                 nesterov=nesterov,
                 maximize=maximize,
             ),
+            options=dict(foreach=foreach, capturable=capturable, differentiable=differentiable),
         )
 
 
@@ -307,6 +353,9 @@ class NAdam(Optimizer):
         momentum_decay: float = 4e-3,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
     ) -> None:
         self._setup(
             params,
@@ -319,6 +368,7 @@ class NAdam(Optimizer):
                 momentum_decay=momentum_decay,
                 maximize=maximize,
             ),
+            options=dict(foreach=foreach, capturable=capturable, differentiable=differentiable),
         )
 
 
@@ -391,10 +441,13 @@ RMSprop = RMSProp
 
 
 # Optimizers beyond TorchOpt 0.7: the class takes exactly the alias's arguments.
-AMSGrad = torch_like_class('AMSGrad', alias.amsgrad)
-Adafactor = torch_like_class('Adafactor', alias.adafactor, live_lr=False)
-Rprop = torch_like_class('Rprop', alias.rprop, live_lr=False)
-ASGD = torch_like_class('ASGD', alias.asgd, live_lr=False)
+AMSGrad = torch_like_class(  # torch.optim.Adam(amsgrad=True)'s options
+    'AMSGrad', alias.amsgrad, options=('foreach', 'capturable', 'differentiable', 'fused')
+)
+_TRACKED = ('foreach', 'capturable', 'differentiable')  # torch.optim.Rprop's and ASGD's options
+Adafactor = torch_like_class('Adafactor', alias.adafactor, live_lr=False, options=('foreach',))
+Rprop = torch_like_class('Rprop', alias.rprop, live_lr=False, options=_TRACKED)
+ASGD = torch_like_class('ASGD', alias.asgd, live_lr=False, options=_TRACKED)
 Muon = torch_like_class('Muon', alias.muon)
 AdaBelief = torch_like_class('AdaBelief', alias.adabelief)
 Yogi = torch_like_class('Yogi', alias.yogi)

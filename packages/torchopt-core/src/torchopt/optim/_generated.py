@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from torchopt.optim import _options
 from torchopt.optim.base import Optimizer
 from torchopt.optim.meta.base import MetaOptimizer
 
@@ -30,19 +31,29 @@ def _signature(alias: Callable[..., Any], first: str) -> tuple[inspect.Signature
     return sig.replace(parameters=head + params, return_annotation=None), has_mrg
 
 
-def torch_like_class(name: str, alias: Callable[..., Any], *, live_lr: bool = True) -> type:
+def torch_like_class(
+    name: str, alias: Callable[..., Any], *, live_lr: bool = True, options: tuple[str, ...] = ()
+) -> type:
     """A :class:`~torchopt.Optimizer` subclass whose hyper-parameters are ``alias``'s.
 
     ``live_lr=False`` for an alias that needs ``lr`` as a number (its transformation is then
-    rebuilt when a scheduler changes ``lr``).
+    rebuilt when a scheduler changes ``lr``). ``options`` are the ``torch.optim`` implementation
+    options its ``torch.optim`` counterpart takes (:mod:`torchopt.optim._options`), appended as
+    keyword-only arguments.
     """
     sig, has_mrg = _signature(alias, 'params')
+    extra = [
+        inspect.Parameter(o, inspect.Parameter.KEYWORD_ONLY, default=_options.DEFAULTS[o])
+        for o in options
+    ]
+    sig = sig.replace(parameters=[*sig.parameters.values(), *extra])
 
     def __init__(self: Any, params: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807
         bound = sig.bind(self, params, *args, **kwargs)
         bound.apply_defaults()
         defaults = {k: v for k, v in bound.arguments.items() if k not in ('self', 'params')}
-        self._setup(params, None, defaults)
+        chosen = {o: defaults.pop(o) for o in options}
+        self._setup(params, None, defaults, options=chosen)
 
     __init__.__signature__ = sig  # type: ignore[attr-defined]
     doc = f':func:`torchopt.{alias.__name__}` as a torch-like optimizer (its arguments).'

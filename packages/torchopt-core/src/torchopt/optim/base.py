@@ -29,7 +29,7 @@ from torch.optim import optimizer as _torch_optimizer
 
 from torchopt import _checks, _dispatch
 from torchopt.base import GradientTransformation, UninitializedState
-from torchopt.optim import _state_dict, _state_view
+from torchopt.optim import _options, _state_dict, _state_view
 
 __all__ = ['Optimizer', 'flatten_params']
 
@@ -97,16 +97,25 @@ class Optimizer(torch.optim.Optimizer):
         self._setup(params, impl, {})
 
     def _setup(
-        self, params: Any, impl: GradientTransformation | None, defaults: dict[str, Any]
+        self,
+        params: Any,
+        impl: GradientTransformation | None,
+        defaults: dict[str, Any],
+        options: dict[str, Any] | None = None,
     ) -> None:
-        """Initialise with one ``impl`` for every group, or (``None``) the class's factory."""
+        """Initialise with one ``impl`` for every group, or (``None``) the class's factory.
+
+        ``options`` are ``torch.optim``'s implementation options the class takes
+        (:mod:`torchopt.optim._options`): kept in the groups, not given to the factory.
+        """
         self._impl: GradientTransformation | None = impl
         self._hyper: tuple[str, ...] = tuple(defaults)
+        self._option_keys: tuple[str, ...] = tuple(options or ())
         self._rebuild_on = tuple(k for k in self._hyper if k != 'lr')
         self.param_treespecs: list[Any] = []
         self.state_groups: list[Any] = []
         self._group_impls: list[tuple[Any, GradientTransformation] | None] = []
-        super().__init__(_as_groups(params), dict(defaults))
+        super().__init__(_as_groups(params), {**defaults, **(options or {})})
         _LIVE[id(self)] = self
 
     # --- torch.optim.Optimizer plumbing ------------------------------------------------------
@@ -162,8 +171,10 @@ class Optimizer(torch.optim.Optimizer):
         if any(id(p) in seen for p in flat) or len({id(p) for p in flat}) != len(flat):
             raise ValueError('some parameters appear in more than one parameter group')
         group['params'] = list(flat)
-        for key in self._hyper:
+        for key in (*self._hyper, *self._option_keys):
             group.setdefault(key, self.defaults[key])
+        if self._option_keys:
+            _options.check(type(self).__name__, group, self._option_keys)
         self._build(group)  # validates the hyper-parameters before anything is added
         self.param_groups.append(group)
         self.param_treespecs.append(treespec)
@@ -237,6 +248,7 @@ class Optimizer(torch.optim.Optimizer):
         self.__dict__.update(state)
         if '_rebuild_on' not in state:  # pickled by a torchopt before 0.8's group key
             self._rebuild_on = tuple(k for k in self._hyper if k != 'lr')
+        self.__dict__.setdefault('_option_keys', ())
         self._patch_step_function()
         _LIVE[id(self)] = self
 
