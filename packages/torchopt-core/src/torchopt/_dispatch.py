@@ -210,10 +210,9 @@ def per_tensor(args: tuple, inplace: bool) -> bool:
     """
     if _peek() is not None:
         return True
-    first = args[0] if args else None
-    if isinstance(first, (list, tuple)) and first and type(first[0]) not in _PLAIN:
-        if isinstance(first[0], torch.Tensor):
-            return True
+    first = args[0][0] if args and isinstance(args[0], (list, tuple)) and args[0] else None
+    if isinstance(first, torch.Tensor) and type(first) not in _PLAIN:
+        return True
     if inplace or not torch.is_grad_enabled():
         return False
     for a in args:
@@ -328,9 +327,8 @@ def fused_ready(
                 for i, r, v in zip(idx, grads, values):
                     ref[i], vals[i] = r, v
                 check_like(where, what, ref, vals, treespec=treespec)
-    if not kernel:
-        return kernel_eligible(grads, *lists, subclasses=True)
-    return kernel_eligible(grads, *lists) or traced_eligible(grads, *lists)
+    eligible = kernel_eligible(grads, *lists, subclasses=not kernel)
+    return eligible or (kernel and traced_eligible(grads, *lists))
 
 
 def traced_eligible(*lists: Sequence[torch.Tensor]) -> bool:
