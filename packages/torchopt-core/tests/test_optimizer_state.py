@@ -49,7 +49,7 @@ def _torch_names(row) -> dict[int, set[str]]:
 _NAMES_DIFFER: dict[str, str] = {}
 
 # torch.optim counts a step it never reads here; the state (TorchOpt 0.7's) has no count, so
-# the checkpoint's step is written as 1 (see _state_dict._UNCOUNTED).
+# the checkpoint's step is written as 1 (see _state_names._UNCOUNTED).
 _SYNTHESIZED_STEP = ('Adadelta', 'RMSprop')
 
 

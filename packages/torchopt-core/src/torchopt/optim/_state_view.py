@@ -3,7 +3,7 @@
 A torch-like optimizer keeps each param group's state as one chain of NamedTuples holding
 per-parameter lists (what its transformation's ``init`` returns). ``torch.optim`` code reads and
 edits ``optimizer.state[p]`` instead, a dict of buffers per parameter. :class:`StateView` is that
-dict over the chain, with ``torch.optim``'s buffer names (:data:`._state_dict.NAMES`):
+dict over the chain, with ``torch.optim``'s buffer names (:data:`._state_names.NAMES`):
 
 - ``opt.state[p]['exp_avg']`` is the optimizer's own tensor: in-place edits take effect;
 - ``opt.state[p]['exp_avg'] = t`` copies ``t`` into that buffer (shape checked);
@@ -78,8 +78,8 @@ def reset(opt: Any, i: int, j: int) -> None:
 def _load(opt: Any, i: int, j: int, values: Mapping[Any, Any]) -> None:
     """``opt.state[p] = values`` for parameter ``j`` of group ``i`` (buffers validated first)."""
     buffers, own = _state_dict.split(values)
-    if buffers:
-        _state_dict.import_param(opt, i, j, buffers)  # validates before writing
+    if buffers:  # validates before writing
+        own = {**_state_dict.import_param(opt, i, j, buffers), **own}
     else:
         reset(opt, i, j)
     param = opt.param_groups[i]['params'][j]
@@ -129,7 +129,7 @@ class ParamState(MutableMapping):
         buffers, own = _state_dict.split({**dict(other), **kwargs})
         if buffers:
             merged = {**_state_dict.param_entry(self._opt, self._i, self._j), **buffers}
-            _state_dict.import_param(self._opt, self._i, self._j, merged)
+            own = {**_state_dict.import_param(self._opt, self._i, self._j, merged), **own}
         if own:
             _state_dict.extra_state(self._opt).setdefault(self._param(), {}).update(own)
 

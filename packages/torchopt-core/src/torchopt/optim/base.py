@@ -219,9 +219,7 @@ class Optimizer(torch.optim.Optimizer):
         self._group_impls[index] = built
         state = self.state_groups[index] if index < len(self.state_groups) else None
         if isinstance(state, tuple):
-            self.state_groups[index] = _refit_state(
-                built[1], state, tuple(self.param_groups[index]['params'])
-            )
+            self.state_groups[index] = _refit_state(self, index, built[1], state)
         return built[1]
 
     def impl_with(self, index: int, saved: dict) -> GradientTransformation:
@@ -434,19 +432,25 @@ def _state_layout(impl: GradientTransformation) -> tuple[type, ...] | None:
     return tuple(map(type, empty)) if isinstance(empty, tuple) else None
 
 
-def _refit_state(impl: GradientTransformation, state: tuple, params: tuple) -> tuple:
-    """``state`` fitted to the chain ``impl`` after a hyper-parameter change rebuilt it.
+def _refit_state(opt: Optimizer, index: int, impl: GradientTransformation, state: tuple) -> tuple:
+    """Group ``index``'s ``state`` fitted to the chain ``impl`` after a hyper-parameter change.
 
-    A change of ``weight_decay``, ``maximize`` or ``momentum`` (as ``OneCycleLR`` cycles it) can
-    add or drop a member of the chain. As ``torch.optim`` keeps every buffer it has and creates
-    the missing ones at the next step, each member keeps the state of the first unused old
-    member of the same state type, in order; a new member starts from its initial state (a
-    momentum buffer is then the next gradient, as ``torch.optim``'s), and a dropped member's
-    state is let go. The same layout returns ``state`` itself.
+    A change of ``weight_decay``, ``maximize``, ``momentum`` (as ``OneCycleLR`` cycles it),
+    ``dampening``, ``amsgrad`` or ``centered`` can add, drop or change a member of the chain.
+    The same state types return ``state`` itself. Otherwise the buffers move by their
+    ``torch.optim`` names (:func:`._state_dict.refit`): ``torch.optim`` keeps every buffer it
+    has, creates the missing ones at the next step and uses a kept one again when its
+    hyper-parameter comes back. A state without such names: each member keeps the state of the
+    first unused old member of the same state type, in order, a new member starts from its
+    initial state and a dropped member's state is let go.
     """
     layout = _state_layout(impl)
     if layout is None or layout == tuple(map(type, state)):
         return state
+    refitted = _state_dict.refit(opt, index, impl)
+    if refitted is not None:
+        return refitted
+    params = tuple(opt.param_groups[index]['params'])
     fresh = impl.init(params)
     used: set[int] = set()
     fitted = []
