@@ -124,3 +124,77 @@ def test_per_parameter_optimizers_in_backward_as_pytorch_documents():
         return [p.detach() for p in model.parameters()]
 
     assert max_err(run(torchopt.Adam), run(torch.optim.Adam)) <= 1e-12
+
+
+def _train(make, steps=6, resume=None, change=None):
+    """``steps`` steps; before step 3, ``change`` to the groups or a ``resume`` (a new optimizer
+    that loads the checkpoint and takes over)."""
+    params = [p.clone().requires_grad_() for p in init_params(2)]
+    opt = make(params)
+    for k in range(steps):
+        if k == 3 and resume is not None:
+            resumed = resume(params)
+            resumed.load_state_dict(opt.state_dict())
+            opt = resumed
+        if k == 3 and change:
+            opt.param_groups[0].update(change)
+        opt.zero_grad()
+        loss(params).backward()
+        opt.step()
+    return [p.detach() for p in params], opt
+
+
+@pytest.mark.parametrize('amsgrad', [False, True])
+def test_adams_decoupled_weight_decay_is_adamw_as_in_torch_optim(amsgrad):
+    kwargs = dict(lr=0.1, weight_decay=0.3, amsgrad=amsgrad, decoupled_weight_decay=True)
+    want, _ = _train(lambda ps: torch.optim.Adam(ps, **kwargs))
+    got, opt = _train(lambda ps: torchopt.Adam(ps, **kwargs))
+    assert max_err(got, want) <= 1e-12
+    assert opt.param_groups[0]['decoupled_weight_decay'] is True
+    # switched on between steps, as torch.optim reads it from the group
+    off = {**kwargs, 'decoupled_weight_decay': False}
+    change = {'decoupled_weight_decay': True}
+    want, _ = _train(lambda ps: torch.optim.Adam(ps, **off), change=change)
+    got, _ = _train(lambda ps: torchopt.Adam(ps, **off), change=change)
+    assert max_err(got, want) <= 1e-12
+
+
+_TORCH_OF = {torchopt.Adam: torch.optim.Adam, torchopt.AdamW: torch.optim.AdamW}
+
+
+@pytest.mark.parametrize(
+    ('theirs', 'ours'),
+    [
+        (torch.optim.AdamW, torchopt.Adam),
+        (torch.optim.Adam, torchopt.AdamW),
+        (torch.optim.AdamW, torchopt.AdamW),
+    ],
+    ids=['AdamW->Adam', 'Adam->AdamW', 'AdamW->AdamW'],
+)
+def test_the_decay_kind_travels_with_the_checkpoint_as_in_torch_optim(theirs, ours):
+    """``torch.optim.AdamW``'s groups hold ``decoupled_weight_decay=True``, Adam's ``False``; a
+    load into Adam takes the checkpoint's, AdamW keeps ``True``. A run resumed in torchopt
+    continues as one resumed in torch.optim."""
+
+    def first(ps):
+        return theirs(ps, lr=0.1, weight_decay=0.3)
+
+    want, ref = _train(first, resume=_TORCH_OF[ours])
+    got, opt = _train(first, resume=ours)
+    assert max_err(got, want) <= 1e-12
+    flag = opt.param_groups[0]['decoupled_weight_decay']
+    assert flag is ref.param_groups[0]['decoupled_weight_decay']
+    assert flag is (torch.optim.AdamW in (theirs, _TORCH_OF[ours]))
+
+
+def test_adamw_groups_hold_the_flag_and_a_bad_flag_is_refused():
+    p = torch.zeros(2, requires_grad=True)
+    assert torchopt.AdamW([p]).param_groups[0]['decoupled_weight_decay'] is True
+    assert torchopt.Adam([p]).param_groups[0]['decoupled_weight_decay'] is False
+    with pytest.raises(TypeError, match='decoupled_weight_decay must be a bool'):
+        torchopt.Adam([p], decoupled_weight_decay='yes')
+    masked = torchopt.AdamW([p], mask=lambda ps: [True for _ in ps])
+    masked.param_groups[0]['decoupled_weight_decay'] = False
+    p.grad = torch.ones(2)
+    with pytest.raises(ValueError, match='needs decoupled_weight_decay=True'):
+        masked.step()

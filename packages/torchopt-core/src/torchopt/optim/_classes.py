@@ -85,14 +85,33 @@ class SGD(Optimizer):
         )
 
 
+def _adam_family(*, decoupled_weight_decay: bool, mask: Any = None, **kwargs: Any) -> Any:
+    """:func:`torchopt.adam`, or :func:`torchopt.adamw` with ``decoupled_weight_decay``.
+
+    ``torch.optim``'s flag, kept in the groups (``torch.optim.AdamW``'s hold ``True``, Adam's
+    ``False``) and so in checkpoints: a ``torch.optim.AdamW`` checkpoint loaded into
+    :class:`Adam` runs AdamW's decay, as it does in ``torch.optim.Adam``.
+    """
+    if not isinstance(decoupled_weight_decay, bool):
+        raise TypeError(
+            f'decoupled_weight_decay must be a bool, got {type(decoupled_weight_decay).__name__}'
+        )
+    if decoupled_weight_decay:
+        return alias.adamw(mask=mask, **kwargs)
+    if mask is not None:
+        raise ValueError('AdamW: a `mask` needs decoupled_weight_decay=True (it masks that decay)')
+    return alias.adam(**kwargs)
+
+
 class Adam(Optimizer):
     """:func:`torchopt.adam` as a torch-like optimizer.
 
     ``amsgrad`` (keyword-only, after TorchOpt 0.7's arguments) is ``torch.optim.Adam``'s: the
-    checkpoint then holds ``max_exp_avg_sq`` as torch's does.
+    checkpoint then holds ``max_exp_avg_sq`` as torch's does. So is ``decoupled_weight_decay``:
+    ``True`` gives AdamW's decay (:func:`torchopt.adamw`).
     """
 
-    _factory = staticmethod(alias.adam)
+    _factory = staticmethod(_adam_family)
     _fixed: ClassVar[dict[str, Any]] = {'moment_requires_grad': False}
 
     def __init__(
@@ -111,6 +130,7 @@ class Adam(Optimizer):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
     ) -> None:
         self._setup(
             params,
@@ -124,6 +144,7 @@ class Adam(Optimizer):
                 maximize=maximize,
                 use_accelerated_op=use_accelerated_op,
                 amsgrad=amsgrad,
+                decoupled_weight_decay=decoupled_weight_decay,
             ),
             options=dict(
                 foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused
@@ -132,9 +153,14 @@ class Adam(Optimizer):
 
 
 class AdamW(Optimizer):
-    """:func:`torchopt.adamw` as a torch-like optimizer (``amsgrad`` as ``torch.optim.AdamW``)."""
+    """:func:`torchopt.adamw` as a torch-like optimizer (``amsgrad`` as ``torch.optim.AdamW``).
 
-    _factory = staticmethod(alias.adamw)
+    Its groups hold ``decoupled_weight_decay=True``, as ``torch.optim.AdamW``'s do, also after
+    loading a ``torch.optim.Adam`` checkpoint.
+    """
+
+    _factory = staticmethod(_adam_family)
+    _loads_with: ClassVar[dict[str, Any]] = {'decoupled_weight_decay': True}
     _fixed: ClassVar[dict[str, Any]] = {'moment_requires_grad': False}
 
     def __init__(
@@ -168,6 +194,7 @@ class AdamW(Optimizer):
                 maximize=maximize,
                 use_accelerated_op=use_accelerated_op,
                 amsgrad=amsgrad,
+                decoupled_weight_decay=True,
             ),
             options=dict(
                 foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused

@@ -90,6 +90,9 @@ class Optimizer(torch.optim.Optimizer):
     _factory: ClassVar[Callable[..., GradientTransformation] | None] = None
     _fixed: ClassVar[dict[str, Any]] = {}
     _live_lr: ClassVar[bool] = True  # False: the alias needs lr as a number (rebuilt on change)
+    # Group values a load_state_dict sets whatever the checkpoint says (torch.optim.AdamW's
+    # decoupled_weight_decay=True, which its __setstate__ sets).
+    _loads_with: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params: Any, impl: GradientTransformation) -> None:
         if not isinstance(impl, GradientTransformation):
@@ -229,7 +232,7 @@ class Optimizer(torch.optim.Optimizer):
         hyper-parameters: a ``torch.optim.SGD(momentum=0.9)`` checkpoint has a momentum buffer
         that ``SGD(momentum=0)`` would not have.
         """
-        group = self.param_groups[index]
+        group, saved = self.param_groups[index], {**saved, **self._loads_with}
         changed = {k: saved[k] for k in self._hyper if k in saved and saved[k] is not group[k]}
         if self._impl is not None or not changed:
             return self.group_impl(index)
@@ -415,6 +418,7 @@ class Optimizer(torch.optim.Optimizer):
             for key, value in saved.items():
                 if key != 'params':
                     group[key] = value
+            group.update(self._loads_with)
         self.state_groups[:] = states
         own = _state_dict.extra_state(self)
         own.clear()
