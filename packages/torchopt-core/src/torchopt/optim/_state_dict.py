@@ -40,6 +40,7 @@ __all__ = [
     'is_buffer_name',
     'param_entry',
     'parse',
+    'per_param_lists',
     'refit',
     'split',
 ]
@@ -392,7 +393,7 @@ def import_param(opt: Any, i: int, j: int, entry: dict[str, Any]) -> dict[str, A
     return {key: _cast_extra(value, params[j]) for key, value in parked.items()}
 
 
-def _per_param_lists(state: Any, n: int) -> list[tuple[Any, str]]:
+def per_param_lists(state: Any, n: int) -> list[tuple[Any, str]]:
     """``(namedtuple, field)`` of every per-parameter list (length ``n``) in a chain state."""
     found = []
     if hasattr(state, '_fields'):
@@ -401,18 +402,18 @@ def _per_param_lists(state: Any, n: int) -> list[tuple[Any, str]]:
             if isinstance(value, list) and len(value) == n:
                 found.append((state, field))
             elif isinstance(value, tuple):
-                found += _per_param_lists(value, n)
+                found += per_param_lists(value, n)
     elif isinstance(state, tuple):
         for node in state:
-            found += _per_param_lists(node, n)
+            found += per_param_lists(node, n)
     return found
 
 
 def copy_param(state: Any, source: Any, n: int, j: int) -> None:
     """Copy parameter ``j``'s entries of ``source`` (same structure) into ``state``, in place."""
     with torch.no_grad():
-        for (node, field), (other, _) in zip(_per_param_lists(state, n),
-                                             _per_param_lists(source, n)):  # fmt: skip
+        for (node, field), (other, _) in zip(per_param_lists(state, n),
+                                             per_param_lists(source, n)):  # fmt: skip
             current, new = getattr(node, field), getattr(other, field)
             if isinstance(current[j], torch.Tensor) and isinstance(new[j], torch.Tensor):
                 current[j].copy_(new[j])

@@ -19,7 +19,7 @@ import functools
 import itertools
 import types
 import weakref
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from operator import attrgetter
 from typing import Any, Callable, ClassVar
 
@@ -55,6 +55,33 @@ def flatten_params(params: Any, name: str = 'params') -> tuple[tuple[torch.Tenso
 
 def _is_group(obj: Any) -> bool:
     return isinstance(obj, dict) and 'params' in obj
+
+
+def _is_named(item: Any) -> bool:
+    """Whether ``item`` is a ``(name, tensor)`` pair, as ``model.named_parameters()`` yields."""
+    return (
+        type(item) is tuple
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and isinstance(item[1], torch.Tensor)
+    )
+
+
+def _split_names(params: Any) -> tuple[Any, list[str] | None]:
+    """``params`` without the names of ``(name, tensor)`` pairs, and the names (``None``: none).
+
+    As ``torch.optim`` (2.5 and later) takes ``model.named_parameters()`` and keeps the names in
+    the group's ``'param_names'``; a mix of named and unnamed parameters is refused as there.
+    """
+    if isinstance(params, Iterator):
+        params = list(params)
+    if not isinstance(params, (list, tuple)) or not any(_is_named(x) for x in params):
+        return params, None
+    if not all(_is_named(x) for x in params):
+        raise ValueError(
+            'all optimizer params should be with/without names. Some param names are missing'
+        )
+    return [p for _, p in params], [name for name, _ in params]
 
 
 def _as_groups(params: Any) -> list[dict]:
@@ -118,6 +145,8 @@ class Optimizer(torch.optim.Optimizer):
         self.param_treespecs: list[Any] = []
         self.state_groups: list[Any] = []
         self._group_impls: list[tuple[Any, GradientTransformation] | None] = []
+        # The parameters each group's state was made or loaded for (see _follow_params).
+        self._state_params: list[tuple | None] = []
         super().__init__(_as_groups(params), {**defaults, **(options or {})})
         _LIVE[id(self)] = self
 
@@ -134,6 +163,7 @@ class Optimizer(torch.optim.Optimizer):
         that are not parameters of this optimizer map to plain dicts (see
         :mod:`torchopt.optim._state_view`).
         """
+        self._follow_params()
         return _state_view.StateView(self)
 
     @state.setter
@@ -167,6 +197,15 @@ class Optimizer(torch.optim.Optimizer):
             )
         group_or_tree = params if param_group is None else param_group
         group = dict(group_or_tree) if _is_group(group_or_tree) else {'params': group_or_tree}
+        group['params'], names = _split_names(group['params'])
+        if names is not None:
+            group['param_names'] = names
+        if any(('param_names' in g) != ('param_names' in group) for g in self.param_groups):
+            kind = 'with names' if 'param_names' in group else 'without names'
+            raise ValueError(
+                'all optimizer param groups should be with/without names. cannot add param '
+                f'group {kind} to the optimizer'
+            )
         flat, treespec = flatten_params(group['params'])
         if not flat:
             raise ValueError('optimizer got an empty parameter list')
@@ -183,6 +222,7 @@ class Optimizer(torch.optim.Optimizer):
         self.param_treespecs.append(treespec)
         self.state_groups.append(UninitializedState())
         self._group_impls.append(None)
+        self._state_params.append(None)
 
     def _key(self, group: dict) -> tuple[bool, tuple]:
         """(whether ``lr`` is read live, the other hyper-parameters) of ``group``."""
@@ -323,11 +363,41 @@ class Optimizer(torch.optim.Optimizer):
 
     def _init_states(self) -> None:
         """Create the state of every param group that has none yet (its first step)."""
+        self._follow_params()
         for i, state in enumerate(self.state_groups):
             if isinstance(state, UninitializedState):
-                self.state_groups[i] = self.group_impl(i).init(
-                    tuple(self.param_groups[i]['params'])
-                )
+                params = tuple(self.param_groups[i]['params'])
+                self.state_groups[i] = self.group_impl(i).init(params)
+                self._state_params[i] = params
+
+    def _follow_params(self) -> None:
+        """Fit the states to parameters added to or removed from a group's ``'params'`` list.
+
+        ``torch.optim`` keys its state by tensor, so code that appends to
+        ``opt.param_groups[i]['params']`` (a layer unfrozen in place) gets a fresh state for the
+        new parameters at the next step, and the others keep theirs. A group whose list changed
+        length since its state was made or loaded gets the same: each parameter keeps its
+        state (by identity), a new one starts from the initial state, a removed one's is let go.
+        A list of the same length whose tensors were swapped is not detected (their states must
+        then fit: the step checks every shape).
+        """
+        known = self.__dict__.get('_state_params')
+        if known is None:  # an optimizer unpickled from an older version: nothing to follow
+            self._state_params = [None] * len(self.param_groups)
+            return
+        for i, group in enumerate(self.param_groups):
+            old, state = known[i], self.state_groups[i]
+            if old is None or len(old) == len(group['params']) or not isinstance(state, tuple):
+                continue
+            if not _state_dict.per_param_lists(state, len(old)):
+                continue  # not a state of these parameters (the step's checks will say)
+            params = tuple(group['params'])
+            where = {id(p): k for k, p in enumerate(old)}
+            mapping = [where.get(id(p)) for p in params]
+            fresh = self.group_impl(i).init(params)
+            self.state_groups[i] = _regrow(state, fresh, len(old), mapping)
+            self.param_treespecs[i] = flatten_params(group['params'])[1]
+            known[i] = params
 
     def _mark_fused_buffers(self) -> None:
         """Mark the buffers of the groups that run a fused kernel as static for ``torch.compile``.
@@ -390,6 +460,7 @@ class Optimizer(torch.optim.Optimizer):
         """
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
+        self._follow_params()
         state_dict = _state_dict.export(self)
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             result = post_hook(self, state_dict)
@@ -420,11 +491,33 @@ class Optimizer(torch.optim.Optimizer):
                     group[key] = value
             group.update(self._loads_with)
         self.state_groups[:] = states
+        self._state_params = [tuple(g['params']) for g in self.param_groups]
         own = _state_dict.extra_state(self)
         own.clear()
         own.update(extras)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
+
+
+def _regrow(old: Any, fresh: Any, n_old: int, mapping: list[int | None]) -> Any:
+    """``old``, a state of ``n_old`` parameters, fitted to a new list of parameters.
+
+    New parameter ``j`` takes ``old``'s per-parameter entries at ``mapping[j]``, or ``fresh``'s
+    where that is ``None``; the other fields stay ``old``'s.
+    """
+    if isinstance(old, tuple) and hasattr(old, '_fields'):
+        fields = {}
+        for name in old._fields:
+            value, initial = getattr(old, name), getattr(fresh, name)
+            if isinstance(value, list) and len(value) == n_old and isinstance(initial, list):
+                value = [initial[j] if k is None else value[k] for j, k in enumerate(mapping)]
+            elif isinstance(value, tuple):
+                value = _regrow(value, initial, n_old, mapping)
+            fields[name] = value
+        return type(old)(**fields)
+    if isinstance(old, tuple):
+        return tuple(_regrow(o, f, n_old, mapping) for o, f in zip(old, fresh))
+    return old
 
 
 def _state_layout(impl: GradientTransformation) -> tuple[type, ...] | None:
