@@ -327,7 +327,8 @@ def _make_function(
     solve: Callable[..., TensorTree],
     has_aux: bool,
 ) -> type[torch.autograd.Function]:
-    class ImplicitRoot(torch.autograd.Function):  # pylint: disable=abstract-method
+    # TorchOpt 0.7's name: the solution's node prints as ``ImplicitMetaGradientBackward``.
+    class ImplicitMetaGradient(torch.autograd.Function):  # pylint: disable=abstract-method
         generate_vmap_rule = True
 
         @staticmethod
@@ -371,7 +372,7 @@ def _make_function(
             )
             return (None, *grads)
 
-    return ImplicitRoot
+    return ImplicitMetaGradient
 
 
 def _make_compiled_function(

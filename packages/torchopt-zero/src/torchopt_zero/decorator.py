@@ -44,8 +44,11 @@ class WrappedSamplable(Samplable):  # pylint: disable=too-few-public-methods
         return self._sample_fn(sample_shape)
 
 
-class _ZeroOrderFunction(torch.autograd.Function):  # pylint: disable=abstract-method
-    """Forward: ``f(theta)``; backward: the ES estimate of the gradient (first order only)."""
+class ZeroOrder(torch.autograd.Function):  # pylint: disable=abstract-method
+    """Forward: ``f(theta)``; backward: the ES estimate of the gradient (first order only).
+
+    Named as TorchOpt 0.7's, so the output's node prints as ``ZeroOrderBackward``.
+    """
 
     @staticmethod
     def forward(
@@ -101,7 +104,7 @@ _backward_once = once_differentiable(_backward)
 
 # ``torch.autograd.Function.apply`` outside functorch transforms is the C ``apply`` of the base
 # class after unwrapping dead functorch wrappers; calling that directly saves ~4 us a call.
-_apply_node = super(torch.autograd.Function, _ZeroOrderFunction).apply
+_apply_node = super(torch.autograd.Function, ZeroOrder).apply
 _unwrap_if_dead = getattr(torch._C._functorch, 'unwrap_if_dead', None)
 _transforms_active = torch._C._are_functorch_transforms_active
 _is_compiling = getattr(getattr(torch, 'compiler', None), 'is_compiling', lambda: False)
@@ -280,7 +283,7 @@ def run_flat(
         with torch.no_grad():  # nothing to differentiate: only the non-argnum inputs are left
             return _value(estimator, flat_fn, leaves)
     if _unwrap_if_dead is None or _transforms_active() or _is_compiling():
-        return _ZeroOrderFunction.apply(estimator, sample, flat_fn, *leaves)
+        return ZeroOrder.apply(estimator, sample, flat_fn, *leaves)
     return _apply_node(estimator, sample, flat_fn, *[_unwrap_if_dead(t) for t in leaves])
 
 
