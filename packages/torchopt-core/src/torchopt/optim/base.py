@@ -222,6 +222,7 @@ class Optimizer(torch.optim.Optimizer):
         self.param_treespecs.append(treespec)
         self.state_groups.append(UninitializedState())
         self._group_impls.append(None)
+        self.__dict__.setdefault('_state_params', [None] * (len(self.param_groups) - 1))
         self._state_params.append(None)
 
     def _key(self, group: dict) -> tuple[bool, tuple]:
@@ -382,8 +383,11 @@ class Optimizer(torch.optim.Optimizer):
         then fit: the step checks every shape).
         """
         known = self.__dict__.get('_state_params')
-        if known is None:  # an optimizer unpickled from an older version: nothing to follow
-            self._state_params = [None] * len(self.param_groups)
+        if known is None:  # unpickled from an older version: the states are the groups' now
+            self._state_params = [
+                tuple(g['params']) if isinstance(s, tuple) else None
+                for g, s in zip(self.param_groups, self.state_groups)
+            ]
             return
         for i, group in enumerate(self.param_groups):
             old, state = known[i], self.state_groups[i]
