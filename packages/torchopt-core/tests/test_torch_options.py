@@ -8,6 +8,8 @@ choose the path themselves (the numbers do not change), and refuse what they can
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from optimizer_table import ALL, init_params, loss, max_err, row_params
@@ -142,6 +144,25 @@ def _train(make, steps=6, resume=None, change=None):
         loss(params).backward()
         opt.step()
     return [p.detach() for p in params], opt
+
+
+@pytest.mark.parametrize(
+    ('ours', 'theirs', 'kwargs'),
+    [
+        (torchopt.NAdam, torch.optim.NAdam, dict(lr=0.1, momentum_decay=4e-3)),
+        (torchopt.RAdam, torch.optim.RAdam, dict(lr=0.1)),
+    ],
+    ids=['NAdamW', 'RAdamW'],
+)
+def test_nadam_and_radam_take_decoupled_weight_decay_as_torch_optim(ours, theirs, kwargs):
+    kwargs = {**kwargs, 'weight_decay': 0.3, 'decoupled_weight_decay': True}
+    want, _ = _train(lambda ps: theirs(ps, **kwargs))
+    got, opt = _train(lambda ps: ours(ps, **kwargs))
+    assert max_err(got, want) <= 1e-12
+    coupled, _ = _train(lambda ps: ours(ps, **{**kwargs, 'decoupled_weight_decay': False}))
+    assert max_err(coupled, want) > 1e-3  # the flag changes the numbers
+    fn = torchopt.nadam if ours is torchopt.NAdam else torchopt.radam
+    assert 'decoupled_weight_decay' in inspect.signature(fn).parameters  # and the alias's
 
 
 @pytest.mark.parametrize('amsgrad', [False, True])

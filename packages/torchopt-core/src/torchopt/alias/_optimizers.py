@@ -336,11 +336,19 @@ def radam(
     weight_decay: float = 0.0,
     *,
     moment_requires_grad: bool = False,
+    decoupled_weight_decay: bool = False,
 ) -> GradientTransformation:
-    r"""RAdam, as ``torch.optim.RAdam`` (see :func:`~torchopt.transform.scale_by_radam`)."""
+    r"""RAdam, as ``torch.optim.RAdam`` (see :func:`~torchopt.transform.scale_by_radam`).
+
+    ``decoupled_weight_decay`` (``torch.optim``'s RAdamW): the decay :math:`\eta\lambda	heta`
+    is added to the update instead of :math:`\lambda	heta` to the gradient.
+    """
     b1, b2 = betas_of(betas)
     return optimizer_chain(
-        scale_by_radam(b1, b2, eps, moment_requires_grad), lr=lr, weight_decay=weight_decay
+        scale_by_radam(b1, b2, eps, moment_requires_grad),
+        lr=lr,
+        weight_decay=weight_decay,
+        decoupled=decoupled_weight_decay,
     )
 
 
@@ -397,14 +405,20 @@ def nadam(
     *,
     moment_requires_grad: bool = False,
     maximize: bool = False,
+    decoupled_weight_decay: bool = False,
 ) -> GradientTransformation:
-    r"""NAdam, as ``torch.optim.NAdam`` (see :func:`~torchopt.transform.scale_by_nadam`)."""
+    r"""NAdam, as ``torch.optim.NAdam`` (see :func:`~torchopt.transform.scale_by_nadam`).
+
+    ``decoupled_weight_decay`` (``torch.optim``'s NAdamW): the decay :math:`\eta\lambda	heta`
+    is added to the update instead of :math:`\lambda	heta` to the gradient.
+    """
     b1, b2 = betas_of(betas)
     return optimizer_chain(
         scale_by_nadam(b1, b2, eps, momentum_decay, moment_requires_grad),
         lr=lr,
         weight_decay=weight_decay,
         maximize=maximize,
+        decoupled=decoupled_weight_decay,
     )
 
 

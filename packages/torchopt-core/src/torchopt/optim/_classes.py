@@ -310,6 +310,7 @@ class RAdam(Optimizer):
         foreach: bool | None = None,
         capturable: bool = False,
         differentiable: bool = False,
+        decoupled_weight_decay: bool = False,
     ) -> None:
         self._setup(
             params,
@@ -319,6 +320,7 @@ class RAdam(Optimizer):
                 betas=betas,
                 eps=eps,
                 weight_decay=weight_decay,
+                decoupled_weight_decay=decoupled_weight_decay,
             ),
             options=dict(foreach=foreach, capturable=capturable, differentiable=differentiable),
         )
@@ -383,6 +385,7 @@ class NAdam(Optimizer):
         foreach: bool | None = None,
         capturable: bool = False,
         differentiable: bool = False,
+        decoupled_weight_decay: bool = False,
     ) -> None:
         self._setup(
             params,
@@ -394,6 +397,7 @@ class NAdam(Optimizer):
                 weight_decay=weight_decay,
                 momentum_decay=momentum_decay,
                 maximize=maximize,
+                decoupled_weight_decay=decoupled_weight_decay,
             ),
             options=dict(foreach=foreach, capturable=capturable, differentiable=differentiable),
         )
