@@ -8,6 +8,7 @@ import torch
 
 __all__ = [
     'ArgumentError',
+    'check_bool',
     'check_nonnegative',
     'check_beta',
     'check_betas',
@@ -38,6 +39,12 @@ def _value(x: Any) -> float | None:
     if isinstance(x, (int, float)):
         return float(x)
     return None
+
+
+def check_bool(name: str, value: Any) -> None:
+    """Raise ``TypeError`` unless ``value`` is a ``bool`` (a flag that picks the math)."""
+    if not isinstance(value, bool):
+        raise TypeError(f'{name} must be a bool, got {type(value).__name__}')
 
 
 def check_nonnegative(name: str, value: Any) -> None:

@@ -343,6 +343,7 @@ def radam(
     ``decoupled_weight_decay`` (``torch.optim``'s RAdamW): the decay :math:`\eta\lambda	heta`
     is added to the update instead of :math:`\lambda	heta` to the gradient.
     """
+    _checks.check_bool('decoupled_weight_decay', decoupled_weight_decay)
     b1, b2 = betas_of(betas)
     return optimizer_chain(
         scale_by_radam(b1, b2, eps, moment_requires_grad),
@@ -412,6 +413,7 @@ def nadam(
     ``decoupled_weight_decay`` (``torch.optim``'s NAdamW): the decay :math:`\eta\lambda	heta`
     is added to the update instead of :math:`\lambda	heta` to the gradient.
     """
+    _checks.check_bool('decoupled_weight_decay', decoupled_weight_decay)
     b1, b2 = betas_of(betas)
     return optimizer_chain(
         scale_by_nadam(b1, b2, eps, momentum_decay, moment_requires_grad),

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from torchopt import alias
+from torchopt import _checks, alias
 from torchopt.optim._generated import torch_like_class
 from torchopt.optim.base import Optimizer
 from torchopt.typing import ScalarOrSchedule
@@ -92,10 +92,7 @@ def _adam_family(*, decoupled_weight_decay: bool, mask: Any = None, **kwargs: An
     ``False``) and so in checkpoints: a ``torch.optim.AdamW`` checkpoint loaded into
     :class:`Adam` runs AdamW's decay, as it does in ``torch.optim.Adam``.
     """
-    if not isinstance(decoupled_weight_decay, bool):
-        raise TypeError(
-            f'decoupled_weight_decay must be a bool, got {type(decoupled_weight_decay).__name__}'
-        )
+    _checks.check_bool('decoupled_weight_decay', decoupled_weight_decay)
     if decoupled_weight_decay:
         return alias.adamw(mask=mask, **kwargs)
     if mask is not None:

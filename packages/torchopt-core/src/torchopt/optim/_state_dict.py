@@ -42,6 +42,7 @@ __all__ = [
     'parse',
     'per_param_lists',
     'refit',
+    'regrow',
     'split',
 ]
 
@@ -407,6 +408,38 @@ def per_param_lists(state: Any, n: int) -> list[tuple[Any, str]]:
         for node in state:
             found += per_param_lists(node, n)
     return found
+
+
+def regrow(state: Any, fresh: Any, old: tuple, new: tuple) -> Any:
+    """``state``, made for the parameters ``old``, fitted to the parameters ``new``.
+
+    Each parameter of ``new`` keeps its entries of ``state`` (by identity, by reference); a
+    parameter not in ``old`` takes its entries of ``fresh`` (``init(new)``); the fields that
+    are not per-parameter stay ``state``'s.
+    """
+    where = {id(p): k for k, p in enumerate(old)}
+    return _regrown(state, fresh, len(old), [where.get(id(p)) for p in new])
+
+
+def _regrown(old: Any, fresh: Any, n_old: int, mapping: list[int | None]) -> Any:
+    """``old``, a state of ``n_old`` parameters, fitted to a new list of parameters.
+
+    New parameter ``j`` takes ``old``'s per-parameter entries at ``mapping[j]``, or ``fresh``'s
+    where that is ``None``; the other fields stay ``old``'s.
+    """
+    if isinstance(old, tuple) and hasattr(old, '_fields'):
+        fields = {}
+        for name in old._fields:
+            value, initial = getattr(old, name), getattr(fresh, name)
+            if isinstance(value, list) and len(value) == n_old and isinstance(initial, list):
+                value = [initial[j] if k is None else value[k] for j, k in enumerate(mapping)]
+            elif isinstance(value, tuple):
+                value = _regrown(value, initial, n_old, mapping)
+            fields[name] = value
+        return type(old)(**fields)
+    if isinstance(old, tuple):
+        return tuple(_regrown(o, f, n_old, mapping) for o, f in zip(old, fresh))
+    return old
 
 
 def copy_param(state: Any, source: Any, n: int, j: int) -> None:

@@ -390,17 +390,17 @@ class Optimizer(torch.optim.Optimizer):
             ]
             return
         for i, group in enumerate(self.param_groups):
+            n = len(group['params'])
+            if self.param_treespecs[i].num_leaves != n:  # also before the first step
+                self.param_treespecs[i] = flatten_params(group['params'])[1]
             old, state = known[i], self.state_groups[i]
-            if old is None or len(old) == len(group['params']) or not isinstance(state, tuple):
+            if old is None or len(old) == n or not isinstance(state, tuple):
                 continue
             if not _state_dict.per_param_lists(state, len(old)):
                 continue  # not a state of these parameters (the step's checks will say)
             params = tuple(group['params'])
-            where = {id(p): k for k, p in enumerate(old)}
-            mapping = [where.get(id(p)) for p in params]
             fresh = self.group_impl(i).init(params)
-            self.state_groups[i] = _regrow(state, fresh, len(old), mapping)
-            self.param_treespecs[i] = flatten_params(group['params'])[1]
+            self.state_groups[i] = _state_dict.regrow(state, fresh, old, params)
             known[i] = params
 
     def _mark_fused_buffers(self) -> None:
@@ -501,27 +501,6 @@ class Optimizer(torch.optim.Optimizer):
         own.update(extras)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
-
-
-def _regrow(old: Any, fresh: Any, n_old: int, mapping: list[int | None]) -> Any:
-    """``old``, a state of ``n_old`` parameters, fitted to a new list of parameters.
-
-    New parameter ``j`` takes ``old``'s per-parameter entries at ``mapping[j]``, or ``fresh``'s
-    where that is ``None``; the other fields stay ``old``'s.
-    """
-    if isinstance(old, tuple) and hasattr(old, '_fields'):
-        fields = {}
-        for name in old._fields:
-            value, initial = getattr(old, name), getattr(fresh, name)
-            if isinstance(value, list) and len(value) == n_old and isinstance(initial, list):
-                value = [initial[j] if k is None else value[k] for j, k in enumerate(mapping)]
-            elif isinstance(value, tuple):
-                value = _regrow(value, initial, n_old, mapping)
-            fields[name] = value
-        return type(old)(**fields)
-    if isinstance(old, tuple):
-        return tuple(_regrow(o, f, n_old, mapping) for o, f in zip(old, fresh))
-    return old
 
 
 def _state_layout(impl: GradientTransformation) -> tuple[type, ...] | None:
