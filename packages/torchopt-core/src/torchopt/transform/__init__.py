@@ -60,6 +60,7 @@ from torchopt.transform._elementwise import (
     set_to_zero,
     zero_nans,
 )
+from torchopt.transform._flat import with_flat_variant
 from torchopt.transform._hyperparams import InjectHyperparamsState, inject_hyperparams
 from torchopt.transform._masking import MaskedNode, MaskedState, add_decayed_weights, masked
 from torchopt.transform._misc import (
@@ -178,5 +179,13 @@ __all__ = [
     'scale_by_shape',
     'orthogonalize_via_newton_schulz',
 ]
+
+for _factory in (  # TorchOpt 0.7's ``f.flat(...)`` and ``f.impl(..., already_flattened=...)``
+    add_decayed_weights, masked, scale, scale_by_accelerated_adam, scale_by_adadelta,
+    scale_by_adam, scale_by_adamax, scale_by_radam, scale_by_rms, scale_by_rss,
+    scale_by_schedule, scale_by_stddev, trace,
+):  # fmt: skip
+    with_flat_variant(_factory)
+del _factory
 
 _upstream_modules.register(__name__)  # TorchOpt 0.7's per-object module paths

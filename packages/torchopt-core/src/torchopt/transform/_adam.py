@@ -69,7 +69,11 @@ def moment_pair(
 
 
 class ScaleByAdamState(NamedTuple):
-    """State of :func:`scale_by_adam`: first and second moments and step counts (flat lists)."""
+    """State of :func:`scale_by_adam`: first and second moments and step counts, per leaf.
+
+    Flat lists inside the optimizers (``chain.flat``); shaped like the params when
+    ``scale_by_adam()`` is used on its own or in :func:`~torchopt.chain`.
+    """
 
     mu: list
     nu: list

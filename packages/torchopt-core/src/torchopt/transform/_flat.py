@@ -6,12 +6,20 @@ ops. Its ``init``/``update`` fields accept any pytree: they flatten, run the fla
 unflatten. :func:`torchopt.combine.chain_flat` (used by every optimizer alias) composes the flat
 functions directly, so a step flattens the pytrees exactly once.
 
+A state made by :func:`stateful` (every field a list with one entry per leaf) is returned by
+``init``/``update`` shaped like the params, as TorchOpt 0.7 and optax return it:
+``scale_by_adam().init({'a': a, 'b': b}).mu`` is ``{'a': ..., 'b': ...}``. A flat sequence of
+leaves (a list or tuple, the form the optimizer classes and :func:`chain_flat` pass) keeps
+its flat lists, and the ``.flat`` variant of a factory (:func:`with_flat_variant`) always
+does.
+
 The flat functions receive the params treespec so that tree-shaped arguments (masks) can be
 aligned with the leaves.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -23,12 +31,14 @@ from torchopt.base import EmptyState, GradientTransformation
 
 __all__ = [
     'FlatTransformation',
+    'flat_variant',
     'flatten_updates',
     'present_indices',
     'put',
     'stateful',
     'stateless',
     'take',
+    'with_flat_variant',
 ]
 
 FlatInit = Callable[[list, optree.PyTreeSpec], Any]
@@ -58,6 +68,9 @@ class FlatTransformation(GradientTransformation):
     without touching anything, and ``flat_unchecked`` is ``flat_update`` without that check: a
     chain checks every member first, so that a bad state raises before any member has written.
 
+    ``tree_state`` (set by :func:`stateful`) says that ``init`` and ``update`` return the
+    state's per-leaf lists shaped like the params (see the module docstring).
+
     ``update`` handles complex and sparse leaves (:mod:`torchopt._leaf_kinds`) before the flat
     functions see them; ``accepts_sparse`` says whether the math takes a sparse gradient made
     dense (``torch.optim``'s SGD and Adagrad do), and ``own_leaf_kinds`` that ``flat_update``
@@ -73,6 +86,8 @@ class FlatTransformation(GradientTransformation):
     accepts_sparse: bool
     requires_params: str | None
     name: str
+    tree_state: bool
+    own_leaf_kinds: bool
 
     def __new__(
         cls,
@@ -85,15 +100,20 @@ class FlatTransformation(GradientTransformation):
         accepts_sparse: bool = False,
         own_leaf_kinds: bool = False,
         requires_params: str | None = None,
+        tree_state: bool = False,
     ) -> Any:
         def init_fn(params: Any) -> Any:
             leaves, treespec = optree.tree_flatten(params, none_is_leaf=True)
-            return flat_init(leaves, treespec)
+            state = flat_init(leaves, treespec)
+            return _as_tree(state, treespec) if tree_state and _shaped(treespec) else state
 
         def update_fn(
             updates: Any, state: Any, *, params: Any | None = None, inplace: bool = True
         ) -> tuple[Any, Any]:
             leaves, param_leaves, treespec = flatten_updates(updates, params)
+            shaped = tree_state and _shaped(treespec)
+            if shaped:
+                state = _as_flat(state, treespec, instance.name)
             if inplace:  # an expand-ed leaf cannot take the update: it gets a copy
                 leaves = _dispatch.writable(leaves)
             if not own_leaf_kinds and _leaf_kinds.special(leaves):  # complex or sparse
@@ -101,11 +121,11 @@ class FlatTransformation(GradientTransformation):
                     flat_update, instance.name, accepts_sparse, leaves, state, param_leaves,
                     inplace, treespec,
                 )  # fmt: skip
-                return treespec.unflatten(new_leaves), state
-            new_leaves, state = flat_update(
-                leaves, state, params=param_leaves, inplace=inplace, treespec=treespec
-            )
-            return treespec.unflatten(new_leaves), state
+            else:
+                new_leaves, state = flat_update(
+                    leaves, state, params=param_leaves, inplace=inplace, treespec=treespec
+                )
+            return treespec.unflatten(new_leaves), _as_tree(state, treespec) if shaped else state
 
         instance = super().__new__(cls, init_fn, update_fn)
         instance.flat_init = flat_init
@@ -115,19 +135,118 @@ class FlatTransformation(GradientTransformation):
         instance.accepts_sparse = accepts_sparse
         instance.requires_params = requires_params
         instance.name = name or getattr(flat_update, '__qualname__', 'transformation')
+        instance.tree_state = tree_state
+        instance.own_leaf_kinds = own_leaf_kinds
         return instance
 
     def __repr__(self) -> str:
         return f'{self.name}'
 
     def __reduce__(self) -> Any:
-        return _rebuild, (self.flat_init, self.flat_update, self.name, self.accepts_sparse)
+        return _rebuild, (
+            self.flat_init, self.flat_update, self.name, self.accepts_sparse, self.tree_state
+        )  # fmt: skip
 
 
 def _rebuild(
-    flat_init: FlatInit, flat_update: FlatUpdate, name: str, accepts_sparse: bool
+    flat_init: FlatInit,
+    flat_update: FlatUpdate,
+    name: str,
+    accepts_sparse: bool,
+    tree_state: bool = False,
 ) -> FlatTransformation:
-    return FlatTransformation(flat_init, flat_update, name, accepts_sparse=accepts_sparse)
+    return FlatTransformation(
+        flat_init, flat_update, name, accepts_sparse=accepts_sparse, tree_state=tree_state
+    )
+
+
+_FLAT = (optree.PyTreeKind.LIST, optree.PyTreeKind.TUPLE)
+
+
+def _shaped(treespec: optree.PyTreeSpec) -> bool:
+    """Whether a state is returned shaped like the tree.
+
+    Not for a flat list or tuple of leaves (the lists are already that shape) nor for a single
+    leaf, where a per-leaf field could not be told from a tensor field such as a random key.
+    """
+    return treespec.num_nodes > 1 and not (
+        treespec.kind in _FLAT and treespec.num_nodes == treespec.num_leaves + 1
+    )
+
+
+def _is_named(state: Any) -> bool:
+    """Whether ``state`` is a NamedTuple (a function, so that mypy does not narrow it to tuple)."""
+    return isinstance(state, tuple) and hasattr(state, '_fields')
+
+
+def _as_tree(state: Any, treespec: optree.PyTreeSpec) -> Any:
+    """``state`` (a :func:`stateful` state) with its per-leaf lists shaped like ``treespec``."""
+    if not _is_named(state):
+        return state
+    n = treespec.num_leaves
+    return state._replace(**{
+        f: treespec.unflatten(v)
+        for f, v in zip(state._fields, state)
+        if isinstance(v, list) and len(v) == n
+    })  # fmt: skip
+
+
+def _as_flat(state: Any, treespec: optree.PyTreeSpec, name: str) -> Any:
+    """The inverse of :func:`_as_tree`.
+
+    A field shaped like ``treespec`` is flattened; a list (a state kept flat, or saved by an
+    older version) and a tensor (a random key) are taken as they are; any other field raises a
+    ``ValueError`` that names it.
+    """
+    if not _is_named(state):
+        return state
+    fields = {}
+    for f, v in zip(state._fields, state):
+        if isinstance(v, (list, torch.Tensor)):
+            continue
+        try:
+            fields[f] = treespec.flatten_up_to(v)
+        except (ValueError, TypeError) as ex:
+            raise ValueError(
+                f'{name}: `state.{f}` must be shaped like the updates ({treespec}), or be a '
+                f'list of one entry per leaf: {ex}'
+            ) from ex
+    return state._replace(**fields) if fields else state
+
+
+def flat_variant(transformation: Any) -> Any:
+    """``transformation`` with its state kept as flat lists (TorchOpt 0.7's ``f.flat(...)``)."""
+    if not (isinstance(transformation, FlatTransformation) and transformation.tree_state):
+        return transformation
+    t = transformation
+    return FlatTransformation(
+        t.flat_init, t.flat_update, t.name, check=t.flat_check, unchecked=t.flat_unchecked,
+        accepts_sparse=t.accepts_sparse, own_leaf_kinds=t.own_leaf_kinds,
+        requires_params=t.requires_params,
+    )  # fmt: skip
+
+
+def with_flat_variant(factory: Callable[..., Any]) -> Callable[..., Any]:
+    """Give ``factory`` TorchOpt 0.7's attributes ``factory.flat`` and ``factory.impl``.
+
+    ``factory.flat(*args, **kwargs)`` is ``factory(*args, **kwargs)`` with its state kept as
+    flat lists whatever the tree; ``factory.impl(*args, already_flattened=False, **kwargs)``
+    chooses between the two.
+    """
+
+    @functools.wraps(factory)
+    def flat(*args: Any, **kwargs: Any) -> Any:
+        return flat_variant(factory(*args, **kwargs))
+
+    def impl(*args: Any, already_flattened: bool = False, **kwargs: Any) -> Any:
+        return (flat if already_flattened else factory)(*args, **kwargs)
+
+    impl.__doc__ = (
+        f'``{factory.__name__}`` itself, or its ``.flat`` variant when ``already_flattened``.'
+    )
+    factory.flat = flat  # type: ignore[attr-defined]
+    factory.impl = impl  # type: ignore[attr-defined]
+    return factory
 
 
 def as_flat(transformation: GradientTransformation) -> tuple[FlatInit, FlatUpdate]:
@@ -244,8 +363,9 @@ def stateful(
         return unchecked(updates, state, params=params, inplace=inplace, treespec=treespec)
 
     return FlatTransformation(
-        init, update_fn, name, check=checker, unchecked=unchecked, accepts_sparse=accepts_sparse
-    )
+        init, update_fn, name, check=checker, unchecked=unchecked, accepts_sparse=accepts_sparse,
+        tree_state=True,
+    )  # fmt: skip
 
 
 def stateless(
