@@ -232,3 +232,32 @@ def test_optimizer_classes_with_a_tree_level_chain_keep_torch_style_state():
     assert isinstance(opt.state_groups[0][0].mu, list)
     sd = opt.state_dict()
     assert sd['state'] and set(sd['state']) == {0, 1}
+
+
+def test_tree_states_under_vmap_and_compile():
+    """``vmap`` over init and update, and one graph under ``torch.compile(fullgraph=True)``."""
+    from torch._dynamo.testing import CompileCounter
+
+    t = torchopt.chain(T.scale_by_adam(), T.trace(0.9), T.scale(-0.1))
+
+    def step(p: dict, s: tuple, g: dict) -> tuple:
+        u, s = t.update(g, s, params=p, inplace=False)
+        return torchopt.apply_updates(p, u, inplace=False), s
+
+    batch = {'w': torch.randn(4, 3, dtype=torch.float64), 'b': torch.randn(4, 2).double()}
+    grads = optree.tree_map(torch.randn_like, batch)
+    new, states = torch.func.vmap(step)(batch, torch.func.vmap(t.init)(batch), grads)
+    assert set(states[0].mu) == {'w', 'b'}
+    counter = CompileCounter()
+    compiled = torch.compile(step, backend=counter, fullgraph=True)
+    for i in range(4):
+        p = {k: v[i] for k, v in batch.items()}
+        g = {k: v[i] for k, v in grads.items()}
+        expected, expected_state = step(p, t.init(p), g)
+        got, got_state = compiled(p, t.init(p), g)
+        assert optree.tree_structure(got_state) == optree.tree_structure(expected_state)
+        for a, b, c in zip(optree.tree_leaves(got), optree.tree_leaves(expected),
+                           optree.tree_leaves({k: v[i] for k, v in new.items()})):  # fmt: skip
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(c, b, rtol=1e-12, atol=1e-14)
+    assert counter.frame_count == 1

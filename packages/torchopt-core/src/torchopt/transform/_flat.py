@@ -105,13 +105,13 @@ class FlatTransformation(GradientTransformation):
         def init_fn(params: Any) -> Any:
             leaves, treespec = optree.tree_flatten(params, none_is_leaf=True)
             state = flat_init(leaves, treespec)
-            return _as_tree(state, treespec) if tree_state and _shaped(treespec) else state
+            return _as_tree(state, treespec) if tree_state and _shaped(params, treespec) else state
 
         def update_fn(
             updates: Any, state: Any, *, params: Any | None = None, inplace: bool = True
         ) -> tuple[Any, Any]:
             leaves, param_leaves, treespec = flatten_updates(updates, params)
-            shaped = tree_state and _shaped(treespec)
+            shaped = tree_state and _shaped(updates, treespec)
             if shaped:
                 state = _as_flat(state, treespec, instance.name)
             if inplace:  # an expand-ed leaf cannot take the update: it gets a copy
@@ -160,18 +160,16 @@ def _rebuild(
     )
 
 
-_FLAT = (optree.PyTreeKind.LIST, optree.PyTreeKind.TUPLE)
-
-
-def _shaped(treespec: optree.PyTreeSpec) -> bool:
-    """Whether a state is returned shaped like the tree.
+def _shaped(tree: Any, treespec: optree.PyTreeSpec) -> bool:
+    """Whether a state is returned shaped like ``tree`` (``treespec`` is its structure).
 
     Not for a flat list or tuple of leaves (the lists are already that shape) nor for a single
     leaf, where a per-leaf field could not be told from a tensor field such as a random key.
+    (``type(tree)`` rather than ``treespec.kind``, which ``torch.compile`` does not trace.)
     """
-    return treespec.num_nodes > 1 and not (
-        treespec.kind in _FLAT and treespec.num_nodes == treespec.num_leaves + 1
-    )
+    if type(tree) in (list, tuple):
+        return treespec.num_nodes != treespec.num_leaves + 1
+    return treespec.num_nodes > 1
 
 
 def _is_named(state: Any) -> bool:
