@@ -163,3 +163,31 @@ def test_a_generic_chain_follows_an_appended_parameter():
         loss(ref).backward()
         torch_opt.step()
     assert max_err(run(2), [p.detach() for p in ref]) <= TOL
+
+
+@rows(CASES)
+def test_a_parameter_repeated_in_a_group_is_kept_once_with_a_warning(row):
+    """TorchOpt 0.7 took ``[a, b, a]``; torch.optim warns. Each tensor is stepped once.
+
+    The reference is ``torch.optim`` with every tensor passed once: a repeated entry adds
+    nothing, so the step is the one the user gets without the repeat.
+    """
+    ours = _fresh(row)
+    with pytest.warns(UserWarning, match='duplicate parameters: torchopt keeps each once'):
+        opt = row.cls([ours[0], ours[1], ours[0], ours[2], ours[1]], **row.kwargs)
+    assert [id(p) for p in opt.param_groups[0]['params']] == [id(p) for p in ours]
+    got, _ = _train(lambda ps: opt, ours)
+    want, _ = _train(row.make_torch, _fresh(row))
+    assert max_err(got, want) <= TOL
+
+
+def test_repeated_named_parameters_keep_the_first_name_and_groups_still_may_not_share():
+    a, b = (torch.zeros(2, requires_grad=True) for _ in range(2))
+    with pytest.warns(UserWarning, match='duplicate parameters'):
+        opt = torchopt.Adam([('a', a), ('b', b), ('again', a)])
+    assert opt.param_groups[0]['param_names'] == ['a', 'b']
+    assert len(opt.state_dict()['param_groups'][0]['params']) == 2
+    with pytest.raises(ValueError, match='more than one parameter group'):
+        opt.add_param_group({'params': [('b', b)]})
+    with pytest.raises(ValueError, match='more than one parameter group'):
+        torchopt.SGD([{'params': [a]}, {'params': [b, a]}], lr=0.1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import itertools
 import types
+import warnings
 import weakref
 from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from operator import attrgetter
@@ -65,6 +66,32 @@ def _is_named(item: Any) -> bool:
         and isinstance(item[0], str)
         and isinstance(item[1], torch.Tensor)
     )
+
+
+def _without_duplicates(
+    flat: Sequence[torch.Tensor], names: list[str] | None
+) -> tuple[tuple[torch.Tensor, ...], Any, list[str] | None]:
+    """A group's parameters with each tensor kept once (its first place), and a warning.
+
+    ``torch.optim`` warns and steps a repeated tensor once per appearance, through one shared
+    state; TorchOpt 0.7 took it too. Each tensor is stepped once here, so that the step is the
+    one the tensor would get if it were passed once (and no fused kernel sees a tensor twice).
+    """
+    from torchopt.accelerated_op import _user_stacklevel
+
+    warnings.warn(
+        'optimizer contains a parameter group with duplicate parameters: torchopt keeps each '
+        'once and steps it once per step (torch.optim steps it once per appearance); pass '
+        'each parameter once to silence this',
+        UserWarning,
+        stacklevel=_user_stacklevel(),
+    )
+    first: dict[int, int] = {}
+    for i, p in enumerate(flat):
+        first.setdefault(id(p), i)
+    keep = sorted(first.values())
+    unique, treespec = flatten_params([flat[i] for i in keep])
+    return unique, treespec, None if names is None else [names[i] for i in keep]
 
 
 def _split_names(params: Any) -> tuple[Any, list[str] | None]:
@@ -210,8 +237,12 @@ class Optimizer(torch.optim.Optimizer):
         if not flat:
             raise ValueError('optimizer got an empty parameter list')
         seen = {id(p) for g in self.param_groups for p in g['params']}
-        if any(id(p) in seen for p in flat) or len({id(p) for p in flat}) != len(flat):
+        if any(id(p) in seen for p in flat):
             raise ValueError('some parameters appear in more than one parameter group')
+        if len({id(p) for p in flat}) != len(flat):
+            flat, treespec, names = _without_duplicates(flat, names)
+            if names is not None:
+                group['param_names'] = names
         group['params'] = list(flat)
         for key in (*self._hyper, *self._option_keys):
             group.setdefault(key, self.defaults[key])
