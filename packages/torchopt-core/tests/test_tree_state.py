@@ -261,3 +261,21 @@ def test_tree_states_under_vmap_and_compile():
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
             torch.testing.assert_close(c, b, rtol=1e-12, atol=1e-14)
     assert counter.frame_count == 1
+
+
+def test_nested_list_params_get_nested_lists_and_flat_lists_still_load():
+    """``[[w1, b1], [w2]]``: the state is a list of lists; a flat list of 3 is still taken."""
+    torch.manual_seed(0)
+    params = [[torch.randn(2, 2).double(), torch.randn(2).double()], [torch.randn(3).double()]]
+    grads = optree.tree_map(torch.randn_like, params)
+    t = T.scale_by_adam()
+    state = t.init(params)
+    assert optree.tree_structure(state.mu) == optree.tree_structure(params)
+    tree_u, tree_s = t.update(grads, state, params=params, inplace=False)
+    flat_u, flat_s = t.update(grads, T.scale_by_adam.flat().init(optree.tree_leaves(params)),
+                              params=params, inplace=False)  # fmt: skip
+    assert optree.tree_structure(flat_s.mu) == optree.tree_structure(params)
+    for a, b in zip(optree.tree_leaves((tree_u, tree_s)), optree.tree_leaves((flat_u, flat_s))):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r'`state\.mu` must be shaped like'):
+        t.update(grads, tree_s._replace(mu=tree_s.mu[:1]), params=params)

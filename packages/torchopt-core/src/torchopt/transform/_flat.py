@@ -192,19 +192,23 @@ def _as_tree(state: Any, treespec: optree.PyTreeSpec) -> Any:
 def _as_flat(state: Any, treespec: optree.PyTreeSpec, name: str) -> Any:
     """The inverse of :func:`_as_tree`.
 
-    A field shaped like ``treespec`` is flattened; a list (a state kept flat, or saved by an
-    older version) and a tensor (a random key) are taken as they are; any other field raises a
-    ``ValueError`` that names it.
+    A field shaped like ``treespec`` is flattened (also a list of lists when the params are
+    one); a list of one entry per leaf (a state kept flat, or saved by an older version) and a
+    tensor (a random key) are taken as they are; any other field raises a ``ValueError`` that
+    names it.
     """
     if not _is_named(state):
         return state
     fields = {}
+    n = treespec.num_leaves
     for f, v in zip(state._fields, state):
-        if isinstance(v, (list, torch.Tensor)):
+        if isinstance(v, torch.Tensor):
             continue
         try:
             fields[f] = treespec.flatten_up_to(v)
         except (ValueError, TypeError) as ex:
+            if isinstance(v, list) and len(v) == n:
+                continue
             raise ValueError(
                 f'{name}: `state.{f}` must be shaped like the updates ({treespec}), or be a '
                 f'list of one entry per leaf: {ex}'
