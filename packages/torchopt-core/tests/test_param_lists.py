@@ -99,7 +99,21 @@ def _remove(opt, params):
     del opt.param_groups[0]['params'][0]
 
 
-EDITS = {'append': _append, 'prepend': _prepend, 'remove': _remove}
+def _swap(opt, params):
+    opt.param_groups[0]['params'].reverse()
+
+
+def _replace(opt, params):
+    opt.param_groups[0]['params'][0] = params[2]
+
+
+EDITS = {
+    'append': _append,
+    'prepend': _prepend,
+    'remove': _remove,
+    'swap': _swap,
+    'replace': _replace,
+}
 
 
 @pytest.mark.parametrize('edit', list(EDITS))
@@ -117,10 +131,11 @@ def test_a_param_list_edited_between_steps_continues_as_torch_optim(row, edit):
     got, before, opt, params = run(lambda ps: row.cls(ps, **row.kwargs))
     want, _, ref, ref_params = run(row.make_torch)
     assert max_err(got, want) <= TOL
-    if edit == 'remove':
+    if edit in ('remove', 'replace'):
         assert not torch.equal(got[0], before[0])  # stepped before it was removed
     else:
-        assert len(opt.state_dict()['param_groups'][0]['params']) == 4
+        n = 2 if edit == 'swap' else 4
+        assert len(opt.state_dict()['param_groups'][0]['params']) == n
     for p, q in zip(params, ref_params):  # the parameters optimized now have torch's buffers
         if any(q is r for r in ref.param_groups[0]['params']):
             assert sorted(opt.state[p]) == sorted(ref.state[q]), row.id

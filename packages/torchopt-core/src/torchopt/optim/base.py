@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import operator
 import types
 import warnings
 import weakref
@@ -408,10 +409,10 @@ class Optimizer(torch.optim.Optimizer):
         ``torch.optim`` keys its state by tensor, so code that appends to
         ``opt.param_groups[i]['params']`` (a layer unfrozen in place) gets a fresh state for the
         new parameters at the next step, and the others keep theirs. A group whose list changed
-        length since its state was made or loaded gets the same: each parameter keeps its
-        state (by identity), a new one starts from the initial state, a removed one's is let go.
-        A list of the same length whose tensors were swapped is not detected (their states must
-        then fit: the step checks every shape).
+        length or its tensors since its state was made or loaded gets the same: each parameter
+        keeps its state (by identity, also when the list was reordered), a new one starts from
+        the initial state, a removed one's is let go. Checking costs one identity comparison per
+        parameter and step.
         """
         known = self.__dict__.get('_state_params')
         if known is None:  # unpickled from an older version: the states are the groups' now
@@ -425,7 +426,9 @@ class Optimizer(torch.optim.Optimizer):
             if self.param_treespecs[i].num_leaves != n:  # also before the first step
                 self.param_treespecs[i] = flatten_params(group['params'])[1]
             old, state = known[i], self.state_groups[i]
-            if old is None or len(old) == n or not isinstance(state, tuple):
+            if old is None or not isinstance(state, tuple):
+                continue
+            if len(old) == n and all(map(operator.is_, old, group['params'])):
                 continue
             if not _state_dict.per_param_lists(state, len(old)):
                 continue  # not a state of these parameters (the step's checks will say)
