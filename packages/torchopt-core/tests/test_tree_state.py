@@ -279,3 +279,40 @@ def test_nested_list_params_get_nested_lists_and_flat_lists_still_load():
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match=r'`state\.mu` must be shaped like'):
         t.update(grads, tree_s._replace(mu=tree_s.mu[:1]), params=params)
+
+
+@pytest.mark.parametrize('callable_mask', [False, True])
+def test_masked_inner_states_hold_masked_nodes_where_the_mask_is_false(callable_mask):
+    """TorchOpt 0.7: ``masked(scale_by_adam(), mask).init(p).inner_state.mu['b']`` is a
+    ``MaskedNode()``; the numbers are those of the flat form, and it saves and loads."""
+    params = _params()
+    tree_mask = {'w': True, 'sub': {'b': False, 'c': True}}
+    mask = (lambda p: tree_mask) if callable_mask else tree_mask
+    t = T.masked(T.scale_by_adam(), mask)
+    flat = T.masked.flat(T.scale_by_adam(), mask)
+    state, flat_state = t.init(params), flat.init(params)
+    assert state.inner_state.mu['sub']['b'] == T.MaskedNode()
+    assert isinstance(flat_state.inner_state.mu, list) and len(flat_state.inner_state.mu) == 2
+    for k in range(3):
+        grads = _grads(params, k)
+        u, state = t.update(grads, state, params=params, inplace=False)
+        fu, flat_state = flat.update(grads, flat_state, params=params, inplace=False)
+        for a, b in zip(optree.tree_leaves(u), optree.tree_leaves(fu)):
+            assert torch.equal(a, b)
+        assert torch.equal(u['sub']['b'], grads['sub']['b'])  # left alone
+    for field in ('mu', 'nu', 'count'):
+        tree_value = getattr(state.inner_state, field)
+        assert tree_value['sub']['b'] == T.MaskedNode()
+        kept = [tree_value['sub']['c'], tree_value['w']]  # the masked-in leaves, in leaf order
+        assert all(torch.equal(a, b) for a, b in zip(kept, getattr(flat_state.inner_state, field)))
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    assert loaded.inner_state.mu['sub']['b'] == T.MaskedNode()
+    u1, _ = t.update(_grads(params, 5), loaded, params=params, inplace=False)
+    u2, _ = flat.update(_grads(params, 5), flat_state, params=params, inplace=False)
+    assert all(torch.equal(a, b) for a, b in zip(optree.tree_leaves(u1), optree.tree_leaves(u2)))
+    with pytest.raises(ValueError, match=r'`state\.mu` must be shaped like'):
+        t.update(_grads(params, 6), loaded._replace(inner_state=loaded.inner_state._replace(
+            mu={'w': loaded.inner_state.mu['w']})), params=params)  # fmt: skip

@@ -31,6 +31,8 @@ from torchopt.base import EmptyState, GradientTransformation
 
 __all__ = [
     'FlatTransformation',
+    'fields_as_flat',
+    'fields_as_tree',
     'flat_variant',
     'flatten_updates',
     'present_indices',
@@ -43,6 +45,8 @@ __all__ = [
 
 FlatInit = Callable[[list, optree.PyTreeSpec], Any]
 FlatUpdate = Callable[..., tuple[list, Any]]
+#: ``(to_tree, to_flat)``: each ``(state, leaves, treespec, name) -> state``.
+TreeForm = tuple[Callable[[Any, list, Any, str], Any], Callable[[Any, list, Any, str], Any]]
 
 
 def flatten_updates(
@@ -68,8 +72,10 @@ class FlatTransformation(GradientTransformation):
     without touching anything, and ``flat_unchecked`` is ``flat_update`` without that check: a
     chain checks every member first, so that a bad state raises before any member has written.
 
-    ``tree_state`` (set by :func:`stateful`) says that ``init`` and ``update`` return the
-    state's per-leaf lists shaped like the params (see the module docstring).
+    ``tree_form`` (set by :func:`stateful` and :func:`~torchopt.transform.masked`) is the pair
+    ``(to_tree, to_flat)``, each ``(state, leaves, treespec, name) -> state``, with which
+    ``init`` and ``update`` return the state's per-leaf lists shaped like the params and take
+    them back (see the module docstring); ``tree_state`` says whether there is one.
 
     ``update`` handles complex and sparse leaves (:mod:`torchopt._leaf_kinds`) before the flat
     functions see them; ``accepts_sparse`` says whether the math takes a sparse gradient made
@@ -87,6 +93,7 @@ class FlatTransformation(GradientTransformation):
     requires_params: str | None
     name: str
     tree_state: bool
+    tree_form: TreeForm | None
     own_leaf_kinds: bool
 
     def __new__(
@@ -100,20 +107,22 @@ class FlatTransformation(GradientTransformation):
         accepts_sparse: bool = False,
         own_leaf_kinds: bool = False,
         requires_params: str | None = None,
-        tree_state: bool = False,
+        tree_form: TreeForm | None = None,
     ) -> Any:
         def init_fn(params: Any) -> Any:
             leaves, treespec = optree.tree_flatten(params, none_is_leaf=True)
             state = flat_init(leaves, treespec)
-            return _as_tree(state, treespec) if tree_state and _shaped(params, treespec) else state
+            if tree_form is None or not _shaped(params, treespec):
+                return state
+            return tree_form[0](state, leaves, treespec, instance.name)
 
         def update_fn(
             updates: Any, state: Any, *, params: Any | None = None, inplace: bool = True
         ) -> tuple[Any, Any]:
             leaves, param_leaves, treespec = flatten_updates(updates, params)
-            shaped = tree_state and _shaped(updates, treespec)
+            shaped = tree_form is not None and _shaped(updates, treespec)
             if shaped:
-                state = _as_flat(state, treespec, instance.name)
+                state = tree_form[1](state, leaves, treespec, instance.name)  # type: ignore[index]
             if inplace:  # an expand-ed leaf cannot take the update: it gets a copy
                 leaves = _dispatch.writable(leaves)
             if not own_leaf_kinds and _leaf_kinds.special(leaves):  # complex or sparse
@@ -125,7 +134,9 @@ class FlatTransformation(GradientTransformation):
                 new_leaves, state = flat_update(
                     leaves, state, params=param_leaves, inplace=inplace, treespec=treespec
                 )
-            return treespec.unflatten(new_leaves), _as_tree(state, treespec) if shaped else state
+            if shaped:
+                state = tree_form[0](state, leaves, treespec, instance.name)  # type: ignore[index]
+            return treespec.unflatten(new_leaves), state
 
         instance = super().__new__(cls, init_fn, update_fn)
         instance.flat_init = flat_init
@@ -135,7 +146,8 @@ class FlatTransformation(GradientTransformation):
         instance.accepts_sparse = accepts_sparse
         instance.requires_params = requires_params
         instance.name = name or getattr(flat_update, '__qualname__', 'transformation')
-        instance.tree_state = tree_state
+        instance.tree_form = tree_form
+        instance.tree_state = tree_form is not None
         instance.own_leaf_kinds = own_leaf_kinds
         return instance
 
@@ -144,7 +156,7 @@ class FlatTransformation(GradientTransformation):
 
     def __reduce__(self) -> Any:
         return _rebuild, (
-            self.flat_init, self.flat_update, self.name, self.accepts_sparse, self.tree_state
+            self.flat_init, self.flat_update, self.name, self.accepts_sparse, self.tree_form
         )  # fmt: skip
 
 
@@ -153,10 +165,10 @@ def _rebuild(
     flat_update: FlatUpdate,
     name: str,
     accepts_sparse: bool,
-    tree_state: bool = False,
+    tree_form: TreeForm | None = None,
 ) -> FlatTransformation:
     return FlatTransformation(
-        flat_init, flat_update, name, accepts_sparse=accepts_sparse, tree_state=tree_state
+        flat_init, flat_update, name, accepts_sparse=accepts_sparse, tree_form=tree_form
     )
 
 
@@ -177,10 +189,30 @@ def _is_named(state: Any) -> bool:
     return isinstance(state, tuple) and hasattr(state, '_fields')
 
 
-def _as_tree(state: Any, treespec: optree.PyTreeSpec) -> Any:
-    """``state`` (a :func:`stateful` state) with its per-leaf lists shaped like ``treespec``."""
+def fields_as_tree(state: Any, treespec: optree.PyTreeSpec, where: list[int] | None = None) -> Any:
+    r"""``state`` (a NamedTuple) with its per-leaf lists shaped like ``treespec``.
+
+    With ``where`` the lists hold the leaves at those indices only (a mask's), and the others
+    become :class:`~torchopt.transform.MaskedNode`\ s, as TorchOpt 0.7's ``masked`` has them.
+    """
     if not _is_named(state):
         return state
+    if where is not None:
+        from torchopt.transform._masking import MaskedNode
+
+        blank = [MaskedNode()] * treespec.num_leaves
+
+        def spread(values: list) -> list:
+            out = list(blank)
+            for i, v in zip(where, values):
+                out[i] = v
+            return out
+
+        return state._replace(**{
+            f: treespec.unflatten(spread(v))
+            for f, v in zip(state._fields, state)
+            if isinstance(v, list) and len(v) == len(where)
+        })  # fmt: skip
     n = treespec.num_leaves
     return state._replace(**{
         f: treespec.unflatten(v)
@@ -189,8 +221,10 @@ def _as_tree(state: Any, treespec: optree.PyTreeSpec) -> Any:
     })  # fmt: skip
 
 
-def _as_flat(state: Any, treespec: optree.PyTreeSpec, name: str) -> Any:
-    """The inverse of :func:`_as_tree`.
+def fields_as_flat(
+    state: Any, treespec: optree.PyTreeSpec, name: str, where: list[int] | None = None
+) -> Any:
+    """The inverse of :func:`fields_as_tree`.
 
     A field shaped like ``treespec`` is flattened (also a list of lists when the params are
     one); a list of one entry per leaf (a state kept flat, or saved by an older version) and a
@@ -200,12 +234,13 @@ def _as_flat(state: Any, treespec: optree.PyTreeSpec, name: str) -> Any:
     if not _is_named(state):
         return state
     fields = {}
-    n = treespec.num_leaves
+    n = treespec.num_leaves if where is None else len(where)
     for f, v in zip(state._fields, state):
         if isinstance(v, torch.Tensor):
             continue
         try:
-            fields[f] = treespec.flatten_up_to(v)
+            entries = treespec.flatten_up_to(v)
+            fields[f] = entries if where is None else [entries[i] for i in where]
         except (ValueError, TypeError) as ex:
             if isinstance(v, list) and len(v) == n:
                 continue
@@ -214,6 +249,17 @@ def _as_flat(state: Any, treespec: optree.PyTreeSpec, name: str) -> Any:
                 f'list of one entry per leaf: {ex}'
             ) from ex
     return state._replace(**fields) if fields else state
+
+
+def _stateful_to_tree(state: Any, leaves: list, treespec: Any, name: str) -> Any:
+    return fields_as_tree(state, treespec)
+
+
+def _stateful_to_flat(state: Any, leaves: list, treespec: Any, name: str) -> Any:
+    return fields_as_flat(state, treespec, name)
+
+
+_STATEFUL_FORM: TreeForm = (_stateful_to_tree, _stateful_to_flat)
 
 
 def flat_variant(transformation: Any) -> Any:
@@ -366,7 +412,7 @@ def stateful(
 
     return FlatTransformation(
         init, update_fn, name, check=checker, unchecked=unchecked, accepts_sparse=accepts_sparse,
-        tree_state=True,
+        tree_form=_STATEFUL_FORM,
     )  # fmt: skip
 
 

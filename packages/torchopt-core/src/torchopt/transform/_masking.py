@@ -10,7 +10,14 @@ import torch
 from torchopt import _checks
 from torchopt import _foreach as _fe
 from torchopt.base import GradientTransformation, identity
-from torchopt.transform._flat import FlatTransformation, as_flat, put, stateless
+from torchopt.transform._flat import (
+    FlatTransformation,
+    as_flat,
+    fields_as_flat,
+    fields_as_tree,
+    put,
+    stateless,
+)
 
 __all__ = ['MaskedNode', 'MaskedState', 'masked', 'add_decayed_weights']
 
@@ -20,7 +27,12 @@ class MaskedNode(NamedTuple):
 
 
 class MaskedState(NamedTuple):
-    """State of :func:`masked`: the inner transformation's state (over the masked-in leaves)."""
+    """State of :func:`masked`: the inner transformation's state (over the masked-in leaves).
+
+    Used on its own or in :func:`~torchopt.chain`, the inner state's per-leaf fields are shaped
+    like the params with a :class:`MaskedNode` at each leaf left out, as TorchOpt 0.7 has them;
+    inside ``chain.flat`` they are lists of the masked-in leaves.
+    """
 
     inner_state: Any
 
@@ -71,9 +83,22 @@ def masked(inner: GradientTransformation, mask: Any = None) -> FlatTransformatio
         )
         return put(updates, sel, list(new_sub)), MaskedState(inner_state=inner_state)
 
+    def to_tree(state: Any, leaves: list, treespec: Any, name: str) -> Any:
+        if not isinstance(state, MaskedState):
+            return state
+        sel = [i for i, m in enumerate(_mask_leaves(mask, leaves, treespec)) if m]
+        return MaskedState(inner_state=fields_as_tree(state.inner_state, treespec, sel))
+
+    def to_flat(state: Any, leaves: list, treespec: Any, name: str) -> Any:
+        if not isinstance(state, MaskedState):
+            return state
+        sel = [i for i, m in enumerate(_mask_leaves(mask, leaves, treespec)) if m]
+        return MaskedState(inner_state=fields_as_flat(state.inner_state, treespec, name, sel))
+
     return FlatTransformation(
         init_fn, update_fn, f'masked({inner!r})',
         requires_params=getattr(inner, 'requires_params', None),
+        tree_form=(to_tree, to_flat) if getattr(inner, 'tree_state', False) else None,
     )  # fmt: skip
 
 
