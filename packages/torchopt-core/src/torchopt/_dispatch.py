@@ -50,6 +50,7 @@ __all__ = [
     'FusedStep',
     'Live',
     'adam_path',
+    'check_counts',
     'check_like',
     'check_state',
     'compiling',
@@ -171,6 +172,22 @@ def check_like(
             )
 
 
+def check_counts(where: str, field: str, counts: Sequence[Any]) -> None:
+    """Raise a ``TypeError`` if the step counts ``counts`` (one per leaf) are not floating.
+
+    TorchOpt 0.7's counts are int64: an in-place step cannot advance them by ``1.0``, so they
+    are refused before anything is written (the first present one is checked).
+    """
+    first = next((v for v in counts if v is not None), None)
+    if isinstance(first, torch.Tensor) and not first.is_floating_point():
+        raise TypeError(
+            f'{where}: `state.{field}` holds {first.dtype} step counts; they must be '
+            "floating-point tensors (as torch.optim's `step`). A state made by TorchOpt 0.7? "
+            "An optimizer's load_state_dict converts it; for a functional state, convert its "
+            'counts with `.float()`'
+        )
+
+
 def check_state(
     where: str,
     updates: Sequence[Any],
@@ -182,7 +199,8 @@ def check_state(
     """Check every per-leaf field (a ``list``) of the NamedTuple ``state`` against ``updates``.
 
     Fields named in ``scalars`` hold one 0-dim tensor per leaf (step counts) and are checked for
-    length only; the others must match the updates' shapes leaf by leaf. Returns the names of
+    length and for a floating dtype (TorchOpt 0.7's int64 counts raise a ``TypeError`` here,
+    before anything is written); the others must match the updates' shapes leaf by leaf. Returns the names of
     the per-leaf fields.
     """
     fields = tuple(f for f in state._fields if isinstance(getattr(state, f), list))
@@ -191,6 +209,7 @@ def check_state(
         if f in scalars:
             if len(values) != len(updates):
                 check_like(where, f'state.{f}', updates, values, treespec=treespec)
+            check_counts(where, f, values)
             continue
         if ref_shapes is None:
             ref_shapes = _shapes(updates)

@@ -28,6 +28,7 @@ import torch
 from torchopt.base import UninitializedState
 from torchopt.optim import _state_names as _names
 from torchopt.optim._state_names import NAMES, is_buffer_name, split
+from torchopt.optim._upstream_states import adopt
 
 __all__ = [
     'NAMES',
@@ -273,7 +274,8 @@ def parse(opt: Any, state_dict: Any) -> tuple[list, list[dict], dict[Any, Any]]:
         for i, state in enumerate(state_dict):
             if not isinstance(state, UninitializedState):
                 params = tuple(opt.param_groups[i]['params'])
-                check_tree(i, opt.group_impl(i).init(params), state)
+                template = opt.group_impl(i).init(params)
+                state = check_tree(i, template, adopt(template, state))
             states.append(state)
         return states, [{} for _ in range(n_groups)], {}
     if (

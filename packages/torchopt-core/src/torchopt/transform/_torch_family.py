@@ -336,6 +336,7 @@ def scale_by_adafactor(
                     f'{len(updates)} gradients; was the state initialised (or loaded) for these '
                     'parameters?'
                 )
+        _dispatch.check_counts(name, 'count', state.count)
         rows, cols, variances = state.row_var, state.col_var, state.variance
         for i, u in enumerate(updates):
             if u is None:

@@ -52,6 +52,12 @@ class FuncOptimizer:
             raise ValueError('`loss` must be a scalar tensor')
         if isinstance(self.optim_state, UninitializedState):
             self.optim_state = self.impl.init(params)
+        elif self.__dict__.pop('_loaded', False):  # a state saved by TorchOpt 0.7 too
+            from torchopt.optim._upstream_states import adopt
+
+            with torch.no_grad():
+                template = self.impl.init(optree.tree_map(torch.Tensor.detach, params))
+            self.optim_state = adopt(template, self.optim_state)
         grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
         grads = treespec.unflatten(list(grads))
         updates, self.optim_state = self.impl.update(
@@ -64,5 +70,10 @@ class FuncOptimizer:
         return self.optim_state
 
     def load_state_dict(self, state_dict: Any) -> None:
-        """Replace the optimizer state."""
+        """Replace the optimizer state.
+
+        A state saved by TorchOpt 0.7 (int64 step counts, one ``t`` for all leaves) is brought
+        to this library's layout at the next :meth:`step`, when the parameters are known.
+        """
         self.optim_state = state_dict
+        self._loaded = True

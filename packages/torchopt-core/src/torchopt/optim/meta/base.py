@@ -55,8 +55,17 @@ class MetaOptimizer:
 
     @staticmethod
     def _trainable(containers: Sequence[dict[str, Any]]) -> list[tuple[dict, str, torch.Tensor]]:
+        """The trainable ``(container, name, tensor)`` slots, in TorchOpt 0.7's order.
+
+        That is module order, and within a module the names sorted (optree's order for a
+        dict): ``bias`` before ``weight``. The states hold one entry per slot in this order,
+        so a state saved by TorchOpt 0.7 loads onto the right parameters.
+        """
         return [
-            (c, k, v) for c in containers for k, v in c.items() if v is not None and v.requires_grad
+            (c, k, c[k])
+            for c in containers
+            for k in sorted(c)
+            if c[k] is not None and c[k].requires_grad
         ]
 
     def step(self, loss: torch.Tensor, *, create_graph: bool | None = None) -> None:
@@ -127,6 +136,7 @@ class MetaOptimizer:
         and the entry, and a failed load leaves the optimizer unchanged.
         """
         from torchopt.optim._state_dict import check_tree
+        from torchopt.optim._upstream_states import adopt
 
         states = list(state_dict)
         if len(states) != len(self.state_groups):
@@ -140,5 +150,5 @@ class MetaOptimizer:
             params = tuple(v for _, _, v in self._trainable(containers))
             with torch.no_grad():
                 template = self.impl.init(tuple(p.detach() for p in params))
-            check_tree(i, template, state)
+            states[i] = check_tree(i, template, adopt(template, state))  # TorchOpt 0.7's too
         self.state_groups[:] = states
