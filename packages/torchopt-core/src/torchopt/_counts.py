@@ -53,7 +53,11 @@ def advance_(counts: list) -> None:
     if not counts:
         return
     first = counts[0]
-    if isinstance(first, torch.Tensor) and not first.is_floating_point():
+    if (
+        isinstance(first, torch.Tensor)
+        and not first.is_floating_point()
+        and first.dtype is not torch.bool
+    ):
         raise TypeError(
             f"step counts must be floating-point tensors (as torch.optim's `step`), got "
             f"{first.dtype}: a state made by TorchOpt 0.7? An optimizer's load_state_dict "

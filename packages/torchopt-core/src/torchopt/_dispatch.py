@@ -173,13 +173,19 @@ def check_like(
 
 
 def check_counts(where: str, field: str, counts: Sequence[Any]) -> None:
-    """Raise a ``TypeError`` if the step counts ``counts`` (one per leaf) are not floating.
+    """Raise a ``TypeError`` if the step counts ``counts`` (one per leaf) are integers.
 
     TorchOpt 0.7's counts are int64: an in-place step cannot advance them by ``1.0``, so they
-    are refused before anything is written (the first present one is checked).
+    are refused before anything is written (the first present one is checked). Other 0-dim
+    fields (``zero_nans``' bool flags) pass.
     """
     first = next((v for v in counts if v is not None), None)
-    if isinstance(first, torch.Tensor) and not first.is_floating_point():
+    if (
+        isinstance(first, torch.Tensor)
+        and not first.is_floating_point()
+        and not first.is_complex()
+        and first.dtype is not torch.bool
+    ):
         raise TypeError(
             f'{where}: `state.{field}` holds {first.dtype} step counts; they must be '
             "floating-point tensors (as torch.optim's `step`). A state made by TorchOpt 0.7? "
