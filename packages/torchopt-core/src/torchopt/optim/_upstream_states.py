@@ -18,13 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import optree
 import torch
 
 __all__ = ['adopt']
-
-
-def _is_named(x: Any) -> bool:
-    return isinstance(x, tuple) and hasattr(x, '_fields')
 
 
 def _count_like(value: Any, like: Any) -> Any:
@@ -46,7 +43,7 @@ def _first_step_done(trace: Any, like: torch.Tensor) -> torch.Tensor:
 
 def adopt(template: Any, state: Any) -> Any:
     """``state`` (TorchOpt 0.7's layout, or already this library's) in the layout of ``template``."""
-    if _is_named(template) and _is_named(state):
+    if optree.is_namedtuple_instance(template) and optree.is_namedtuple_instance(state):
         if type(template).__name__ == 'DampenedTraceState' and type(state).__name__ == 'TraceState':
             if isinstance(state.trace, list) and len(state.trace) == len(template.count):
                 counts = [_first_step_done(t, c) for t, c in zip(state.trace, template.count)]

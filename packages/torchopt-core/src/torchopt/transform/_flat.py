@@ -184,18 +184,13 @@ def _shaped(tree: Any, treespec: optree.PyTreeSpec) -> bool:
     return treespec.num_nodes > 1
 
 
-def _is_named(state: Any) -> bool:
-    """Whether ``state`` is a NamedTuple (a function, so that mypy does not narrow it to tuple)."""
-    return isinstance(state, tuple) and hasattr(state, '_fields')
-
-
 def fields_as_tree(state: Any, treespec: optree.PyTreeSpec, where: list[int] | None = None) -> Any:
     r"""``state`` (a NamedTuple) with its per-leaf lists shaped like ``treespec``.
 
     With ``where`` the lists hold the leaves at those indices only (a mask's), and the others
     become :class:`~torchopt.transform.MaskedNode`\ s, as TorchOpt 0.7's ``masked`` has them.
     """
-    if not _is_named(state):
+    if not optree.is_namedtuple_instance(state):
         return state
     if where is not None:
         from torchopt.transform._masking import MaskedNode
@@ -231,7 +226,7 @@ def fields_as_flat(
     tensor (a random key) are taken as they are; any other field raises a ``ValueError`` that
     names it.
     """
-    if not _is_named(state):
+    if not optree.is_namedtuple_instance(state):
         return state
     fields = {}
     n = treespec.num_leaves if where is None else len(where)
