@@ -168,3 +168,19 @@ def test_functional_int64_counts_raise_before_anything_is_written(row, inplace):
         opt.update(grads, state, params=[p.detach() for p in params], inplace=inplace)
     assert all(torch.equal(a, b) for a, b in zip(before, optree.tree_leaves(state)))
     assert all(torch.equal(a, b) for a, b in zip(grads_before, grads))
+
+
+@pytest.mark.parametrize('name', ['Adam', 'AdamW', 'AdaGrad'])
+def test_class_fused_steps_refuse_int64_counts_before_writing(name):
+    """The fused class steps check the counts with the rest of the state (not after a kernel)."""
+    params = [p.detach().clone().requires_grad_() for p in row_params(CASES[0], 0)]
+    opt = UPSTREAM_CLASSES[name](params)
+    _train(opt, params, 1)
+    opt.state_groups[0] = as_torchopt07(opt.state_groups[0])
+    before = [p.detach().clone() for p in params]
+    buffers = [t.clone() for t in optree.tree_leaves(opt.state_groups[0])]
+    loss(params).backward()
+    with pytest.raises(TypeError, match='step counts'):
+        opt.step()
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, params))
+    assert all(torch.equal(a, b) for a, b in zip(buffers, optree.tree_leaves(opt.state_groups[0])))

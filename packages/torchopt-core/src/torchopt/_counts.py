@@ -52,17 +52,6 @@ def advance_(counts: list) -> None:
     """``counts += 1`` in place: one ``add_`` when they are the packed views of a fresh state."""
     if not counts:
         return
-    first = counts[0]
-    if (
-        isinstance(first, torch.Tensor)
-        and not first.is_floating_point()
-        and first.dtype is not torch.bool
-    ):
-        raise TypeError(
-            f"step counts must be floating-point tensors (as torch.optim's `step`), got "
-            f"{first.dtype}: a state made by TorchOpt 0.7? An optimizer's load_state_dict "
-            'converts it; for a functional state, convert its counts with `.float()`'
-        )
     if not (_dispatch.functorch_active() or _dispatch.compiling()):
         base = packed(counts)
         if base is not None:

@@ -175,9 +175,9 @@ def check_like(
 def check_counts(where: str, field: str, counts: Sequence[Any]) -> None:
     """Raise a ``TypeError`` if the step counts ``counts`` (one per leaf) are integers.
 
-    TorchOpt 0.7's counts are int64: an in-place step cannot advance them by ``1.0``, so they
-    are refused before anything is written (the first present one is checked). Other 0-dim
-    fields (``zero_nans``' bool flags) pass.
+    TorchOpt 0.7's counts are int64: an in-place step cannot advance them by ``1.0``, so every
+    path that advances counts checks them with the state, before anything is written (the
+    first present one is checked). Other 0-dim fields (``zero_nans``' bool flags) pass.
     """
     first = next((v for v in counts if v is not None), None)
     if (

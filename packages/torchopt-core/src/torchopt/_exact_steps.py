@@ -151,6 +151,7 @@ def _adagrad(
     where = 'torchopt adagrad'
     if len(sched.count) != len(grads):
         _dispatch.check_like(where, 'state.count', grads, sched.count, treespec=treespec)
+    _dispatch.check_counts(where, 'count', sched.count)
     named = [('state.sum_of_squares', sub.sum_of_squares)]
     if params is not None:
         named.append(('params', params))

@@ -77,6 +77,8 @@ def run_fused(fused: Any, params: tuple, grads: tuple, state: tuple, treespec: A
         for f in sub._fields:  # lengths first: ``take`` indexes by the gradients' positions
             if len(getattr(sub, f)) != len(grads):
                 _dispatch.check_like(where, f'state.{f}', grads, getattr(sub, f), treespec=treespec)
+        if fused.kind != 'sgd' or isinstance(sub, DampenedTraceState):  # before any write
+            _dispatch.check_counts(where, 'count', sub.count)
         named += [(f'state.{f}', take(getattr(sub, f), idx)) for f in _BUFFERS[fused.kind]]
     eligible = _dispatch.fused_ready(where, g, named, treespec=treespec, idx=idx)
     lists = [v for _, v in named[1:]]

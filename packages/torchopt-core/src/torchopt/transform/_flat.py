@@ -92,7 +92,6 @@ class FlatTransformation(GradientTransformation):
     accepts_sparse: bool
     requires_params: str | None
     name: str
-    tree_state: bool
     tree_form: TreeForm | None
     own_leaf_kinds: bool
 
@@ -147,9 +146,13 @@ class FlatTransformation(GradientTransformation):
         instance.requires_params = requires_params
         instance.name = name or getattr(flat_update, '__qualname__', 'transformation')
         instance.tree_form = tree_form
-        instance.tree_state = tree_form is not None
         instance.own_leaf_kinds = own_leaf_kinds
         return instance
+
+    @property
+    def tree_state(self) -> bool:
+        """Whether ``init``/``update`` return the state shaped like the params."""
+        return self.tree_form is not None
 
     def __repr__(self) -> str:
         return f'{self.name}'
@@ -192,27 +195,20 @@ def fields_as_tree(state: Any, treespec: optree.PyTreeSpec, where: list[int] | N
     """
     if not optree.is_namedtuple_instance(state):
         return state
-    if where is not None:
+    n = treespec.num_leaves if where is None else len(where)
+
+    def shaped(values: list) -> Any:
+        if where is None:
+            return treespec.unflatten(values)
         from torchopt.transform._masking import MaskedNode
 
-        blank = [MaskedNode()] * treespec.num_leaves
+        out: list = [MaskedNode()] * treespec.num_leaves
+        for i, v in zip(where, values):
+            out[i] = v
+        return treespec.unflatten(out)
 
-        def spread(values: list) -> list:
-            out = list(blank)
-            for i, v in zip(where, values):
-                out[i] = v
-            return out
-
-        return state._replace(**{
-            f: treespec.unflatten(spread(v))
-            for f, v in zip(state._fields, state)
-            if isinstance(v, list) and len(v) == len(where)
-        })  # fmt: skip
-    n = treespec.num_leaves
     return state._replace(**{
-        f: treespec.unflatten(v)
-        for f, v in zip(state._fields, state)
-        if isinstance(v, list) and len(v) == n
+        f: shaped(v) for f, v in zip(state._fields, state) if isinstance(v, list) and len(v) == n
     })  # fmt: skip
 
 
